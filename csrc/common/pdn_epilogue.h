@@ -1,0 +1,25 @@
+// Epilogue of a PDN convolution (the convolution itself, bias included, is done by
+// oneDNN / cuDNN): optional ReLU, then optional 2x2 average pooling (stride 2, zero padding
+// `pool_pad`, count_include_pad=True as nn.AvgPool2d's default: every window divides by 4,
+// padded zeros included). Fused so the un-pooled activation is read once and no separate
+// ReLU or pooling tensor is ever written.
+#pragma once
+
+#include <cstdint>
+
+#include "host_device.h"
+
+namespace efficientad {
+
+template <typename Acc>
+EAD_HD Acc maybe_relu(Acc v, bool relu) {
+  return (relu && v < Acc(0)) ? Acc(0) : v;  // NaN stays NaN, as torch.relu
+}
+
+// Output size of AvgPool2d(kernel 2, stride 2, padding pool_pad), floor mode.
+EAD_HD int64_t pooled_size(int64_t in, int64_t pool_pad) { return (in + 2 * pool_pad - 2) / 2 + 1; }
+
+// Input row/column of tap k (0 or 1) of pooled output index o; may be outside [0, in).
+EAD_HD int64_t pool_tap(int64_t o, int k, int64_t pool_pad) { return 2 * o - pool_pad + k; }
+
+}  // namespace efficientad

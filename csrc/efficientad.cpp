@@ -1,0 +1,62 @@
+// The `efficientad` operator library: every schema lives here, in one place. Kernels register
+// per device in cpu/*_cpu.cpp and cuda/*_cuda.cpp (TORCH_LIBRARY_IMPL); fake kernels and
+// autograd are registered from Python (efficientad_ext/ops.py). Importing the compiled
+// module `efficientad_ext._C` runs these registrations.
+#include <torch/library.h>
+#include <pybind11/pybind11.h>
+
+TORCH_LIBRARY(efficientad, m) {
+  // Exact linear-interpolation quantiles (torch.quantile's definition) of all elements.
+  // Returns a 1-D tensor of len(q) in the input's dtype.
+  m.def("quantile(Tensor input, float[] q) -> Tensor");
+
+  // Hard-feature loss of EfficientAD: d = (teacher - student)^2, threshold = exact
+  // p-quantile of d (over the whole batch, or per sample), loss = mean of d >= threshold
+  // (per sample: mean over samples of each sample's mean). Returns the loss (0-d), the
+  // thresholds ([1] or [B]) and the counts of selected elements ([1] or [B], int64), all
+  // but the counts in the accumulation dtype (float32, or float64 for float64 inputs).
+  m.def(
+      "hard_feature_loss(Tensor teacher, Tensor student, float p, bool per_sample) -> "
+      "(Tensor loss, Tensor threshold, Tensor count)");
+  m.def(
+      "hard_feature_loss_backward(Tensor grad_loss, Tensor teacher, Tensor student, "
+      "Tensor threshold, Tensor count, bool per_sample, bool teacher_grad) -> "
+      "(Tensor grad_teacher, Tensor grad_student)");
+  // grad_teacher is an empty [0] tensor unless teacher_grad (the teacher is usually frozen).
+
+  // Channel-mean squared-difference maps at feature resolution: map_st [B,1,h,w] from the
+  // normalised teacher and student channels [0, C); map_ae [B,1,h,w] from the autoencoder
+  // and student channels [C, 2C). Accumulation dtype.
+  m.def(
+      "anomaly_maps_raw(Tensor teacher, Tensor teacher_mean, Tensor teacher_std, Tensor student, "
+      "Tensor autoencoder) -> (Tensor map_st, Tensor map_ae)");
+
+  // The whole of Algorithm 2 after the networks: raw maps, quantile normalisation with
+  // quantiles = [q_st_a, q_st_b, q_ae_a, q_ae_b], 0.5/0.5 combination, zero padding of the
+  // raw maps by `pad` feature pixels, bilinear resizing (align_corners=False) to
+  // output_size, and the image score (max of the resized map; NaN if the map has NaN).
+  m.def(
+      "anomaly_maps(Tensor teacher, Tensor teacher_mean, Tensor teacher_std, Tensor student, "
+      "Tensor autoencoder, Tensor quantiles, int[2] output_size, int pad) -> "
+      "(Tensor anomaly_map, Tensor score)");
+
+  // One PDN layer: conv2d (stride 1, zero padding) with bias, optional ReLU, optional
+  // AvgPool2d(2, stride 2, padding=pool_padding); ReLU and pooling fused in one pass.
+  m.def(
+      "conv2d_relu_pool(Tensor input, Tensor weight, Tensor? bias, int padding, bool relu, "
+      "bool pool, int pool_padding) -> Tensor");
+
+  // A whole PDN for inference: the layers above applied in order.
+  m.def(
+      "pdn_forward(Tensor input, Tensor[] weights, Tensor?[] biases, int[] paddings, "
+      "bool[] relus, bool[] pools, int[] pool_paddings) -> Tensor");
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "efficientad_ext compiled kernels; the ops are torch.ops.efficientad.*";
+#if defined(EFFICIENTAD_WITH_CUDA)
+  m.attr("cuda_kernels") = true;
+#else
+  m.attr("cuda_kernels") = false;
+#endif
+}

@@ -1,0 +1,17 @@
+"""efficientad_ext: EfficientAD (Batzner et al., WACV 2024) as fused PyTorch C++/CUDA ops.
+
+Importing the package loads the compiled kernels, which registers the operators
+``torch.ops.efficientad.*``; :mod:`efficientad_ext.ops` holds their typed wrappers and
+:mod:`efficientad_ext.reference` their plain-PyTorch references.
+"""
+from __future__ import annotations
+
+from ._loader import build_info, load_library
+
+load_library()
+
+from . import ops, reference  # noqa: E402  (ops need the library loaded)
+from .pdn import PDN, PDN_ARCHITECTURES, build_pdn  # noqa: E402
+
+__all__ = ["PDN", "PDN_ARCHITECTURES", "build_info", "build_pdn", "ops", "reference"]
+__version__ = "0.1.0"

@@ -1,0 +1,362 @@
+"""Typed wrappers of the ``torch.ops.efficientad`` operators, with their fake (meta) kernels
+for ``torch.compile`` and their autograd registrations.
+
+Every wrapper checks its arguments and raises ``TypeError`` / ``ValueError`` naming the
+argument; the C++ kernels check the same preconditions again for direct ``torch.ops`` calls.
+
+NaN semantics (documented, tested): a NaN anywhere in the input of :func:`quantile` makes every
+requested quantile NaN (as ``torch.quantile``); NaN in the teacher/student of
+:func:`hard_feature_loss` gives a NaN loss (and zero gradient); NaN in a feature map gives NaN
+at the affected map pixels and a NaN image score, never a finite score that ignores it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import _checks
+
+if TYPE_CHECKING:
+    from .pdn import PDN
+
+_ops = torch.ops.efficientad
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- quantile
+
+
+def quantile(input: Tensor, q: float | Sequence[float] | Tensor) -> Tensor:
+    """Exact quantile(s) of all elements of ``input`` (any shape, any size).
+
+    Same definition as ``torch.quantile(input.flatten(), q)`` (linear interpolation between
+    the two nearest order statistics; position ``q * (n - 1)`` computed in float64), found by
+    radix selection in O(n) without sorting, and without torch.quantile's 2^24-element limit.
+
+    Args:
+        input: float16 / bfloat16 / float32 / float64 tensor with at least one element.
+        q: a probability in [0, 1], or a sequence (or 1-D tensor) of them.
+
+    Returns:
+        A 0-d tensor when ``q`` is a scalar, else a 1-D tensor of ``len(q)``; dtype of ``input``.
+        Any NaN in ``input`` makes every result NaN.
+    """
+    _checks.floating(input, "input")
+    _checks.nonempty(input, "input")
+    values, scalar = _checks.probabilities(q, "q")
+    out = _ops.quantile(input, values)
+    return out[0] if scalar else out
+
+
+@torch.library.register_fake("efficientad::quantile")
+def _quantile_fake(input: Tensor, q: Sequence[float]) -> Tensor:
+    return input.new_empty((len(q),))
+
+
+# ----------------------------------------------------------------------------- hard loss
+
+Reduction = Literal["batch", "per_sample"]
+
+
+def hard_feature_loss(teacher: Tensor, student: Tensor, p: float = 0.999, reduction: Reduction = "batch") -> Tensor:
+    """EfficientAD's hard-feature loss (Algorithm 1, lines 11-13).
+
+    ``d = (teacher - student)^2``; ``threshold`` = exact ``p``-quantile of ``d``; the loss is the
+    mean of the elements of ``d`` that are >= ``threshold``.
+
+    Args:
+        teacher: [B, C, H, W], already channel-normalised.
+        student: [B, C, H, W], the first C channels of the student output (a channel slice
+            is fine), same dtype and device as ``teacher``.
+        p: quantile in [0, 1]; the paper uses 0.999.
+        reduction: ``"batch"`` takes one threshold over the whole batch (the peers'
+            behaviour); ``"per_sample"`` gives each image its own threshold and averages the
+            per-image losses.
+
+    Returns:
+        A 0-d loss, float32 (float64 for float64 inputs). Differentiable with respect to
+        ``student`` and, if it requires grad, ``teacher`` (the threshold itself carries no
+        gradient, as in the paper). Exact at any size (no subsampling above 2^24 elements).
+    """
+    _checks.floating(teacher, "teacher")
+    _checks.floating(student, "student")
+    _checks.rank(teacher, 4, "teacher", "[B, C, H, W]")
+    _checks.rank(student, 4, "student", "[B, C, H, W]")
+    _checks.nonempty(teacher, "teacher")
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student must have the teacher's shape {tuple(teacher.shape)} (pass the first C channels "
+            f"of the student output), got {tuple(student.shape)}"
+        )
+    _checks.same_dtype(teacher, "teacher", student=student)
+    _checks.same_device(teacher, "teacher", student=student)
+    p = _checks.probability(p, "p")
+    if reduction not in ("batch", "per_sample"):
+        raise ValueError(f"reduction must be 'batch' or 'per_sample', got {reduction!r}")
+    loss, _threshold, _count = _ops.hard_feature_loss(teacher, student, p, reduction == "per_sample")
+    return loss
+
+
+@torch.library.register_fake("efficientad::hard_feature_loss")
+def _hard_feature_loss_fake(teacher: Tensor, student: Tensor, p: float, per_sample: bool):
+    groups = teacher.shape[0] if per_sample else 1
+    acc = _acc_dtype(teacher.dtype)
+    return (
+        teacher.new_empty((), dtype=acc),
+        teacher.new_empty((groups,), dtype=acc),
+        teacher.new_empty((groups,), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("efficientad::hard_feature_loss_backward")
+def _hard_feature_loss_backward_fake(grad_loss, teacher, student, threshold, count, per_sample, teacher_grad):
+    grad_teacher = torch.empty_like(teacher) if teacher_grad else teacher.new_empty((0,))
+    return grad_teacher, torch.empty_like(student)
+
+
+def _hard_feature_loss_setup_context(ctx, inputs, output) -> None:
+    teacher, student, _p, per_sample = inputs
+    _loss, threshold, count = output
+    ctx.save_for_backward(teacher, student, threshold, count)
+    ctx.per_sample = per_sample
+    ctx.mark_non_differentiable(threshold, count)
+
+
+def _hard_feature_loss_backward(ctx, grad_loss, _grad_threshold, _grad_count):
+    teacher, student, threshold, count = ctx.saved_tensors
+    teacher_grad = ctx.needs_input_grad[0]
+    grad_teacher, grad_student = _ops.hard_feature_loss_backward(
+        grad_loss, teacher, student, threshold, count, ctx.per_sample, teacher_grad
+    )
+    return (grad_teacher if teacher_grad else None), grad_student, None, None
+
+
+torch.library.register_autograd(
+    "efficientad::hard_feature_loss", _hard_feature_loss_backward, setup_context=_hard_feature_loss_setup_context
+)
+
+# ----------------------------------------------------------------------------- anomaly maps
+
+
+class RawMaps(NamedTuple):
+    """Channel-mean squared-difference maps at feature resolution, [B, 1, h, w] each."""
+
+    map_st: Tensor
+    map_ae: Tensor
+
+
+class AnomalyMaps(NamedTuple):
+    """The combined, normalised anomaly map [B, 1, H, W] and the image scores [B]."""
+
+    anomaly_map: Tensor
+    score: Tensor
+
+
+def _check_features(teacher, teacher_mean, teacher_std, student, autoencoder) -> None:
+    for name, t in (("teacher", teacher), ("student", student), ("autoencoder", autoencoder)):
+        _checks.floating(t, name)
+        _checks.rank(t, 4, name, "[B, C, h, w]")
+    _checks.nonempty(teacher, "teacher")
+    _checks.same_dtype(teacher, "teacher", student=student, autoencoder=autoencoder)
+    b, c, h, w = teacher.shape
+    if tuple(student.shape) != (b, 2 * c, h, w):
+        raise ValueError(
+            f"student must have shape {(b, 2 * c, h, w)} (twice the teacher's {c} channels), got {tuple(student.shape)}"
+        )
+    if autoencoder.shape != teacher.shape:
+        raise ValueError(f"autoencoder must have the teacher's shape {tuple(teacher.shape)}, got {tuple(autoencoder.shape)}")
+    for name, t in (("teacher_mean", teacher_mean), ("teacher_std", teacher_std)):
+        _checks.floating(t, name)
+        if t.numel() != c:
+            raise ValueError(f"{name} must have {c} elements (one per teacher channel), got shape {tuple(t.shape)}")
+    _checks.same_device(
+        teacher, "teacher", student=student, autoencoder=autoencoder, teacher_mean=teacher_mean, teacher_std=teacher_std
+    )
+
+
+def anomaly_maps_raw(
+    teacher: Tensor, teacher_mean: Tensor, teacher_std: Tensor, student: Tensor, autoencoder: Tensor
+) -> RawMaps:
+    """The two raw maps of Algorithm 2 (lines 2-7), in one pass over the features.
+
+    ``map_st = mean_c(((teacher - mean) / std - student[:, :C])^2)`` and
+    ``map_ae = mean_c((autoencoder - student[:, C:])^2)``, each [B, 1, h, w] in float32
+    (float64 for float64 inputs). Training uses them for the validation quantiles.
+
+    Args:
+        teacher: raw teacher output [B, C, h, w].
+        teacher_mean, teacher_std: per-channel statistics [C] (any float dtype).
+        student: student output [B, 2C, h, w].
+        autoencoder: autoencoder output [B, C, h, w].
+    """
+    _check_features(teacher, teacher_mean, teacher_std, student, autoencoder)
+    return RawMaps(*_ops.anomaly_maps_raw(teacher, teacher_mean, teacher_std, student, autoencoder))
+
+
+def anomaly_maps(
+    teacher: Tensor,
+    teacher_mean: Tensor,
+    teacher_std: Tensor,
+    student: Tensor,
+    autoencoder: Tensor,
+    quantiles: Tensor,
+    output_size: tuple[int, int] | None = None,
+    pad: int = 0,
+) -> AnomalyMaps:
+    """The inference hot path of Algorithm 2 (lines 2-12) fused in one op.
+
+    Computes the raw maps as :func:`anomaly_maps_raw` without materialising any [C, h, w]
+    intermediate, zero-pads them by ``pad`` feature pixels per side (4 for unpadded PDNs, so
+    the maps align with the image), resizes them bilinearly (align_corners=False) to
+    ``output_size``, normalises each as ``0.1 * (m - q_a) / (q_b - q_a)``, averages them
+    0.5/0.5 and returns the map and its per-image maximum.
+
+    Args:
+        teacher, teacher_mean, teacher_std, student, autoencoder: as :func:`anomaly_maps_raw`.
+        quantiles: tensor [4] = ``[q_st_a, q_st_b, q_ae_a, q_ae_b]`` on the features' device
+            (a tensor, so CUDA graphs can capture the call).
+        output_size: (H, W) of the returned map; default: the padded feature size.
+        pad: zero border added around the raw maps before resizing, >= 0.
+
+    Returns:
+        ``AnomalyMaps(anomaly_map [B, 1, H, W], score [B])`` in float32 (float64 for float64
+        inputs). NaN features give NaN map pixels and a NaN score.
+    """
+    _check_features(teacher, teacher_mean, teacher_std, student, autoencoder)
+    _checks.floating(quantiles, "quantiles")
+    if quantiles.numel() != 4:
+        raise ValueError(f"quantiles must hold 4 values [q_st_a, q_st_b, q_ae_a, q_ae_b], got shape {tuple(quantiles.shape)}")
+    _checks.same_device(teacher, "teacher", quantiles=quantiles)
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+    h, w = teacher.shape[-2:]
+    if output_size is None:
+        output_size = (h + 2 * pad, w + 2 * pad)
+    if len(output_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in output_size):
+        raise ValueError(f"output_size must be two positive ints (H, W), got {output_size!r}")
+    return AnomalyMaps(
+        *_ops.anomaly_maps(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, list(output_size), pad)
+    )
+
+
+@torch.library.register_fake("efficientad::anomaly_maps_raw")
+def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoencoder):
+    b, _c, h, w = teacher.shape
+    acc = _acc_dtype(teacher.dtype)
+    return teacher.new_empty((b, 1, h, w), dtype=acc), teacher.new_empty((b, 1, h, w), dtype=acc)
+
+
+@torch.library.register_fake("efficientad::anomaly_maps")
+def _anomaly_maps_fake(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, output_size, pad):
+    acc = _acc_dtype(teacher.dtype)
+    b = teacher.shape[0]
+    return teacher.new_empty((b, 1, output_size[0], output_size[1]), dtype=acc), teacher.new_empty((b,), dtype=acc)
+
+
+# ----------------------------------------------------------------------------- PDN
+
+
+def conv2d_relu_pool(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    padding: int = 0,
+    relu: bool = True,
+    pool: bool = False,
+    pool_padding: int = 0,
+) -> Tensor:
+    """One PDN layer: ``avg_pool2d(relu(conv2d(input, weight, bias, padding)), 2, 2, pool_padding)``
+    with ReLU and pooling fused into one pass over the convolution output (inference only).
+
+    Args:
+        input: [B, C_in, H, W]; weight: [C_out, C_in, k, k] (same dtype); bias: [C_out] or None.
+        padding: zero padding of the convolution (stride 1).
+        relu: apply ReLU. pool: apply 2x2 average pooling with stride 2 and zero padding
+            ``pool_padding`` (0 or 1; padded zeros count towards the average).
+    """
+    _checks.floating(input, "input")
+    _checks.rank(input, 4, "input", "[B, C, H, W]")
+    _checks.nonempty(input, "input")
+    _checks.floating(weight, "weight")
+    _checks.rank(weight, 4, "weight", "[C_out, C_in, kH, kW]")
+    _checks.same_dtype(input, "input", weight=weight)
+    _checks.same_device(input, "input", weight=weight)
+    if weight.shape[1] != input.shape[1]:
+        raise ValueError(f"input must have {weight.shape[1]} channels (weight's C_in), got shape {tuple(input.shape)}")
+    if bias is not None:
+        _checks.same_dtype(input, "input", bias=bias)
+        _checks.same_device(input, "input", bias=bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if pool and pool_padding not in (0, 1):
+        raise ValueError(f"pool_padding must be 0 or 1, got {pool_padding!r}")
+    out_h = input.shape[2] + 2 * padding - weight.shape[2] + 1
+    out_w = input.shape[3] + 2 * padding - weight.shape[3] + 1
+    if out_h <= 0 or out_w <= 0 or (pool and min(out_h, out_w) + 2 * pool_padding < 2):
+        raise ValueError(
+            f"input of spatial size {tuple(input.shape[2:])} is too small for a {tuple(weight.shape[2:])} "
+            f"kernel with padding {padding}" + (" followed by 2x2 pooling" if pool else "")
+        )
+    return _ops.conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding)
+
+
+def _pooled(n: int, pool_padding: int) -> int:
+    return (n + 2 * pool_padding - 2) // 2 + 1
+
+
+@torch.library.register_fake("efficientad::conv2d_relu_pool")
+def _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding):
+    h = input.shape[2] + 2 * padding - weight.shape[2] + 1
+    w = input.shape[3] + 2 * padding - weight.shape[3] + 1
+    if pool:
+        h, w = _pooled(h, pool_padding), _pooled(w, pool_padding)
+    return input.new_empty((input.shape[0], weight.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("efficientad::pdn_forward")
+def _pdn_forward_fake(input, weights, biases, paddings, relus, pools, pool_paddings):
+    h, w = input.shape[2], input.shape[3]
+    for weight, padding, pool, pool_padding in zip(weights, paddings, pools, pool_paddings):
+        h = h + 2 * padding - weight.shape[2] + 1
+        w = w + 2 * padding - weight.shape[3] + 1
+        if pool:
+            h, w = _pooled(h, pool_padding), _pooled(w, pool_padding)
+    out = input.new_empty((input.shape[0], weights[-1].shape[0], h, w))
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def pdn_forward(input: Tensor, pdn: PDN) -> Tensor:
+    """Runs ``pdn`` (a :class:`efficientad_ext.PDN`) on ``input`` [B, 3, H, W] through the fused
+    per-layer kernels, in one op call. Inference only; returns a channels-last tensor equal to
+    ``pdn(input)``. ``input`` must have the PDN's dtype and device."""
+    from .pdn import PDN
+
+    if not isinstance(pdn, PDN):
+        raise TypeError(f"pdn must be an efficientad_ext.PDN, got {type(pdn).__name__}")
+    _checks.floating(input, "input")
+    _checks.rank(input, 4, "input", "[B, 3, H, W]")
+    _checks.nonempty(input, "input")
+    convs = pdn.convolutions()
+    _checks.same_dtype(convs[0].weight, "the PDN's weights", input=input)
+    _checks.same_device(convs[0].weight, "the PDN's weights", input=input)
+    if input.shape[1] != convs[0].in_channels:
+        raise ValueError(f"input must have {convs[0].in_channels} channels (RGB), got shape {tuple(input.shape)}")
+    out_h, out_w = pdn.output_size(input.shape[2], input.shape[3])
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"input image size {tuple(input.shape[2:])} is too small for this PDN (its output would be empty)")
+    specs = pdn.specs
+    return _ops.pdn_forward(
+        input,
+        [c.weight for c in convs],
+        [c.bias for c in convs],
+        [s.padding for s in specs],
+        [s.relu for s in specs],
+        [s.pool for s in specs],
+        [s.pool_padding for s in specs],
+    )

@@ -1,0 +1,101 @@
+"""Patch description networks (PDN), the teacher and student of EfficientAD.
+
+Layouts follow the paper's Tables 6/7 as the peers build them (see shared notes), as an
+``nn.Sequential`` with the same module indices as nelson1425/EfficientAD's, so published
+state dicts load by key. ``padded=True`` is the paper's variant (256x256 -> 64x64 features);
+``padded=False`` drops the convolution and pooling padding (256x256 -> 56x56), as the peers
+do by default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+PDN_ARCHITECTURES = ("small", "medium")
+Architecture = Literal["small", "medium"]
+
+
+@dataclass(frozen=True)
+class ConvLayerSpec:
+    """One PDN convolution and its fused epilogue."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    padding: int
+    relu: bool
+    pool: bool = False
+    pool_padding: int = 0
+
+
+def pdn_layer_specs(arch: Architecture, out_channels: int = 384, padded: bool = False) -> list[ConvLayerSpec]:
+    """The convolutions of a PDN, in order. ``out_channels`` is 384 for a teacher and 768
+    for a student."""
+    m = 1 if padded else 0
+    if arch == "small":
+        return [
+            ConvLayerSpec(3, 128, 4, 3 * m, True, True, m),
+            ConvLayerSpec(128, 256, 4, 3 * m, True, True, m),
+            ConvLayerSpec(256, 256, 3, m, True),
+            ConvLayerSpec(256, out_channels, 4, 0, False),
+        ]
+    if arch == "medium":
+        return [
+            ConvLayerSpec(3, 256, 4, 3 * m, True, True, m),
+            ConvLayerSpec(256, 512, 4, 3 * m, True, True, m),
+            ConvLayerSpec(512, 512, 1, 0, True),
+            ConvLayerSpec(512, 512, 3, m, True),
+            ConvLayerSpec(512, out_channels, 4, 0, True),
+            ConvLayerSpec(out_channels, out_channels, 1, 0, False),
+        ]
+    raise ValueError(f"arch must be one of {PDN_ARCHITECTURES}, got {arch!r}")
+
+
+class PDN(nn.Sequential):
+    """A PDN as ``nn.Sequential`` (Conv2d, ReLU, AvgPool2d modules).
+
+    ``forward`` is the plain ``torch.nn`` network (used for training); :meth:`fused_forward`
+    runs the same weights through the fused ``efficientad::pdn_forward`` op (inference).
+    """
+
+    def __init__(self, arch: Architecture = "small", out_channels: int = 384, padded: bool = False) -> None:
+        self.arch = arch
+        self.padded = padded
+        self.out_channels = out_channels
+        self.specs = pdn_layer_specs(arch, out_channels, padded)
+        modules: list[nn.Module] = []
+        for spec in self.specs:
+            modules.append(nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, padding=spec.padding))
+            if spec.relu:
+                modules.append(nn.ReLU(inplace=True))
+            if spec.pool:
+                modules.append(nn.AvgPool2d(2, stride=2, padding=spec.pool_padding))
+        super().__init__(*modules)
+
+    def convolutions(self) -> list[nn.Conv2d]:
+        return [m for m in self if isinstance(m, nn.Conv2d)]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the feature map for an input of height x width."""
+        for spec in self.specs:
+            height = height + 2 * spec.padding - spec.kernel_size + 1
+            width = width + 2 * spec.padding - spec.kernel_size + 1
+            if spec.pool:
+                height = (height + 2 * spec.pool_padding - 2) // 2 + 1
+                width = (width + 2 * spec.pool_padding - 2) // 2 + 1
+        return height, width
+
+    @torch.no_grad()
+    def fused_forward(self, x: Tensor) -> Tensor:
+        """Inference through the fused op; returns a channels-last tensor equal to ``self(x)``."""
+        from .ops import pdn_forward
+
+        return pdn_forward(x, self)
+
+
+def build_pdn(arch: Architecture = "small", out_channels: int = 384, padded: bool = False) -> PDN:
+    """A freshly initialised PDN (teacher: 384 output channels; student: 768)."""
+    return PDN(arch, out_channels, padded)

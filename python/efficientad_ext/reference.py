@@ -1,0 +1,106 @@
+"""Plain-PyTorch references of every ``efficientad`` op: the definitions the kernels are
+tested against, written the way the peers (anomalib, nelson1425/EfficientAD) compute them.
+
+They materialise every intermediate and use ``torch.quantile`` (sort-based, limited to
+2^24 elements), which is exactly what the fused kernels avoid.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .pdn import PDN
+
+
+def _acc(t: Tensor) -> Tensor:
+    return t.double() if t.dtype == torch.float64 else t.float()
+
+
+def quantile(input: Tensor, q: float | Sequence[float]) -> Tensor:
+    """``torch.quantile`` of all elements (computed in float32/float64); input dtype out."""
+    x = _acc(input).flatten()
+    qs = torch.as_tensor(q, dtype=x.dtype, device=x.device)
+    return torch.quantile(x, qs).to(input.dtype)
+
+
+def hard_feature_loss(teacher: Tensor, student: Tensor, p: float = 0.999, reduction: str = "batch") -> Tensor:
+    """Mean of the elements of ``d = (teacher - student)^2`` at or above ``d``'s p-quantile;
+    one threshold for the batch, or one per sample (then the mean of the per-sample losses)."""
+    d = (_acc(teacher) - _acc(student)) ** 2
+    if reduction == "batch":
+        threshold = torch.quantile(d.detach(), p)
+        return d[d >= threshold].mean()
+    losses = []
+    for d_b in d:
+        threshold = torch.quantile(d_b.detach(), p)
+        losses.append(d_b[d_b >= threshold].mean())
+    return torch.stack(losses).mean()
+
+
+def anomaly_maps_raw(
+    teacher: Tensor, teacher_mean: Tensor, teacher_std: Tensor, student: Tensor, autoencoder: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Algorithm 2, lines 2-7: the channel-mean squared-difference maps [B, 1, h, w]."""
+    c = teacher.shape[1]
+    t = _acc(teacher)
+    mean = teacher_mean.to(t.dtype).reshape(1, c, 1, 1)
+    std = teacher_std.to(t.dtype).reshape(1, c, 1, 1)
+    t_hat = (t - mean) / std
+    s = _acc(student)
+    map_st = ((t_hat - s[:, :c]) ** 2).mean(dim=1, keepdim=True)
+    map_ae = ((_acc(autoencoder) - s[:, c:]) ** 2).mean(dim=1, keepdim=True)
+    return map_st, map_ae
+
+
+def anomaly_maps(
+    teacher: Tensor,
+    teacher_mean: Tensor,
+    teacher_std: Tensor,
+    student: Tensor,
+    autoencoder: Tensor,
+    quantiles: Tensor,
+    output_size: tuple[int, int] | None = None,
+    pad: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Algorithm 2 after the networks, in the peers' order: raw maps, zero padding,
+    bilinear resize, quantile normalisation, 0.5/0.5 sum, max per image."""
+    map_st, map_ae = anomaly_maps_raw(teacher, teacher_mean, teacher_std, student, autoencoder)
+    if pad:
+        map_st, map_ae = F.pad(map_st, (pad,) * 4), F.pad(map_ae, (pad,) * 4)
+    if output_size is None:
+        output_size = tuple(map_st.shape[-2:])
+    map_st = F.interpolate(map_st, size=tuple(output_size), mode="bilinear", align_corners=False)
+    map_ae = F.interpolate(map_ae, size=tuple(output_size), mode="bilinear", align_corners=False)
+    q = quantiles.to(map_st.dtype)
+    map_st = 0.1 * (map_st - q[0]) / (q[1] - q[0])
+    map_ae = 0.1 * (map_ae - q[2]) / (q[3] - q[2])
+    combined = 0.5 * map_st + 0.5 * map_ae
+    flat = combined.flatten(1)
+    # torch.amax ignores nothing: NaN propagates, as the fused kernel does.
+    return combined, flat.amax(dim=1)
+
+
+def conv2d_relu_pool(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    padding: int = 0,
+    relu: bool = True,
+    pool: bool = False,
+    pool_padding: int = 0,
+) -> Tensor:
+    """``avg_pool2d(relu(conv2d(...)), 2, 2, pool_padding)`` as separate torch ops."""
+    y = F.conv2d(input, weight, bias, padding=padding)
+    if relu:
+        y = F.relu(y)
+    if pool:
+        y = F.avg_pool2d(y, 2, stride=2, padding=pool_padding)
+    return y
+
+
+def pdn_forward(input: Tensor, pdn: PDN) -> Tensor:
+    """The plain ``torch.nn`` PDN."""
+    return pdn(input)
