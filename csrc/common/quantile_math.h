@@ -36,7 +36,8 @@ EAD_HD QuantilePosition quantile_position(double q, int64_t n) {
 
 template <typename T>
 EAD_HD T quantile_lerp(T low, T high, T weight) {
-  if (low == high) return low;  // also keeps inf: inf - inf would be NaN
+  // An exact order statistic stays exact even next to an infinity (inf * 0 would be NaN).
+  if (weight == T(0) || low == high) return low;
   const T diff = high - low;
   return weight < T(0.5) ? low + weight * diff : high - diff * (T(1) - weight);
 }

@@ -11,7 +11,8 @@ from ._loader import build_info, load_library
 load_library()
 
 from . import ops, reference  # noqa: E402  (ops need the library loaded)
+from .autoencoder import Autoencoder  # noqa: E402
 from .pdn import PDN, PDN_ARCHITECTURES, build_pdn  # noqa: E402
 
-__all__ = ["PDN", "PDN_ARCHITECTURES", "build_info", "build_pdn", "ops", "reference"]
+__all__ = ["PDN", "PDN_ARCHITECTURES", "Autoencoder", "build_info", "build_pdn", "ops", "reference"]
 __version__ = "0.1.0"

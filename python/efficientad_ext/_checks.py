@@ -70,3 +70,15 @@ def probabilities(q: object, name: str) -> tuple[list[float], bool]:
     if not values:
         raise ValueError(f"{name} must hold at least one quantile, got an empty sequence")
     return [probability(v, name) for v in values], scalar
+
+
+def inference_only(op: str, **tensors: Tensor | None) -> None:
+    """The fused inference ops have no backward: refuse rather than silently drop gradients."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if t is not None and t.requires_grad:
+            raise RuntimeError(
+                f"{op} is inference-only and {name} requires grad: call it under torch.no_grad() "
+                f"(or detach {name}); for training use the torch.nn modules / efficientad_ext.reference.{op}"
+            )

@@ -50,6 +50,7 @@ def quantile(input: Tensor, q: float | Sequence[float] | Tensor) -> Tensor:
     _checks.floating(input, "input")
     _checks.nonempty(input, "input")
     values, scalar = _checks.probabilities(q, "q")
+    _checks.inference_only("quantile", input=input)
     out = _ops.quantile(input, values)
     return out[0] if scalar else out
 
@@ -196,6 +197,7 @@ def anomaly_maps_raw(
         autoencoder: autoencoder output [B, C, h, w].
     """
     _check_features(teacher, teacher_mean, teacher_std, student, autoencoder)
+    _checks.inference_only("anomaly_maps_raw", teacher=teacher, student=student, autoencoder=autoencoder)
     return RawMaps(*_ops.anomaly_maps_raw(teacher, teacher_mean, teacher_std, student, autoencoder))
 
 
@@ -238,6 +240,7 @@ def anomaly_maps(
     h, w = teacher.shape[-2:]
     if output_size is None:
         output_size = (h + 2 * pad, w + 2 * pad)
+    _checks.inference_only("anomaly_maps", teacher=teacher, student=student, autoencoder=autoencoder)
     if len(output_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in output_size):
         raise ValueError(f"output_size must be two positive ints (H, W), got {output_size!r}")
     return AnomalyMaps(
@@ -303,6 +306,7 @@ def conv2d_relu_pool(
             f"input of spatial size {tuple(input.shape[2:])} is too small for a {tuple(weight.shape[2:])} "
             f"kernel with padding {padding}" + (" followed by 2x2 pooling" if pool else "")
         )
+    _checks.inference_only("conv2d_relu_pool", input=input, weight=weight, bias=bias)
     return _ops.conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding)
 
 
@@ -333,8 +337,9 @@ def _pdn_forward_fake(input, weights, biases, paddings, relus, pools, pool_paddi
 
 def pdn_forward(input: Tensor, pdn: PDN) -> Tensor:
     """Runs ``pdn`` (a :class:`efficientad_ext.PDN`) on ``input`` [B, 3, H, W] through the fused
-    per-layer kernels, in one op call. Inference only; returns a channels-last tensor equal to
-    ``pdn(input)``. ``input`` must have the PDN's dtype and device."""
+    per-layer kernels, in one op call. Inference only (no gradient flows to the PDN's
+    parameters); returns a channels-last tensor equal to ``pdn(input)``. ``input`` must have
+    the PDN's dtype and device."""
     from .pdn import PDN
 
     if not isinstance(pdn, PDN):
@@ -350,11 +355,13 @@ def pdn_forward(input: Tensor, pdn: PDN) -> Tensor:
     out_h, out_w = pdn.output_size(input.shape[2], input.shape[3])
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"input image size {tuple(input.shape[2:])} is too small for this PDN (its output would be empty)")
+    _checks.inference_only("pdn_forward", input=input)
     specs = pdn.specs
+    # The module's parameters always require grad; this op is inference-only by definition.
     return _ops.pdn_forward(
         input,
-        [c.weight for c in convs],
-        [c.bias for c in convs],
+        [c.weight.detach() for c in convs],
+        [None if c.bias is None else c.bias.detach() for c in convs],
         [s.padding for s in specs],
         [s.relu for s in specs],
         [s.pool for s in specs],

@@ -1,0 +1,77 @@
+// Host-callable launchers of the CUDA kernels: the only interface between the registration
+// files (*_cuda.cpp, host compiler, torch headers) and the kernels (*_cuda.cu, nvcc, no torch
+// headers). Everything is plain pointers, sizes, strides (in elements) and a cudaStream_t.
+//
+// Element types T are __half, __nv_bfloat16, float and double (each launcher is explicitly
+// instantiated for those four); acc_t<T> is the accumulation type: float, or double for double.
+// Every launcher only enqueues work on `stream` (kernels, cudaMemsetAsync): no host
+// synchronisation and no host<->device copies, so each call can be captured in a CUDA graph.
+// The launch sequence depends only on sizes, dtypes and host arguments, never on data.
+// Workspaces are allocated by the caller (the caching allocator) with the *_workspace_bytes
+// functions; they need no initialisation. Launchers return the first CUDA error (launch
+// configuration / enqueue), or cudaSuccess.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace efficientad::cuda {
+
+template <typename T> struct AccumulationOf { using type = float; };
+template <> struct AccumulationOf<double> { using type = double; };
+template <typename T> using acc_t = typename AccumulationOf<T>::type;
+
+// ---- quantile: q[0..nq) of the n elements of the dense array x, written to out[0..nq).
+size_t quantile_workspace_bytes(int64_t nq);
+template <typename T>
+cudaError_t launch_quantile(const T* x, int64_t n, const double* q, int64_t nq, T* out, void* workspace,
+                            cudaStream_t stream);
+
+// ---- hard-feature loss over `groups` contiguous segments of `group_size` elements each.
+size_t hard_loss_workspace_bytes(int64_t groups, int64_t group_size);
+template <typename T>
+cudaError_t launch_hard_feature_loss(const T* teacher, const T* student, int64_t groups, int64_t group_size,
+                                     double p, acc_t<T>* loss, acc_t<T>* threshold, int64_t* count,
+                                     void* workspace, cudaStream_t stream);
+// grad_loss: one double on the device. grad_teacher may be null (not requested).
+template <typename T>
+cudaError_t launch_hard_feature_loss_backward(const T* teacher, const T* student, int64_t groups,
+                                              int64_t group_size, const double* grad_loss,
+                                              const acc_t<T>* threshold, const int64_t* count,
+                                              T* grad_teacher, T* grad_student, cudaStream_t stream);
+
+// ---- anomaly maps. Features are [B, C, H, W] (student [B, 2C, H, W]) with arbitrary strides.
+template <typename T>
+struct FeatureArgs {
+  const T* teacher;
+  const T* student;
+  const T* autoencoder;
+  int64_t B, C, H, W;
+  int64_t teacher_strides[4], student_strides[4], autoencoder_strides[4];
+};
+// mean, std: C doubles on the device. stats: workspace of 2C acc_t<T>. Maps: [B, H, W] dense.
+template <typename T>
+cudaError_t launch_anomaly_maps_raw(const FeatureArgs<T>& f, const double* mean, const double* std,
+                                    acc_t<T>* stats, acc_t<T>* map_st, acc_t<T>* map_ae, cudaStream_t stream);
+// quantiles: 4 doubles on the device. combined: workspace of B*H*W acc_t<T>; keys: workspace of
+// B uint64. out: [B, OH, OW] dense; score: [B].
+template <typename T>
+cudaError_t launch_anomaly_maps(const FeatureArgs<T>& f, const double* mean, const double* std,
+                                const double* quantiles, int64_t out_h, int64_t out_w, int64_t pad,
+                                acc_t<T>* stats, acc_t<T>* combined, unsigned long long* keys,
+                                acc_t<T>* out, acc_t<T>* score, cudaStream_t stream);
+
+// ---- PDN epilogue on dense NHWC (channels-last) tensors.
+template <typename T>
+cudaError_t launch_relu_inplace(T* data, int64_t n, cudaStream_t stream);
+// y: [B, H, W, C] in memory; out: [B, OH, OW, C] in memory.
+template <typename T>
+cudaError_t launch_relu_pool_nhwc(const T* y, T* out, int64_t B, int64_t C, int64_t H, int64_t W,
+                                  int64_t out_h, int64_t out_w, bool relu, int64_t pool_padding,
+                                  cudaStream_t stream);
+
+}  // namespace efficientad::cuda

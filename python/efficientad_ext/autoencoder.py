@@ -1,0 +1,44 @@
+"""EfficientAD's autoencoder (the paper's Table 8), with decoder sizes derived from the
+input size so that 256x256 and larger inputs (320, 512, non-square) all work."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def decoder_sizes(size: int) -> list[int]:
+    """Bilinear upsampling targets of the decoder for an input side of ``size`` pixels
+    (3, 8, 15, 32, 63, 127 at 256, as in the paper)."""
+    return [size // 64 - 1, size // 32, size // 16 - 1, size // 8, size // 4 - 1, size // 2 - 1]
+
+
+class Autoencoder(nn.Module):
+    """Encoder: five 4x4 stride-2 convolutions and an 8x8 convolution to a 64-d code.
+    Decoder: six (bilinear upsample, 4x4 conv, ReLU, dropout 0.2) stages, an upsample to the
+    PDN's feature size, a 3x3 conv + ReLU and a 3x3 conv to ``out_channels``."""
+
+    def __init__(self, out_channels: int = 384) -> None:
+        super().__init__()
+        enc: list[nn.Module] = []
+        channels = [3, 32, 32, 64, 64, 64]
+        for cin, cout in zip(channels[:-1], channels[1:]):
+            enc += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        enc.append(nn.Conv2d(64, 64, 8))
+        self.encoder = nn.Sequential(*enc)
+        self.decoder_stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(64, 64, 4, stride=1, padding=2), nn.ReLU(inplace=True), nn.Dropout(0.2)) for _ in range(6)
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(64, 64, 3, stride=1, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, stride=1, padding=1)
+        )
+
+    def forward(self, x: Tensor, output_size: tuple[int, int]) -> Tensor:
+        """x: [B, 3, H, W] with H, W >= 256; output_size: the PDN's feature size (h, w)."""
+        height, width = x.shape[-2:]
+        if height < 256 or width < 256:
+            raise ValueError(f"the autoencoder needs images of at least 256x256, got {height}x{width}")
+        code = self.encoder(x)
+        for stage, sh, sw in zip(self.decoder_stages, decoder_sizes(height), decoder_sizes(width)):
+            code = stage(F.interpolate(code, size=(sh, sw), mode="bilinear", align_corners=False))
+        code = F.interpolate(code, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return self.head(code)
