@@ -34,7 +34,7 @@ def make_pdn(out_channels: int, device: torch.device) -> PDN:
 @pytest.mark.parametrize("impl", ["ours", "eager", "eager_cl", "compiled"])
 @pytest.mark.parametrize("net", list(NETWORKS))
 @pytest.mark.parametrize("batch", [1, 8])
-def test_pdn_forward(measure, device, batch, net, impl):
+def test_pdn_forward(measure, reference_cache, device, batch, net, impl):
     pdn = make_pdn(NETWORKS[net], device)
     image = torch.rand(batch, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(batch)).to(device)
 
@@ -57,14 +57,19 @@ def test_pdn_forward(measure, device, batch, net, impl):
         with torch.no_grad():
             return fn(x)
 
-    with torch.no_grad():
-        want = pdn(image)
-    got = run()
-    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
+    def reference_result():
+        with torch.no_grad():
+            return pdn(image)
+
+    want = reference_cache.get(("pdn_forward", str(device), batch, net), reference_result)
+
+    def check(got):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
 
     spec = pdn.specs
     measure(
         run,
+        check=check,
         op="pdn_forward",
         group=f"pdn_forward small {net} ({spec[-1].out_channels} out) B={batch} {IMAGE}x{IMAGE} padded=False",
         impl=impl,
@@ -89,7 +94,7 @@ LAYER_CASES = [(0, 1), (0, 8), (1, 1), (2, 1), (3, 1)]  # (layer index, batch) o
 
 @pytest.mark.parametrize("impl", ["ours", "eager", "eager_cl", "compiled"])
 @pytest.mark.parametrize("layer,batch", LAYER_CASES, ids=[f"layer{i + 1}-B{b}" for i, b in LAYER_CASES])
-def test_conv2d_relu_pool(measure, device, layer, batch, impl):
+def test_conv2d_relu_pool(measure, reference_cache, device, layer, batch, impl):
     pdn = make_pdn(NETWORKS["student"], device)
     spec = pdn.specs[layer]
     conv = pdn.convolutions()[layer]
@@ -113,8 +118,14 @@ def test_conv2d_relu_pool(measure, device, layer, batch, impl):
         with torch.no_grad():
             return f(xi, wi, bias, **kwargs)
 
-    want = reference.conv2d_relu_pool(x, weight, bias, **kwargs)
-    torch.testing.assert_close(run(), want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
+    def reference_result():
+        with torch.no_grad():
+            return reference.conv2d_relu_pool(x, weight, bias, **kwargs)
+
+    want = reference_cache.get(("conv2d_relu_pool", str(device), layer, batch), reference_result)
+
+    def check(got):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
 
     desc = (
         f"{spec.in_channels}->{spec.out_channels} k{spec.kernel_size} p{spec.padding}"
@@ -123,6 +134,7 @@ def test_conv2d_relu_pool(measure, device, layer, batch, impl):
     )
     measure(
         run,
+        check=check,
         op="conv2d_relu_pool",
         group=f"conv2d_relu_pool student layer{layer + 1} ({desc}) in {list(shape)}",
         impl=impl,

@@ -106,8 +106,9 @@ def sync(device: torch.device) -> None:
 
 class Measure:
     """Times ``fn`` with ``benchmark.pedantic`` (one call per round); the number of rounds is
-    sized from one untimed call so that every case takes about ``target_s`` seconds, between
-    ``min_rounds`` and ``max_rounds``. CUDA work is synchronised inside the timed call."""
+    sized from one untimed warm-up call so that every case takes about ``target_s`` seconds,
+    between ``min_rounds`` and ``max_rounds``; ``check(result of the warm-up call)`` validates
+    the output first. CUDA work is synchronised inside the timed call."""
 
     def __init__(self, benchmark, device: torch.device, config) -> None:
         self.benchmark = benchmark
@@ -118,6 +119,7 @@ class Measure:
         self,
         fn: Callable[[], object],
         *,
+        check: Callable[[object], None] | None = None,
         op: str,
         group: str,
         impl: str,
@@ -135,8 +137,11 @@ class Measure:
             return out
 
         t0 = time.perf_counter()
-        timed()  # untimed warm-up, also sizes the rounds
+        out = timed()  # untimed warm-up: sizes the rounds, and its result is checked
         dt = time.perf_counter() - t0
+        if check is not None:
+            check(out)  # never time a wrong answer
+        del out
         rounds = int(min(max_rounds, max(min_rounds, math.ceil(target_s / max(dt, 1e-6)))))
         warmup = 0 if dt > 0.25 else min(5, rounds)
         self.benchmark.group = f"{group} [{device.type}]"
@@ -173,6 +178,28 @@ class Measure:
         return compiled
 
 
+class OneEntryCache:
+    """Keeps the last computed value (e.g. the reference output of the case whose impls are
+    being timed: impl is the innermost parameter, so they run one after the other)."""
+
+    def __init__(self) -> None:
+        self.key = None
+        self.value = None
+
+    def get(self, key, compute: Callable[[], object]):
+        if key != self.key:
+            self.key, self.value = None, None  # free the previous value first
+            self.value = compute()
+            self.key = key
+        return self.value
+
+
 @pytest.fixture
 def measure(benchmark, device, request) -> Measure:
     return Measure(benchmark, device, request.config)
+
+
+@pytest.fixture(scope="session")
+def reference_cache() -> OneEntryCache:
+    """The reference result of the current case, computed once for all its impls."""
+    return OneEntryCache()

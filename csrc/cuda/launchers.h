@@ -53,14 +53,14 @@ struct FeatureArgs {
   int64_t B, C, H, W;
   int64_t teacher_strides[4], student_strides[4], autoencoder_strides[4];
 };
-// mean, std: C doubles on the device. stats: workspace of 2C acc_t<T>. Maps: [B, H, W] dense.
+// mean, std_dev: C doubles on the device. stats: workspace of 2C acc_t<T>. Maps: [B, H, W] dense.
 template <typename T>
-cudaError_t launch_anomaly_maps_raw(const FeatureArgs<T>& f, const double* mean, const double* std,
+cudaError_t launch_anomaly_maps_raw(const FeatureArgs<T>& f, const double* mean, const double* std_dev,
                                     acc_t<T>* stats, acc_t<T>* map_st, acc_t<T>* map_ae, cudaStream_t stream);
 // quantiles: 4 doubles on the device. combined: workspace of B*H*W acc_t<T>; keys: workspace of
 // B uint64. out: [B, OH, OW] dense; score: [B].
 template <typename T>
-cudaError_t launch_anomaly_maps(const FeatureArgs<T>& f, const double* mean, const double* std,
+cudaError_t launch_anomaly_maps(const FeatureArgs<T>& f, const double* mean, const double* std_dev,
                                 const double* quantiles, int64_t out_h, int64_t out_w, int64_t pad,
                                 acc_t<T>* stats, acc_t<T>* combined, unsigned long long* keys,
                                 acc_t<T>* out, acc_t<T>* score, cudaStream_t stream);

@@ -11,10 +11,12 @@
 //     to the segment's global uint64 histogram. Pass 0 also counts NaN (never selected).
 //     ceil(R / kSlotsPerLaunch) launches per pass (1 in pass 0); blocks of a launch whose slots
 //     are unused this pass return at once.
-//   select kernel: one block per segment finds, for every rank, the bucket holding it
-//     (find_rank_bucket over 256 chunk sums, then over the chunk's bins), appends the digit to
-//     the rank's prefix, keeps the rank within the bucket, zeroes the histogram and rebuilds
-//     the distinct prefixes (ranks are sorted, so equal prefixes are adjacent).
+//   select kernel, after each histogram launch: one block per segment finds, for every rank
+//     of those slots, the bucket holding it (find_rank_bucket over 256 chunk sums, then over
+//     the chunk's bins), appends the digit to the rank's prefix, keeps the rank within the
+//     bucket and zeroes the histogram; the pass's last one rebuilds the distinct prefixes
+//     (ranks are sorted, so equal prefixes are adjacent).
+// Memory: ~28 bytes per rank and segment + global histograms of min(R, 4) * 16 KiB per segment.
 // All state lives in a device workspace; the launch sequence depends on (S, R, dtype) only, so
 // there is no host synchronisation and the whole selection can be captured in a CUDA graph.
 // Values are produced on the fly by a Source functor `Acc operator()(int64 segment, int64 i)`,
@@ -46,9 +48,12 @@ struct RadixState {
   int32_t* slot;                  // [S][R] index into distinct of each rank's prefix
   int32_t* ndistinct;             // [S]
   unsigned long long* nan_count;  // [S]
-  unsigned long long* hist;       // [S][R][kMaxBins]
+  unsigned long long* hist;       // [S][H][kMaxBins], H = hist_slots: the slots of one launch
   int64_t nranks;                 // R
+  int64_t hist_slots;             // H = min(R, kSlotsPerLaunch)
 };
+
+inline int64_t hist_slots_for(int64_t R) { return std::min<int64_t>(R, kSlotsPerLaunch); }
 
 // Workspace layout (256-byte aligned regions); fills *st when given. Monotone in S and R.
 inline size_t radix_state_bytes(int64_t S, int64_t R, void* base = nullptr, RadixState* st = nullptr) {
@@ -60,13 +65,14 @@ inline size_t radix_state_bytes(int64_t S, int64_t R, void* base = nullptr, Radi
   };
   const size_t sr = size_t(S) * size_t(R);
   const size_t o_prefix = take(sr * 8), o_rank = take(sr * 8), o_distinct = take(sr * 8), o_slot = take(sr * 4);
-  const size_t o_nd = take(size_t(S) * 4), o_nan = take(size_t(S) * 8), o_hist = take(sr * kMaxBins * 8);
+  const size_t o_nd = take(size_t(S) * 4), o_nan = take(size_t(S) * 8);
+  const size_t o_hist = take(size_t(S) * size_t(hist_slots_for(R)) * kMaxBins * 8);
   if (st) {
     char* b = static_cast<char*>(base);
     *st = {reinterpret_cast<uint64_t*>(b + o_prefix), reinterpret_cast<int64_t*>(b + o_rank),
            reinterpret_cast<uint64_t*>(b + o_distinct), reinterpret_cast<int32_t*>(b + o_slot),
            reinterpret_cast<int32_t*>(b + o_nd), reinterpret_cast<unsigned long long*>(b + o_nan),
-           reinterpret_cast<unsigned long long*>(b + o_hist), R};
+           reinterpret_cast<unsigned long long*>(b + o_hist), R, hist_slots_for(R)};
   }
   return off;
 }
@@ -122,7 +128,7 @@ __global__ void __launch_bounds__(kHistThreads)
         });
     if (count_nan && nan > 0) atomicAdd(&sh_nan, nan);
     __syncthreads();
-    unsigned long long* g = st.hist + (seg * st.nranks + slot_begin) * kMaxBins;
+    unsigned long long* g = st.hist + seg * st.hist_slots * kMaxBins;
     for (uint32_t b = threadIdx.x; b < uint32_t(active) * bins; b += blockDim.x) {
       const unsigned int c = sh_hist[b];
       if (c != 0) atomicAdd(&g[(b / bins) * kMaxBins + b % bins], static_cast<unsigned long long>(c));
@@ -132,19 +138,21 @@ __global__ void __launch_bounds__(kHistThreads)
   }
 }
 
-__global__ void __launch_bounds__(kSelectThreads) radix_select_kernel(RadixState st, int64_t S, int shift, uint32_t bins) {
+// Selects within the slots [slot_begin, slot_begin + slots) histogrammed by the launch before.
+__global__ void __launch_bounds__(kSelectThreads)
+    radix_select_kernel(RadixState st, int64_t S, int shift, uint32_t bins, int slot_begin, int slots, bool rebuild) {
   __shared__ long long chunk_sum[kSelectThreads];
   const int64_t R = st.nranks;
   const uint32_t width = (bins + kSelectThreads - 1) / kSelectThreads;  // bins per chunk
   const uint32_t nchunks = (bins + width - 1) / width;
   for (int64_t seg = blockIdx.x; seg < S; seg += gridDim.x) {
-    const int nd = st.ndistinct[seg];
-    unsigned long long* hist = st.hist + seg * R * kMaxBins;
+    const int slot_end = min(st.ndistinct[seg], slot_begin + slots);
+    unsigned long long* hist = st.hist + seg * st.hist_slots * kMaxBins;
     uint64_t* prefix = st.prefix + seg * R;
     int64_t* rank = st.rank + seg * R;
     int32_t* slot = st.slot + seg * R;
-    for (int s = 0; s < nd; ++s) {
-      const unsigned long long* h = hist + size_t(s) * kMaxBins;
+    for (int s = slot_begin; s < slot_end; ++s) {
+      const unsigned long long* h = hist + size_t(s - slot_begin) * kMaxBins;
       for (uint32_t c = threadIdx.x; c < nchunks; c += blockDim.x) {
         long long sum = 0;
         for (uint32_t b = c * width; b < min(bins, (c + 1) * width); ++b) sum += static_cast<long long>(h[b]);
@@ -162,8 +170,8 @@ __global__ void __launch_bounds__(kSelectThreads) radix_select_kernel(RadixState
       }
       __syncthreads();
     }
-    for (int64_t b = threadIdx.x; b < int64_t(nd) * kMaxBins; b += blockDim.x) hist[b] = 0;
-    if (threadIdx.x == 0) {  // ranks are sorted, so equal prefixes are adjacent
+    for (int64_t b = threadIdx.x; b < int64_t(max(0, slot_end - slot_begin)) * kMaxBins; b += blockDim.x) hist[b] = 0;
+    if (rebuild && threadIdx.x == 0) {  // ranks are sorted, so equal prefixes are adjacent
       int n = 0;
       for (int64_t r = 0; r < R; ++r) {
         if (r == 0 || prefix[r] != prefix[r - 1]) st.distinct[seg * R + n++] = prefix[r];
@@ -207,10 +215,12 @@ cudaError_t radix_select(const Source& src, int64_t S, int64_t seg_size, const s
     for (int64_t j = 0; j < launches; ++j) {
       const int slots = first ? 1 : int(std::min<int64_t>(kSlotsPerLaunch, R - j * kSlotsPerLaunch));
       const size_t smem = size_t(slots) * bins * sizeof(unsigned int);
+      const int slot_begin = int(j * kSlotsPerLaunch);
       radix_histogram_kernel<Acc, Source><<<dim3(gx, seg_blocks), kHistThreads, smem, stream>>>(
-          src, S, seg_size, st, shift, bins, mask, int(j * kSlotsPerLaunch), slots, first);
+          src, S, seg_size, st, shift, bins, mask, slot_begin, slots, first);
+      radix_select_kernel<<<seg_blocks, kSelectThreads, 0, stream>>>(st, S, shift, bins, slot_begin, slots,
+                                                                     j == launches - 1);
     }
-    radix_select_kernel<<<seg_blocks, kSelectThreads, 0, stream>>>(st, S, shift, bins);
     hi = shift;
   }
   return cudaGetLastError();
