@@ -3,6 +3,9 @@
 
     python benchmarks/summarize.py bench.json            # summary per op + one table per group
     python benchmarks/summarize.py bench.json --summary  # only the per-op summary tables
+    python benchmarks/summarize.py a.json b.json         # several runs (e.g. one per file), merged
+
+With several files, a group measured in more than one keeps the entries of the last file.
 
 Ratios are ``median(impl) / median(ours)`` in the same group (same inputs, same run): a ratio
 above 1 means ours is that many times faster than ``impl``. Cases that were skipped (no GPU,
@@ -43,9 +46,27 @@ def impl_key(impl: str) -> tuple[int, str]:
     return (IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER), impl)
 
 
-def load(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+def load(paths: list[str]) -> dict:
+    """One JSON, or several merged: machine info and date of the last file, all benchmarks
+    (a later file's entry replaces an earlier one with the same fullname), all skips."""
+    merged: dict = {}
+    benchmarks: OrderedDict[str, dict] = OrderedDict()
+    skips: OrderedDict[str, dict] = OrderedDict()
+    dates = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        merged.update({k: v for k, v in data.items() if k not in ("benchmarks", "skipped")})
+        dates.append(data.get("datetime", "?"))
+        for b in data.get("benchmarks", []):
+            benchmarks.pop(b["fullname"], None)
+            benchmarks[b["fullname"]] = b
+        for s in data.get("skipped") or []:
+            skips[s["test"]] = s
+    merged["benchmarks"] = list(benchmarks.values())
+    merged["skipped"] = [s for t, s in skips.items() if t not in benchmarks]
+    merged["datetime"] = ", ".join(dates)
+    return merged
 
 
 def collect(data: dict):
@@ -140,7 +161,7 @@ def skipped(data: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", help="file written by pytest --benchmark-json=...")
+    ap.add_argument("json", nargs="+", help="file(s) written by pytest --benchmark-json=...")
     ap.add_argument("--summary", action="store_true", help="only the per-op summary tables")
     args = ap.parse_args(argv)
     data = load(args.json)

@@ -1,4 +1,5 @@
-"""`python -m efficientad_ext`: check this installation end to end and time it.
+"""`python -m efficientad_ext ...` is the `efficientad` command line (see cli.py);
+`efficientad selfcheck` runs :func:`selfcheck`: check this installation end to end and time it.
 
 Runs the EfficientAD-S inference path (teacher and student PDNs, autoencoder, anomaly maps)
 at 256x256 on random images with freshly initialised networks, once through the fused ops
@@ -27,8 +28,8 @@ def _median_ms(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m efficientad_ext", description=__doc__.splitlines()[0])
+def selfcheck(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="efficientad selfcheck", description="check the installation")
     parser.add_argument("--arch", choices=["small", "medium"], default="small")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (>= 256)")
@@ -77,4 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from .cli import main
+
     sys.exit(main())

@@ -1,0 +1,46 @@
+"""Image augmentations of EfficientAD's training, on float images in [0, 1], [B, 3, H, W].
+
+Autoencoder branch (Algorithm 1, line 16): one of brightness, contrast or saturation with a
+factor drawn from U(0.8, 1.2), per image, defined as torchvision's colour adjustments.
+Penalty images: resize to twice the image size, random grayscale (p = 0.3), centre crop.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+
+def grayscale(x: Tensor) -> Tensor:
+    """[B, 3, H, W] -> [B, 1, H, W] luma."""
+    w = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    return (factor * x + (1 - factor) * other).clamp_(0, 1)
+
+
+def color_jitter_one_of(x: Tensor, generator: torch.Generator, low: float = 0.8, high: float = 1.2) -> Tensor:
+    """Per image, one of brightness / contrast / saturation with factor ~ U(low, high)."""
+    b = x.shape[0]
+    kind = torch.randint(0, 3, (b,), generator=generator)
+    factor = (torch.rand(b, generator=generator) * (high - low) + low).to(x.device, x.dtype).view(b, 1, 1, 1)
+    gray = grayscale(x)
+    brightness = blend(x, torch.zeros_like(x), factor)
+    contrast = blend(x, gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), factor)
+    saturation = blend(x, gray.expand_as(x), factor)
+    k = kind.to(x.device).view(b, 1, 1, 1)
+    return torch.where(k == 0, brightness, torch.where(k == 1, contrast, saturation))
+
+
+def penalty_transform(x: Tensor, size: tuple[int, int], generator: torch.Generator, p_gray: float = 0.3) -> Tensor:
+    """Resize([B,3,h,w] -> 2*size) -> RandomGrayscale(p_gray) -> CenterCrop(size)."""
+    h, w = size
+    x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False, antialias=True)
+    gray_mask = (torch.rand(x.shape[0], generator=generator) < p_gray).to(x.device).view(-1, 1, 1, 1)
+    x = torch.where(gray_mask, grayscale(x).expand_as(x), x)
+    top, left = (2 * h - h) // 2, (2 * w - w) // 2
+    return x[:, :, top : top + h, left : left + w]

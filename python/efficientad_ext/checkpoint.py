@@ -1,0 +1,107 @@
+"""The model file: one safetensors file holding everything inference needs.
+
+Tensors: the weights of teacher, student and autoencoder (``teacher.*``, ``student.*``,
+``autoencoder.*``), ``teacher_mean``, ``teacher_std`` and ``quantiles``. Metadata (JSON in the
+safetensors header): format name and version, the :class:`ModelConfig` (architecture, padding,
+image size, input normalisation), whether the quantiles were calibrated, and how the model
+was trained. No pickle anywhere: loading a file cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .files import write_atomically
+from .model import EfficientAD, ModelConfig, TrainingRecord
+
+FORMAT_NAME = "efficientad_ext.model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message names the file and the problem."""
+
+
+def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
+    """Writes ``model`` to ``path`` (a .safetensors file) atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for prefix, module in (("teacher", model.teacher), ("student", model.student), ("autoencoder", model.autoencoder)):
+        for name, value in module.state_dict().items():
+            tensors[f"{prefix}.{name}"] = value.detach().to("cpu").contiguous()
+    for name in ("teacher_mean", "teacher_std", "quantiles"):
+        tensors[name] = getattr(model, name).detach().to("cpu", torch.float32).contiguous()
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(model.config.to_dict()),
+        "calibrated": json.dumps(bool(model.calibrated)),
+        "training": json.dumps(asdict(model.record)),
+    }
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> EfficientAD:
+    """Reads a model file written by :func:`save_model`; checks format, version and every
+    tensor's name and shape. Raises :class:`ModelFileError` (or FileNotFoundError) with the
+    file's path and what is wrong."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path} is not a readable efficientad_ext model file (safetensors): {e}") from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path} is a safetensors file but not an efficientad_ext model (format {metadata.get('format')!r})")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise ModelFileError(
+            f"{path} has model format version {version}, this efficientad_ext reads version {FORMAT_VERSION}"
+        )
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        calibrated = bool(json.loads(metadata.get("calibrated", "false")))
+        record = TrainingRecord(**json.loads(metadata.get("training", "{}")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path} has corrupt metadata: {e}") from None
+
+    model = EfficientAD(config)
+    expected = {f"{p}.{k}": v for p in ("teacher", "student", "autoencoder") for k, v in getattr(model, p).state_dict().items()}
+    for name in ("teacher_mean", "teacher_std", "quantiles"):
+        expected[name] = getattr(model, name)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(f"{path} does not match its own config {config}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise ModelFileError(
+                f"{path}: tensor {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)} for {config}"
+            )
+        if not value.is_floating_point():
+            raise ModelFileError(f"{path}: tensor {name} has dtype {value.dtype}, expected floating point")
+    with torch.no_grad():
+        for prefix in ("teacher", "student", "autoencoder"):
+            getattr(model, prefix).load_state_dict(
+                {k[len(prefix) + 1 :]: v.float() for k, v in tensors.items() if k.startswith(prefix + ".")}, strict=True
+            )
+        for name in ("teacher_mean", "teacher_std", "quantiles"):
+            getattr(model, name).copy_(tensors[name])
+    model.calibrated = calibrated
+    model.record = record
+    model.eval()
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model

@@ -1,0 +1,209 @@
+"""The ``efficientad`` command line: train, eval, infer, demo, selfcheck."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def _device(name: str | None) -> str:
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M (default small)")
+    p.add_argument("--padded", action="store_true", help="padded PDNs (the paper's 64x64 maps); default unpadded, re-padded maps")
+    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N", help="H [W] of the network input (>= 256)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default 1, the paper's)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--hard-reduction", choices=["auto", "batch", "per_sample"], default=d.hard_reduction)
+    p.add_argument("--penalty-dir", type=Path, help="folder of ImageNet(-like) images for the pretraining penalty")
+    p.add_argument("--teacher", type=Path, help="teacher weights (.safetensors / .pth); default: a random teacher")
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _model_config(args):
+    from .model import ModelConfig
+
+    size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
+    if len(size) != 2:
+        raise SystemExit(f"--image-size takes one or two numbers, got {args.image_size}")
+    return ModelConfig(arch=args.arch, padded=args.padded, image_size=tuple(size))
+
+
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        hard_reduction=args.hard_reduction, penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
+        validation_fraction=args.validation_fraction, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        skip_corrupt=args.skip_corrupt,
+    )
+
+
+def cmd_train(args) -> int:
+    from .data import open_dataset
+    from .train import train
+
+    splits = open_dataset(args.dataset)
+    validation = [s.path for s in splits.validation] or None
+    train([s.path for s in splits.train], args.out, _model_config(args), _train_config(args),
+          validation_images=validation, teacher=args.teacher, device=_device(args.device), resume=args.resume)
+    print(f"model written to {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load_model
+    from .data import open_dataset
+    from .evaluate import evaluate, format_summary
+
+    model = load_model(args.model, device=_device(args.device))
+    splits = open_dataset(args.dataset)
+    if not splits.test:
+        raise SystemExit(f"{args.dataset} has no test images (expected <dataset>/test/<type>/...)")
+    result = evaluate(model, splits.test, args.out, args.batch_size, write_images=not args.no_images, skip_corrupt=args.skip_corrupt)
+    print(format_summary(result))
+    print(f"metrics written to {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from .checkpoint import load_model
+    from .data import Sample, list_images
+    from .evaluate import predict
+    from .files import write_text_atomically
+
+    model = load_model(args.model, device=_device(args.device))
+    paths = list_images(args.images)
+    if not paths:
+        raise SystemExit(f"no images found in {args.images}")
+    samples = [Sample(path=p, label=0, defect_type="images", mask_path=None) for p in paths]
+    dataset, maps, scores = predict(model, samples, args.batch_size, args.skip_corrupt)
+    out = Path(args.out)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "score"])
+    for s, v in zip(dataset.samples, scores):
+        writer.writerow([str(s.path), f"{float(v):.6g}"])
+    write_text_atomically(out / "scores.csv", buf.getvalue())
+    if not args.no_images:
+        from .visualize import save_heatmap_png
+
+        vmax = float(maps.max())
+        for i, s in enumerate(dataset.samples):
+            save_heatmap_png(dataset[i]["image"], maps[i], out / "heatmaps" / f"{Path(s.path).stem}.png", vmin=0.0, vmax=vmax)
+    print(f"{len(dataset.samples)} images scored: {out / 'scores.csv'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The built-in main job: synthetic dataset -> train -> evaluate -> heatmaps -> metrics."""
+    from .checkpoint import load_model
+    from .data import open_dataset
+    from .evaluate import evaluate, format_summary
+    from .model import ModelConfig
+    from .synthetic import make_synthetic_dataset
+    from .train import TrainConfig, train
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="efficientad-demo-"))
+    data = make_synthetic_dataset(out / "dataset", seed=args.seed)
+    print(f"synthetic dataset (procedural textures with scratches, spots and missing patches): {data}")
+    splits = open_dataset(data)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, checkpoint_every=max(args.steps // 2, 1),
+                         log_every=max(args.steps // 10, 1))
+    device = _device(args.device)
+    train([s.path for s in splits.train], out / "model", ModelConfig(), config, device=device)
+    model = load_model(out / "model" / "model.safetensors", device=device)
+    result = evaluate(model, splits.test, out / "eval", write_images=True)
+    print(format_summary(result))
+    print(f"heatmaps: {out / 'eval' / 'images'}; metrics: {out / 'eval' / 'metrics.json'}; model: {out / 'model' / 'model.safetensors'}")
+    return 0
+
+
+def cmd_selfcheck(args) -> int:
+    from .__main__ import selfcheck
+
+    return selfcheck(["--device", _device(args.device)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="efficientad", description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on a dataset's normal images (Algorithm 1)")
+    p.add_argument("dataset", type=Path, help="MVTec AD / LOCO / VisA folder, or a plain folder of normal images")
+    p.add_argument("--out", type=Path, required=True, help="output folder (model.safetensors, train_state, training.json)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/train_state.safetensors")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on a dataset's test set (metrics + heatmap PNGs)")
+    p.add_argument("model", type=Path)
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-images", action="store_true", help="metrics only, no PNGs")
+    p.add_argument("--skip-corrupt", action="store_true")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("infer", help="score a folder of images (scores.csv + heatmaps)")
+    p.add_argument("model", type=Path)
+    p.add_argument("images", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-images", action="store_true")
+    p.add_argument("--skip-corrupt", action="store_true")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps")
+    p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("selfcheck", help="check the installation: fused ops vs plain torch, with timings")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_selfcheck)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("train", "demo") else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoint import ModelFileError
+    from .data import ImageError
+
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, ImageError, ModelFileError) as e:
+        print(f"efficientad {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

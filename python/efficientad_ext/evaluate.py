@@ -1,0 +1,100 @@
+"""Evaluation on a labelled test set: image AUROC, pixel AUROC, AU-PRO (FPR <= 0.3), per
+defect type image AUROC, one heatmap PNG per test image and a JSON summary."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import ImageDataset, Sample
+from .files import write_text_atomically
+from .metrics import au_pro, image_auroc, pixel_auroc
+from .model import EfficientAD
+from .progress import Progress
+
+log = logging.getLogger("efficientad_ext.evaluate")
+
+
+@torch.no_grad()
+def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, skip_corrupt: bool = False):
+    """Runs the model over ``samples``; returns (dataset, maps [N, H, W] float32 CPU, scores [N])."""
+    dataset = ImageDataset(list(samples), model.config.image_size, skip_corrupt=skip_corrupt)
+    maps, scores = [], []
+    progress = Progress(len(dataset), label="eval", every=max(1, len(dataset) // 10))
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        result = model.infer(torch.stack([it["image"] for it in items]))
+        maps.append(result.anomaly_map[:, 0].float().cpu())
+        scores.append(result.score.float().cpu())
+        progress.update(start + len(items))
+    progress.close()
+    return dataset, torch.cat(maps), torch.cat(scores)
+
+
+def evaluate(
+    model: EfficientAD,
+    test_samples: Sequence[Sample],
+    out_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 8,
+    write_images: bool = True,
+    skip_corrupt: bool = False,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``test_samples`` (normal and anomalous, with masks where known).
+
+    Writes ``out_dir/metrics.json`` and, with ``write_images``, ``out_dir/images/<type>/<name>.png``.
+    Pixel metrics need at least one non-empty mask; image AUROC needs both classes.
+    """
+    t0 = time.perf_counter()
+    dataset, maps, scores = predict(model, test_samples, batch_size, skip_corrupt)
+    samples = dataset.samples
+    labels = torch.tensor([s.label for s in samples])
+    masks = torch.stack([dataset[i]["mask"][0] for i in range(len(dataset))])
+    seconds = time.perf_counter() - t0
+    result: dict[str, Any] = {"images": len(samples), "anomalous": int(labels.sum()), "seconds": round(seconds, 2)}
+    if 0 < int(labels.sum()) < len(labels):
+        result["image_auroc"] = image_auroc(scores, labels)
+        per_type = {}
+        for t in sorted({s.defect_type for s in samples if s.label == 1}):
+            keep = torch.tensor([s.label == 0 or s.defect_type == t for s in samples])
+            per_type[t] = image_auroc(scores[keep], labels[keep])
+        result["image_auroc_per_type"] = per_type
+    else:
+        log.warning("image AUROC needs normal and anomalous test images; skipped")
+    if masks.any():
+        result["pixel_auroc"] = pixel_auroc(maps, masks)
+        result["au_pro"] = au_pro(maps, masks, fpr_limit=0.3)
+    else:
+        log.warning("no non-empty ground-truth masks: pixel AUROC and AU-PRO skipped")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if write_images:
+            from .visualize import save_heatmap_png
+
+            vmax = float(maps.max())
+            for i, sample in enumerate(samples):
+                item = dataset[i]
+                mask = item["mask"][0] if sample.mask_path is not None else None
+                save_heatmap_png(item["image"], maps[i], out_dir / "images" / sample.defect_type / f"{Path(sample.path).stem}.png",
+                                 mask=mask, vmin=0.0, vmax=vmax)
+        scores_rows = [{"path": str(s.path), "defect_type": s.defect_type, "label": s.label, "score": float(v)}
+                       for s, v in zip(samples, scores)]
+        write_text_atomically(out_dir / "metrics.json", json.dumps({**result, "scores": scores_rows}, indent=2))
+    return result
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A short terminal table of the metrics."""
+    rows = [("images", f"{result['images']} ({result['anomalous']} anomalous)")]
+    for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("au_pro", "AU-PRO (FPR<=0.3)")):
+        if key in result:
+            rows.append((label, f"{result[key]:.4f}"))
+    for t, v in result.get("image_auroc_per_type", {}).items():
+        rows.append((f"  image AUROC {t}", f"{v:.4f}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)

@@ -1,0 +1,31 @@
+"""Atomic file writes: a failed or interrupted write never replaces or truncates a good file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Calls ``write(tmp_path)`` for a temporary file beside ``path`` (same filesystem), fsyncs
+    it and renames it over ``path``. On any error the temporary file is removed and ``path``
+    is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
+    return write_atomically(path, lambda tmp: tmp.write_text(text))

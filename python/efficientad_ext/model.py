@@ -1,0 +1,256 @@
+"""The EfficientAD model: teacher, student, autoencoder and everything inference needs.
+
+Inference (the paper's Algorithm 2) runs the PDNs through the fused ``pdn_forward`` op and
+the maps through the fused ``anomaly_maps`` op; training (Algorithm 1, ``train.py``) uses the
+same modules as plain ``torch.nn``. Images are ImageNet-normalised once, before the three
+networks (anomalib normalises inside each network: three times per image).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from .autoencoder import Autoencoder
+from .pdn import PDN, PDN_ARCHITECTURES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Zero border added around the maps of unpadded PDNs (56x56 at 256x256) so that they align
+# with the image: the padded PDN's output is 8 pixels larger in each direction.
+UNPADDED_MAP_BORDER = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the networks' shapes and the input convention."""
+
+    arch: str = "small"
+    padded: bool = False
+    image_size: tuple[int, int] = (256, 256)
+    teacher_channels: int = 384
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.arch not in PDN_ARCHITECTURES:
+            raise ValueError(f"arch must be one of {PDN_ARCHITECTURES}, got {self.arch!r}")
+        size = tuple(int(v) for v in self.image_size)
+        if len(size) != 2 or min(size) < 256:
+            raise ValueError(f"image_size must be (H, W) with both >= 256 (the autoencoder's minimum), got {self.image_size!r}")
+        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
+        object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class InferenceResult(NamedTuple):
+    """``anomaly_map`` [B, 1, H, W] at the input resolution and ``score`` [B]."""
+
+    anomaly_map: Tensor
+    score: Tensor
+
+
+@dataclass
+class TrainingRecord:
+    """What produced a model (stored with it)."""
+
+    steps: int = 0
+    teacher: str = "random initialisation"
+    penalty_images: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EfficientAD(nn.Module):
+    """Teacher PDN (frozen), student PDN (2x the teacher's channels), autoencoder, the teacher's
+    per-channel mean/std and the four map-normalisation quantiles."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config.teacher_channels
+        self.teacher = PDN(self.config.arch, c, self.config.padded)
+        self.student = PDN(self.config.arch, 2 * c, self.config.padded)
+        self.autoencoder = Autoencoder(c)
+        self.teacher.requires_grad_(False)
+        self.register_buffer("teacher_mean", torch.zeros(c))
+        self.register_buffer("teacher_std", torch.ones(c))
+        # [q_st_a, q_st_b, q_ae_a, q_ae_b]; the identity-like default until calibrated.
+        self.register_buffer("quantiles", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        self.register_buffer("image_mean", torch.tensor(self.config.image_mean).view(1, 3, 1, 1))
+        self.register_buffer("image_std", torch.tensor(self.config.image_std).view(1, 3, 1, 1))
+        self.calibrated = False
+        self.record = TrainingRecord()
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def feature_size(self) -> tuple[int, int]:
+        """Spatial size of the PDN output for the configured image size."""
+        return self.teacher.output_size(*self.config.image_size)
+
+    @property
+    def map_border(self) -> int:
+        return 0 if self.config.padded else UNPADDED_MAP_BORDER
+
+    @property
+    def device(self) -> torch.device:
+        return self.teacher_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.student.parameters()).dtype
+
+    # ------------------------------------------------------------------ input
+
+    def prepare(self, batch: Tensor | Sequence[Any]) -> tuple[Tensor, tuple[int, int]]:
+        """Converts a batch to the normalised network input [B, 3, H, W] on the model's
+        device and dtype, resized to ``config.image_size``. Returns it and the input's (H, W).
+
+        Accepts a float tensor in [0, 1] or a uint8 tensor, [B, 3, H, W] or [B, H, W, 3]
+        ([B, 1, H, W] / [B, H, W, 1] grayscale is replicated to RGB; a single image without
+        the batch dimension is accepted too), or a list of PIL images or numpy arrays of one size.
+        """
+        x = _batch_tensor(batch)
+        in_size = (int(x.shape[-2]), int(x.shape[-1]))
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.to(self.dtype) / 255.0
+        else:
+            x = x.to(self.dtype)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if in_size != self.config.image_size:
+            x = F.interpolate(x, size=self.config.image_size, mode="bilinear", align_corners=False, antialias=True)
+        return self.normalize(x), in_size
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """ImageNet normalisation of float images in [0, 1] (done once, before all networks)."""
+        return (x - self.image_mean.to(x.dtype)) / self.image_std.to(x.dtype)
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def infer(self, batch: Tensor | Sequence[Any]) -> InferenceResult:
+        """Anomaly maps and image scores (Algorithm 2) for a batch of any size.
+
+        Returns ``InferenceResult(anomaly_map [B, 1, H, W], score [B])`` at the input's
+        resolution, in float32 (float64 for a float64 model), on the model's device. No
+        host synchronisation happens for tensors already on the model's device.
+        """
+        x, in_size = self.prepare(batch)
+        teacher = self.teacher.fused_forward(x)
+        student = self.student.fused_forward(x)
+        autoencoder = self.autoencoder(x, self.feature_size)
+        out = ops.anomaly_maps(
+            teacher, self.teacher_mean, self.teacher_std, student, autoencoder, self.quantiles, in_size, self.map_border
+        )
+        return InferenceResult(out.anomaly_map, out.score)
+
+    @torch.no_grad()
+    def raw_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The raw student-teacher and student-autoencoder maps of normalised inputs ``x``,
+        padded and resized to ``config.image_size`` as in inference (for the quantiles)."""
+        teacher = self.teacher.fused_forward(x)
+        student = self.student.fused_forward(x)
+        autoencoder = self.autoencoder(x, self.feature_size)
+        maps = ops.anomaly_maps_raw(teacher, self.teacher_mean, self.teacher_std, student, autoencoder)
+        b = self.map_border
+        return tuple(
+            F.interpolate(F.pad(m, (b, b, b, b)), size=self.config.image_size, mode="bilinear", align_corners=False)
+            for m in maps
+        )
+
+    def forward(self, batch: Tensor | Sequence[Any]) -> InferenceResult:  # noqa: D401
+        """Same as :meth:`infer`."""
+        return self.infer(batch)
+
+    def reference_infer(self, batch: Tensor | Sequence[Any]) -> InferenceResult:
+        """Algorithm 2 in plain torch.nn / reference ops (for tests and benchmarks)."""
+        from . import reference
+
+        with torch.no_grad():
+            x, in_size = self.prepare(batch)
+            t, s = self.teacher(x), self.student(x)
+            a = self.autoencoder(x, self.feature_size)
+            anomaly_map, score = reference.anomaly_maps(
+                t, self.teacher_mean, self.teacher_std, s, a, self.quantiles, in_size, self.map_border
+            )
+        return InferenceResult(anomaly_map, score)
+
+
+def _batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
+    """A [B, C, H, W] tensor (C 1 or 3) from any supported batch form, on its own device."""
+    if isinstance(batch, Tensor):
+        x = batch
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"batch must be [B, 3, H, W] or [B, H, W, 3] (or one image without B), got shape {tuple(batch.shape)}")
+        if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+            x = x.permute(0, 3, 1, 2)
+        if x.shape[1] not in (1, 3):
+            raise ValueError(
+                f"batch must have 3 (RGB) or 1 (grayscale) channels, as [B, 3, H, W] or [B, H, W, 3]; got shape "
+                f"{tuple(batch.shape)} (drop an alpha channel first)"
+            )
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise TypeError(f"batch must be uint8 (0-255) or floating point (0-1), got {x.dtype}")
+        if x.numel() == 0:
+            raise ValueError(f"batch must not be empty, got shape {tuple(batch.shape)}")
+        if x.is_floating_point() and x.device.type == "cpu":
+            # Cheap on the CPU (no device sync): catch 0-255 floats instead of returning garbage.
+            hi = float(x.amax())
+            if hi > 1.5:
+                raise ValueError(f"float images must be in [0, 1], got values up to {hi:g}: divide by 255 or pass uint8")
+        return x
+    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) > 0:
+        images = [_image_tensor(item, i) for i, item in enumerate(batch)]
+        sizes = {tuple(im.shape[-2:]) for im in images}
+        if len(sizes) > 1:
+            raise ValueError(f"all images of one batch must have the same size to return maps at that size, got {sorted(sizes)}")
+        return torch.stack(images)
+    raise TypeError(f"batch must be a tensor or a non-empty list of PIL images / numpy arrays, got {type(batch).__name__}")
+
+
+def _image_tensor(item: Any, index: int) -> Tensor:
+    """[3, H, W] float in [0, 1] from a PIL image or a numpy array (HWC/HW, uint8 or float)."""
+    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image
+        item = np.asarray(item.convert("RGB"))
+    if isinstance(item, Tensor):
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray):
+        raise TypeError(f"batch[{index}] must be a PIL image or numpy array, got {type(item).__name__}")
+    a = item
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"batch[{index}] must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    a = a[:, :, :3]
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if a.dtype == np.uint8:
+        t = torch.tensor(a).permute(2, 0, 1).float() / 255.0
+    elif np.issubdtype(a.dtype, np.floating):
+        t = torch.tensor(a, dtype=torch.float32).permute(2, 0, 1)
+        if float(t.max()) > 1.5:
+            raise ValueError(f"batch[{index}]: float images must be in [0, 1], got values up to {float(t.max()):g}")
+    else:
+        raise TypeError(f"batch[{index}] must be uint8 or float, got {a.dtype}")
+    return t

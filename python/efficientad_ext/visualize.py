@@ -1,0 +1,138 @@
+"""Anomaly map figures as PNG files, with PIL only (no matplotlib)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+__all__ = ["OUTLINE_COLOR", "jet", "mask_outline", "save_heatmap_png", "save_png_atomic"]
+
+OUTLINE_COLOR = (0, 255, 0)
+
+
+def save_png_atomic(img: Image.Image, path: str | Path) -> Path:
+    """Save ``img`` as PNG at ``path`` atomically: written to a temporary file in the same
+    folder, then renamed over ``path`` (a crash never leaves a partial PNG under ``path``).
+    Creates missing parent folders. Returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            img.save(fh, format="PNG")
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def jet(x: np.ndarray) -> np.ndarray:
+    """The jet colour map (as matplotlib's): values in [0, 1] -> float RGB ``[..., 3]`` in [0, 1]."""
+    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)[..., None]
+    centres = np.array([3.0, 2.0, 1.0], dtype=np.float32)  # r, g, b
+    return np.clip(1.5 - np.abs(4.0 * x - centres), 0.0, 1.0)
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a bool ``[H, W]`` mask: set pixels with a 4-neighbour outside
+    the mask (pixels on the image border count as boundary)."""
+    m = np.asarray(mask, dtype=bool)
+    padded = np.pad(m, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return m & ~interior
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, Tensor):
+        t = x.detach().cpu()
+        return (t.float() if t.is_floating_point() else t).numpy()
+    return np.asarray(x)
+
+
+def _resize_to(a: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
+    if a.shape == hw:
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    if nearest:
+        out = F.interpolate(t, size=hw, mode="nearest")
+    else:
+        out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def save_heatmap_png(
+    image: Tensor | np.ndarray,
+    anomaly_map: Tensor | np.ndarray,
+    path: str | Path,
+    mask: Tensor | np.ndarray | None = None,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+    *,
+    alpha: float = 0.5,
+    outline_color: tuple[int, int, int] = OUTLINE_COLOR,
+) -> None:
+    """Write one PNG of panels side by side, each of the image's size ``H x W``:
+
+    1. the image;
+    2. the image blended with the jet-coloured map (``alpha`` 0.5; the map is scaled from
+       ``[vmin, vmax]`` to [0, 1] and clipped; ``vmax`` defaults to the map's maximum);
+    3. only when ``mask`` is given: panel 2 with the mask's boundary pixels drawn in
+       ``outline_color``.
+
+    So the PNG is ``3W x H`` with a mask and ``2W x H`` without. ``image`` is ``[3, H, W]``
+    (or ``[1, H, W]`` / ``[H, W]`` grayscale) in [0, 1] (clipped). ``anomaly_map`` is
+    ``[H', W']`` (or ``[1, H', W']``) and is resized bilinearly to ``H x W`` when its size
+    differs; ``mask`` (nonzero = anomalous) is resized by nearest neighbour. NaN map pixels
+    are drawn as ``vmin``. The file is written atomically (temporary file, then
+    ``os.replace``); missing parent folders are created.
+    """
+    img = _as_array(image, "image").astype(np.float32)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img
+        img = img.transpose(1, 2, 0)
+    elif img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    else:
+        raise ValueError(f"image must be [3, H, W], [1, H, W] or [H, W], got shape {img.shape}")
+    h, w = img.shape[:2]
+    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
+
+    amap = _as_array(anomaly_map, "anomaly_map").astype(np.float32)
+    if amap.ndim == 3 and amap.shape[0] == 1:
+        amap = amap[0]
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly_map must be [H, W] or [1, H, W], got shape {amap.shape}")
+    amap = _resize_to(amap, (h, w), nearest=False)
+    lo = float(vmin)
+    finite = amap[np.isfinite(amap)]
+    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else lo)
+    amap = np.nan_to_num(amap, nan=lo)
+    scaled = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
+    overlay = (1.0 - alpha) * img + alpha * jet(scaled)
+
+    def to_u8(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+    panels = [to_u8(img), to_u8(overlay)]
+    if mask is not None:
+        m = _as_array(mask, "mask")
+        if m.ndim == 3 and m.shape[0] == 1:
+            m = m[0]
+        if m.ndim != 2:
+            raise ValueError(f"mask must be [H, W] or [1, H, W], got shape {m.shape}")
+        m = _resize_to((m != 0).astype(np.float32), (h, w), nearest=True) > 0.5
+        outlined = panels[1].copy()
+        outlined[mask_outline(m)] = np.asarray(outline_color, dtype=np.uint8)
+        panels.append(outlined)
+    save_png_atomic(Image.fromarray(np.concatenate(panels, axis=1)), path)

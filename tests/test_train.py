@@ -1,0 +1,154 @@
+"""Training (Algorithm 1): losses, statistics, quantiles, checkpoints, exact resume, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientad_ext import EfficientAD, ModelConfig, load_model, ops
+from efficientad_ext.augment import color_jitter_one_of, penalty_transform
+from efficientad_ext.train import (
+    ImageSource,
+    TrainConfig,
+    TrainStep,
+    split_validation,
+    teacher_channel_stats,
+    train,
+)
+
+
+def write_images(folder, n, size=(256, 256), seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_config_schedule_and_reduction():
+    cfg = TrainConfig(steps=100)
+    assert cfg.lr_at(94) == pytest.approx(1e-4) and cfg.lr_at(95) == pytest.approx(1e-5)
+    assert TrainConfig().steps == 70_000 and TrainConfig().p_hard == 0.999
+    assert cfg.reduction == "batch" and TrainConfig(batch_size=4).reduction == "per_sample"
+    assert TrainConfig(batch_size=4, hard_reduction="batch").reduction == "batch"
+    with pytest.raises(ValueError, match="validation_fraction"):
+        TrainConfig(validation_fraction=1.0)
+
+
+def test_validation_split_is_seeded_and_disjoint(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(30)]
+    tr, val = split_validation(paths, 0.1, seed=3)
+    assert len(val) == 3 and not set(tr) & set(val) and len(tr) + len(val) == 30
+    assert split_validation(paths, 0.1, seed=3) == (tr, val)
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        split_validation(paths[:1], 0.1, 0)
+
+
+def test_teacher_stats_streaming_equals_direct(tmp_path):
+    paths = write_images(tmp_path / "imgs", 5)
+    model = EfficientAD().eval()
+    source = ImageSource(paths, (256, 256), max_bytes=2**30)
+    mean, std = teacher_channel_stats(model, source, batch_size=2)
+    x = model.normalize(torch.stack([source.get([i])[0] for i in range(5)]).float() / 255)
+    with torch.no_grad():
+        t = model.teacher(x).double()
+    torch.testing.assert_close(mean, t.mean(dim=(0, 2, 3)).float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(std, t.std(dim=(0, 2, 3), unbiased=False).float(), rtol=1e-4, atol=1e-6)
+
+
+def test_augmentations():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    y = color_jitter_one_of(x, g)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
+    p = penalty_transform(torch.rand(2, 3, 100, 80), (64, 48), g, p_gray=1.0)
+    assert p.shape == (2, 3, 64, 48)
+    torch.testing.assert_close(p[:, 0], p[:, 1])  # grayscale with p = 1
+
+
+def test_train_step_matches_algorithm_1_by_hand():
+    """One step's losses equal the paper's formulas computed directly."""
+    torch.manual_seed(0)
+    model = EfficientAD().eval()
+    cfg = TrainConfig(steps=10)
+    step = TrainStep(model, cfg, torch.Generator().manual_seed(1))
+    images, penalty = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
+    model.autoencoder.eval()  # no dropout: deterministic to recompute
+    g_state = step.generator.get_state()
+    with torch.no_grad():
+        aug = color_jitter_one_of(images, torch.Generator().manual_seed(0).set_state(g_state))
+        x, xa, p = model.normalize(images), model.normalize(aug), model.normalize(penalty)
+        t = (model.teacher(x) - model.teacher_mean.view(1, -1, 1, 1)) / model.teacher_std.view(1, -1, 1, 1)
+        ta = (model.teacher(xa) - model.teacher_mean.view(1, -1, 1, 1)) / model.teacher_std.view(1, -1, 1, 1)
+        s, sa, sp = model.student(x), model.student(xa), model.student(p)
+        a = model.autoencoder(xa, model.feature_size)
+        d = (t - s[:, :384]) ** 2
+        hard = d[d >= torch.quantile(d.flatten(), 0.999)].mean()
+        expected = {"hard": hard, "penalty": (sp[:, :384] ** 2).mean(), "ae": ((ta - a) ** 2).mean(), "stae": ((a - sa[:, 384:]) ** 2).mean()}
+    got = step(0, images, penalty)
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v.item(), rel=1e-4), k
+    assert got["loss"] == pytest.approx(sum(v.item() for v in expected.values()), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_train_writes_calibrated_model_and_resume_is_exact(tmp_path):
+    paths = write_images(tmp_path / "train", 6)
+    penalty_dir = tmp_path / "penalty"
+    write_images(penalty_dir, 3, size=(300, 280), seed=1)
+    cfg = TrainConfig(steps=2, checkpoint_every=1, seed=5, penalty_dir=str(penalty_dir), validation_fraction=0.34)
+    straight = train(paths, tmp_path / "a", config=cfg)
+    assert straight.calibrated and (tmp_path / "a" / "model.safetensors").is_file()
+    q = straight.quantiles
+    assert q[0] < q[1] and q[2] < q[3]
+    # Quantiles are exactly those of the validation maps.
+    _, val = split_validation(paths, 0.34, 5)
+    source = ImageSource(val, (256, 256), 2**30)
+    st, ae = straight.raw_maps(straight.normalize(source.get(range(len(val))).float() / 255))
+    torch.testing.assert_close(q[:2], ops.quantile(st, [0.9, 0.995]))
+    # Interrupted after 1 step, resumed to 2: identical weights.
+    half = tmp_path / "c"
+    import efficientad_ext.train as tr
+
+    original = tr.TrainStep.__call__
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    tr.TrainStep.__call__ = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(paths, half, config=cfg)
+    finally:
+        tr.TrainStep.__call__ = original
+    assert (half / "train_state.safetensors").is_file() and not (half / "model.safetensors").exists()
+    resumed = train(paths, half, config=cfg, resume=True)
+    for a, b in zip(straight.student.state_dict().values(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(resumed.quantiles, straight.quantiles)
+    assert load_model(half / "model.safetensors").calibrated
+
+
+def test_train_errors(tmp_path):
+    # Unreadable images are named; with skip_corrupt they are dropped (with a logged warning).
+    with pytest.raises(ValueError, match="training set is empty"):
+        train([], tmp_path / "out", config=TrainConfig(steps=1))
+    paths = write_images(tmp_path / "imgs", 2)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(paths, tmp_path / "out", config=TrainConfig(steps=1), resume=True)
+    bad = tmp_path / "imgs" / "bad.png"
+    bad.write_bytes(b"not an image")
+    from efficientad_ext.data import ImageError
+
+    with pytest.raises(ImageError, match="bad.png"):
+        ImageSource([*paths, bad], (256, 256), 2**30)
+    source = ImageSource([*paths, bad], (256, 256), 2**30, skip_corrupt=True)
+    assert len(source) == 2 and bad not in source.paths
