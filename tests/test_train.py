@@ -152,3 +152,21 @@ def test_train_errors(tmp_path):
         ImageSource([*paths, bad], (256, 256), 2**30)
     source = ImageSource([*paths, bad], (256, 256), 2**30, skip_corrupt=True)
     assert len(source) == 2 and bad not in source.paths
+
+
+def test_batch_of_two_uses_per_sample_thresholds(monkeypatch):
+    """Batches larger than 1 work (the peers refuse them) and threshold each image separately."""
+    seen = []
+    original = ops.hard_feature_loss
+
+    def spy(teacher, student, p=0.999, reduction="batch"):
+        seen.append((teacher.shape[0], reduction))
+        return original(teacher, student, p, reduction)
+
+    import efficientad_ext.train as tr
+
+    monkeypatch.setattr(tr.ops, "hard_feature_loss", spy)
+    model = EfficientAD()
+    step = TrainStep(model, TrainConfig(steps=5, batch_size=2), torch.Generator().manual_seed(0))
+    losses = step(0, torch.rand(2, 3, 256, 256), torch.rand(2, 3, 256, 256))
+    assert seen == [(2, "per_sample")] and all(np.isfinite(v) for v in losses.values())

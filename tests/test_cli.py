@@ -1,0 +1,75 @@
+"""The `efficientad` command line end to end on a tiny synthetic dataset, and its errors."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from efficientad_ext.cli import main
+from efficientad_ext.synthetic import make_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_synthetic_dataset(root / "data", n_train=4, n_test_good=2, n_test_defect=3, seed=1)
+    out = root / "run"
+    assert main(["train", str(data), "--out", str(out), "--steps", "2", "--checkpoint-every", "1", "--validation-fraction", "0.25"]) == 0
+    return data, out
+
+
+@pytest.mark.slow
+def test_train_eval_infer(trained, tmp_path, capsys):
+    data, out = trained
+    model = out / "model.safetensors"
+    assert model.is_file() and (out / "train_state.safetensors").is_file()
+    assert json.loads((out / "training.json").read_text())["steps"] == 2
+
+    assert main(["eval", str(model), str(data), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "image AUROC" in printed and "AU-PRO" in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == 5 and 0.0 <= metrics["image_auroc"] <= 1.0 and 0.0 <= metrics["au_pro"] <= 1.0
+    assert len(list((tmp_path / "eval" / "images").rglob("*.png"))) == 5
+
+    # infer on a folder with a grayscale, an RGBA and an odd-sized image.
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.full((300, 280), 120, np.uint8), "L").save(imgs / "gray.png")
+    Image.fromarray(np.full((256, 256, 4), 200, np.uint8), "RGBA").save(imgs / "rgba.png")
+    Image.fromarray(np.zeros((411, 257, 3), np.uint8)).save(imgs / "odd.jpg")
+    assert main(["infer", str(model), str(imgs), "--out", str(tmp_path / "inf")]) == 0
+    rows = list(csv.DictReader((tmp_path / "inf" / "scores.csv").open()))
+    assert sorted(r["path"].split("/")[-1] for r in rows) == ["gray.png", "odd.jpg", "rgba.png"]
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+    assert len(list((tmp_path / "inf" / "heatmaps").glob("*.png"))) == 3
+
+    # resume to more steps continues from the saved state
+    assert main(["train", str(data), "--out", str(out), "--steps", "3", "--checkpoint-every", "1",
+                 "--validation-fraction", "0.25", "--resume"]) == 0
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "missing" in capsys.readouterr().err
+    empty = tmp_path / "empty" / "train" / "good"
+    empty.mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    assert main(["train", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "empty" in capsys.readouterr().err.lower()
+    bad_model = tmp_path / "bad.safetensors"
+    bad_model.write_bytes(b"garbage" * 10)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(imgs / "a.png")
+    assert main(["infer", str(bad_model), str(imgs), "--out", str(tmp_path / "x")]) == 2
+    assert "bad.safetensors is not a readable" in capsys.readouterr().err
+    assert main(["infer", str(tmp_path / "nope.safetensors"), str(imgs), "--out", str(tmp_path / "x")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", str(imgs), "--out", str(tmp_path / "o"), "--image-size", "1", "2", "3"])
+    assert main(["train", str(imgs), "--out", str(tmp_path / "o"), "--image-size", "128"]) == 2
+    assert "image_size must be" in capsys.readouterr().err
