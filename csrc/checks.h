@@ -133,3 +133,22 @@ inline void check_conv_layer(const at::Tensor& input, const at::Tensor& weight,
 }
 
 }  // namespace efficientad
+
+namespace efficientad {
+
+// Everything efficientad::anomaly_maps takes besides the features themselves.
+inline void check_anomaly_maps_args(const at::Tensor& teacher, const at::Tensor& teacher_mean,
+                                    const at::Tensor& teacher_std, const at::Tensor& student,
+                                    const at::Tensor& autoencoder, const at::Tensor& quantiles,
+                                    at::IntArrayRef output_size, int64_t pad) {
+  check_feature_maps(teacher, teacher_mean, teacher_std, student, autoencoder);
+  check_floating(quantiles, "quantiles");
+  TORCH_CHECK(quantiles.numel() == 4, "quantiles must hold 4 values [q_st_a, q_st_b, q_ae_a, q_ae_b], got ",
+              quantiles.numel());
+  check_same_device(teacher, "teacher", quantiles, "quantiles");
+  TORCH_CHECK(output_size.size() == 2 && output_size[0] > 0 && output_size[1] > 0,
+              "output_size must be two positive integers [H, W], got ", output_size);
+  TORCH_CHECK(pad >= 0, "pad must be >= 0, got ", pad);
+}
+
+}  // namespace efficientad

@@ -132,14 +132,7 @@ std::tuple<at::Tensor, at::Tensor> anomaly_maps_cpu(const at::Tensor& teacher, c
                                                     const at::Tensor& teacher_std, const at::Tensor& student,
                                                     const at::Tensor& autoencoder, const at::Tensor& quantiles,
                                                     at::IntArrayRef output_size, int64_t pad) {
-  check_feature_maps(teacher, teacher_mean, teacher_std, student, autoencoder);
-  check_floating(quantiles, "quantiles");
-  TORCH_CHECK(quantiles.numel() == 4, "quantiles must hold 4 values [q_st_a, q_st_b, q_ae_a, q_ae_b], got ",
-              quantiles.numel());
-  check_same_device(teacher, "teacher", quantiles, "quantiles");
-  TORCH_CHECK(output_size.size() == 2 && output_size[0] > 0 && output_size[1] > 0,
-              "output_size must be two positive integers [H, W], got ", output_size);
-  TORCH_CHECK(pad >= 0, "pad must be >= 0, got ", pad);
+  check_anomaly_maps_args(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, output_size, pad);
   const Features f = feature_layout(teacher, student, autoencoder);
   const int64_t B = teacher.size(0), h = teacher.size(2), w = teacher.size(3);
   const int64_t OH = output_size[0], OW = output_size[1];
