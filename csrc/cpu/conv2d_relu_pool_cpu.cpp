@@ -13,6 +13,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "checks.h"
 #include "common/pdn_epilogue.h"
 
@@ -41,25 +43,29 @@ void relu_pool(const at::Tensor& y, at::Tensor& out, bool relu, int64_t pp) {
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const bool channels_inner = ys1 == 1;
   at::parallel_for(0, B * OH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> scratch;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / OH, oy = r % OH;
       // Pooled output (oy, ox) = 1/4 * sum of relu(y) over the in-bounds taps.
       auto tap_ok = [](int64_t i, int64_t n) { return i >= 0 && i < n; };
       const int64_t y0 = pool_tap(oy, 0, pp), y1 = pool_tap(oy, 1, pp);
       if (channels_inner) {
+        // Tap-outer, channel-inner: each inner loop is a unit-stride pass over C that the
+        // compiler vectorises; acc holds one pooled pixel's channels.
+        std::vector<Acc>& acc = scratch;
+        acc.resize(C);
         for (int64_t ox = 0; ox < OW; ++ox) {
           const int64_t x0 = pool_tap(ox, 0, pp), x1 = pool_tap(ox, 1, pp);
-          scalar_t* o = op + b * os0 + oy * os2 + ox * os3;
-          const scalar_t* taps[4];
-          int n = 0;
-          for (int64_t yy : {y0, y1})
-            for (int64_t xx : {x0, x1})
-              if (tap_ok(yy, H) && tap_ok(xx, W)) taps[n++] = yp + b * ys0 + yy * ys2 + xx * ys3;
-          for (int64_t c = 0; c < C; ++c) {
-            Acc acc = 0;
-            for (int k = 0; k < n; ++k) acc += maybe_relu(Acc(taps[k][c]), relu);
-            o[c] = static_cast<scalar_t>(acc * Acc(0.25));
+          std::fill(acc.begin(), acc.end(), Acc(0));
+          for (int64_t yy : {y0, y1}) {
+            for (int64_t xx : {x0, x1}) {
+              if (!tap_ok(yy, H) || !tap_ok(xx, W)) continue;
+              const scalar_t* tap = yp + b * ys0 + yy * ys2 + xx * ys3;
+              for (int64_t c = 0; c < C; ++c) acc[c] += maybe_relu(Acc(tap[c]), relu);
+            }
           }
+          scalar_t* o = op + b * os0 + oy * os2 + ox * os3;
+          for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(acc[c] * Acc(0.25));
         }
       } else {
         for (int64_t c = 0; c < C; ++c) {
