@@ -6,6 +6,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+#include <utility>
+
 namespace efficientad {
 
 inline void check_floating(const at::Tensor& t, const char* name) {
@@ -66,9 +69,6 @@ inline void check_feature_maps(const at::Tensor& teacher, const at::Tensor& teac
     check_same_device(teacher, "teacher", *t, "every input");
 }
 
-}  // namespace efficientad
-
-namespace efficientad {
 
 // teacher / student of the hard-feature loss: same [B, C, H, W] shape and dtype.
 inline void check_hard_loss_inputs(const at::Tensor& teacher, const at::Tensor& student) {
@@ -98,9 +98,6 @@ inline std::pair<at::Tensor, at::Tensor> hard_loss_layout(const at::Tensor& teac
   return {teacher.contiguous(), student.contiguous()};
 }
 
-}  // namespace efficientad
-
-namespace efficientad {
 
 inline void check_conv_layer(const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t padding, bool pool,
@@ -132,9 +129,6 @@ inline void check_conv_layer(const at::Tensor& input, const at::Tensor& weight,
   }
 }
 
-}  // namespace efficientad
-
-namespace efficientad {
 
 // Everything efficientad::anomaly_maps takes besides the features themselves.
 inline void check_anomaly_maps_args(const at::Tensor& teacher, const at::Tensor& teacher_mean,

@@ -26,7 +26,7 @@ def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, 
     """Runs the model over ``samples``; returns (dataset, maps [N, H, W] float32 CPU, scores [N])."""
     dataset = ImageDataset(list(samples), model.config.image_size, skip_corrupt=skip_corrupt)
     maps, scores = [], []
-    progress = Progress(len(dataset), label="eval", every=max(1, len(dataset) // 10))
+    progress = Progress(len(dataset), label="eval", every=max(1, len(dataset) // 10), unit="images")
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         result = model.infer(torch.stack([it["image"] for it in items]))

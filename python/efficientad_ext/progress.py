@@ -16,8 +16,9 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Redraws one line on a terminal; prints a line every ``every`` steps otherwise (logs)."""
 
-    def __init__(self, total: int, start: int = 0, label: str = "train", stream: TextIO | None = None, every: int = 50) -> None:
-        self.total, self.start, self.label = total, start, label
+    def __init__(self, total: int, start: int = 0, label: str = "train", stream: TextIO | None = None, every: int = 50,
+                 unit: str = "steps") -> None:
+        self.total, self.start, self.label, self.unit = total, start, label, unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every
@@ -29,8 +30,8 @@ class Progress:
         done = step - self.start
         rate = done / max(now - self.t0, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("inf")
-        parts = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
-        line = f"{self.label} {step}/{self.total} | {parts} | {rate:.2f} steps/s | ETA {format_duration(eta)}"
+        parts = "".join(f"{k} {v:.4g} " for k, v in terms.items())
+        line = f"{self.label} {step}/{self.total} | {parts}| {rate:.2f} {self.unit}/s | ETA {format_duration(eta)}"
         if self.tty:
             if now - self._last_draw > 0.2 or step == self.total:
                 self.stream.write("\r" + line.ljust(120))
