@@ -35,6 +35,13 @@ inline void check_probability(double p, const char* name) {
   TORCH_CHECK(p >= 0.0 && p <= 1.0, name, " must be in [0, 1], got ", p);
 }
 
+inline void check_quantile_args(const at::Tensor& input, at::ArrayRef<double> q) {
+  check_floating(input, "input");
+  check_nonempty(input, "input");
+  TORCH_CHECK(!q.empty(), "q must hold at least one quantile");
+  for (double v : q) check_probability(v, "q");
+}
+
 // Accumulation dtype: float for half/bfloat16/float, double for double.
 inline at::ScalarType accumulation_type(at::ScalarType s) {
   return s == at::kDouble ? at::kDouble : at::kFloat;

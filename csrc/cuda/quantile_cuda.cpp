@@ -13,10 +13,7 @@ namespace efficientad::cuda {
 namespace {
 
 at::Tensor quantile_cuda(const at::Tensor& input, at::ArrayRef<double> q) {
-  check_floating(input, "input");
-  check_nonempty(input, "input");
-  TORCH_CHECK(!q.empty(), "q must hold at least one quantile");
-  for (double v : q) check_probability(v, "q");
+  check_quantile_args(input, q);
   const c10::cuda::CUDAGuard guard(input.device());
 
   const at::Tensor x = input.is_non_overlapping_and_dense() ? input : input.contiguous();
