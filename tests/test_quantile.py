@@ -26,7 +26,7 @@ def test_matches_reference(device, dtype, shape):
     torch.testing.assert_close(got.cpu(), expected, **OUT_TOL[dtype])
     # torch.quantile computes the position q * (n - 1) in float32, so for float32 its
     # interpolation weight is off by up to ~n * 6e-8: compare loosely against it.
-    loose = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else OUT_TOL[dtype]
+    loose = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else OUT_TOL[dtype]
     torch.testing.assert_close(got.cpu(), reference.quantile(x, q).cpu(), **loose)
 
 
