@@ -42,6 +42,4 @@ EAD_HD T quantile_lerp(T low, T high, T weight) {
   return weight < T(0.5) ? low + weight * diff : high - diff * (T(1) - weight);
 }
 
-EAD_HD bool quantile_in_range(double q) { return q >= 0.0 && q <= 1.0; }
-
 }  // namespace efficientad

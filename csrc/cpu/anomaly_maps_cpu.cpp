@@ -18,13 +18,11 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/acc_type.h"
 #include "common/anomaly_math.h"
 
 namespace efficientad::cpu {
 namespace {
-
-template <typename scalar_t>
-using AccOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 struct Features {
   at::Tensor teacher, student, autoencoder;

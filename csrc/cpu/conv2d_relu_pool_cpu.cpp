@@ -16,13 +16,11 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/acc_type.h"
 #include "common/pdn_epilogue.h"
 
 namespace efficientad::cpu {
 namespace {
-
-template <typename scalar_t>
-using AccOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 template <typename scalar_t>
 void relu_in_place(at::Tensor& y) {

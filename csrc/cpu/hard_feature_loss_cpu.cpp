@@ -15,14 +15,12 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cpu/acc_type.h"
 #include "common/anomaly_math.h"
 #include "cpu/radix_select_cpu.h"
 
 namespace efficientad::cpu {
 namespace {
-
-template <typename scalar_t>
-using AccOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_feature_loss_cpu(const at::Tensor& teacher_in,
                                                                      const at::Tensor& student_in,

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +396,3 @@ def train(
     log.info("trained %d steps in %s; model written to %s", step - start_step, format_duration(seconds), out_dir / MODEL_FILE)
     return model
 
-
-def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
