@@ -46,6 +46,14 @@ TORCH_LIBRARY(efficientad, m) {
       "conv2d_relu_pool(Tensor input, Tensor weight, Tensor? bias, int padding, bool relu, "
       "bool pool, int pool_padding) -> Tensor");
 
+  // A stride-1 convolution (+ bias, optional ReLU, optional 2x2 average pooling) by
+  // Winograd's F(m x m, r x r) (CPU, float32/float64, inference): weight_tf = G w G^T as
+  // [a*a, C_in, C_out], input_tf = B^T [a, a], output_tf = A^T [m, a], a = m + r - 1
+  // (efficientad_ext/winograd.py makes them). Channels-last output.
+  m.def(
+      "winograd_conv2d(Tensor input, Tensor weight_tf, Tensor? bias, Tensor input_tf, Tensor output_tf, "
+      "int kernel_size, int padding, bool relu, bool pool, int pool_padding) -> Tensor");
+
   // A whole PDN for inference: the layers above applied in order.
   m.def(
       "pdn_forward(Tensor input, Tensor[] weights, Tensor?[] biases, int[] paddings, "

@@ -40,6 +40,13 @@ def test_pdn_forward_is_device_generic():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("efficientad::pdn_forward", "CompositeExplicitAutograd")
 
 
+# Drops an editable install's import redirect so that the copy in the working folder is imported.
+_IMPORT_WITHOUT_EDITABLE_REDIRECT = (
+    "import sys; sys.meta_path = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]; "
+    "sys.path.insert(0, ''); import efficientad_ext"
+)
+
+
 def test_torch_mismatch_is_refused_with_a_clear_message(tmp_path):
     # A copy of the installed package whose build record names another torch release.
     import shutil
@@ -48,11 +55,17 @@ def test_torch_mismatch_is_refused_with_a_clear_message(tmp_path):
     src = Path(efficientad_ext.__file__).parent
     dst = tmp_path / "efficientad_ext"
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    # An editable install keeps the compiled module and build record in site-packages.
+    from efficientad_ext._loader import _compiled_dir
+
+    for f in _compiled_dir().iterdir():
+        if f.name.startswith("_C") or f.name == "_build_config.json":
+            shutil.copy2(f, dst / f.name)
     config = json.loads((dst / "_build_config.json").read_text())
     config["torch_version"] = "1.0.0"
     (dst / "_build_config.json").write_text(json.dumps(config))
     proc = subprocess.run(
-        [sys.executable, "-c", "import efficientad_ext"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _IMPORT_WITHOUT_EDITABLE_REDIRECT], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode != 0
     assert "compiled against torch 1.0.0" in proc.stderr and "--no-build-isolation" in proc.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -12,9 +13,19 @@ import torch
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def _compiled_dir() -> Path:
+    # The build record sits beside the compiled module. In a regular install that is this
+    # package's folder; in an editable install (scikit-build-core) the compiled files stay in
+    # site-packages while the Python sources are read from the checkout.
+    spec = importlib.util.find_spec("efficientad_ext._C")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).resolve().parent
+    return _PACKAGE_DIR
+
+
 @lru_cache(maxsize=1)
 def _build_config() -> dict[str, Any]:
-    path = _PACKAGE_DIR / "_build_config.json"
+    path = _compiled_dir() / "_build_config.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -22,15 +22,22 @@ def load(path: str | os.PathLike[str], device: str | torch.device | None = None,
     return _current
 
 
-def infer(batch: Tensor | Sequence[Any], model: EfficientAD | None = None) -> InferenceResult:
+def infer(
+    batch: Tensor | Sequence[Any],
+    model: EfficientAD | None = None,
+    dtype: torch.dtype | str | None = None,
+    cuda_graph: bool = True,
+) -> InferenceResult:
     """Anomaly maps [B, 1, H, W] (at the input resolution) and scores [B] for ``batch``.
 
     ``batch``: float tensor in [0, 1] or uint8 tensor, [B, 3, H, W] or [B, H, W, 3], or a list
     of PIL images / numpy arrays. ``model``: defaults to the one set by :func:`load`.
+    ``dtype`` / ``cuda_graph``: as :meth:`EfficientAD.infer` (default: bfloat16 on GPUs that
+    support it, CUDA-graph replay for repeated batch shapes on the GPU).
     """
     model = model if model is not None else _current
     if model is None:
         raise RuntimeError("no model: call efficientad_ext.load(path) first or pass model=")
     if not isinstance(model, EfficientAD):
         raise TypeError(f"model must be an efficientad_ext.EfficientAD, got {type(model).__name__}")
-    return model.infer(batch)
+    return model.infer(batch, dtype=dtype, cuda_graph=cuda_graph)

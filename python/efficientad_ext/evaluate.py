@@ -22,14 +22,19 @@ log = logging.getLogger("efficientad_ext.evaluate")
 
 
 @torch.no_grad()
-def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, skip_corrupt: bool = False):
-    """Runs the model over ``samples``; returns (dataset, maps [N, H, W] float32 CPU, scores [N])."""
+def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, skip_corrupt: bool = False,
+            dtype: torch.dtype | None = torch.float32):
+    """Runs the model over ``samples``; returns (dataset, maps [N, H, W] float32 CPU, scores [N]).
+
+    ``dtype``: the networks' compute dtype; float32 by default, the precision the map quantiles
+    were calibrated in, so that metrics do not depend on the device (``None``: ``infer``'s
+    default, bfloat16 on a GPU)."""
     dataset = ImageDataset(list(samples), model.config.image_size, skip_corrupt=skip_corrupt)
     maps, scores = [], []
     progress = Progress(len(dataset), label="eval", every=max(1, len(dataset) // 10), unit="images")
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        result = model.infer(torch.stack([it["image"] for it in items]))
+        result = model.infer(torch.stack([it["image"] for it in items]), dtype=dtype)
         maps.append(result.anomaly_map[:, 0].float().cpu())
         scores.append(result.score.float().cpu())
         progress.update(start + len(items))

@@ -20,11 +20,19 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 & ~umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; restored at once
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from . import cuda_graph as cuda_graphs
+from . import cpu_inference, inference_weights, ops
 from .autoencoder import Autoencoder
 from .pdn import PDN, PDN_ARCHITECTURES
+from .pdn_pair import teacher_student_forward
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -147,17 +149,38 @@ class EfficientAD(nn.Module):
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def infer(self, batch: Tensor | Sequence[Any]) -> InferenceResult:
+    def infer(
+        self, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None = None, cuda_graph: bool = True
+    ) -> InferenceResult:
         """Anomaly maps and image scores (Algorithm 2) for a batch of any size.
 
         Returns ``InferenceResult(anomaly_map [B, 1, H, W], score [B])`` at the input's
-        resolution, in float32 (float64 for a float64 model), on the model's device. No
-        host synchronisation happens for tensors already on the model's device.
+        resolution, in float32 (float64 when computing in float64), on the model's device.
+        No host synchronisation happens for tensors already on the model's device.
+
+        ``dtype``: the networks' compute dtype (``torch.float32``, ``torch.bfloat16``, ...,
+        or its name); ``None``: bfloat16 on a CUDA GPU that supports it (float32 models),
+        else the model's dtype. Images are normalised in the model's dtype first; the weights
+        are cast once and cached (:mod:`efficientad_ext.inference_weights`); maps and scores
+        are accumulated in float32 whatever the compute dtype. ``cuda_graph``: replay a CUDA
+        graph captured for this batch shape (:mod:`efficientad_ext.cuda_graph`) when the
+        batch is a tensor on the model's CUDA device; ``False`` always runs eagerly.
         """
+        nets = inference_weights.networks_for(self, inference_weights.resolve_dtype(self, dtype))
+        if cuda_graph and cuda_graphs.usable(self, batch):
+            return cuda_graphs.run_graphed(self, batch, nets.dtype, nets.generation, lambda b: self._infer_with(b, nets))
+        return self._infer_with(batch, nets)
+
+    def _infer_with(self, batch: Tensor | Sequence[Any], nets: inference_weights.InferenceNetworks) -> InferenceResult:
         x, in_size = self.prepare(batch)
-        teacher = self.teacher.fused_forward(x)
-        student = self.student.fused_forward(x)
-        autoencoder = self.autoencoder(x, self.feature_size)
+        x = x.to(nets.dtype)
+        if cpu_inference.applies(x.device, nets.dtype):  # Winograd convolutions, weights transformed once
+            teacher, student, autoencoder = cpu_inference.forward(
+                self, nets.teacher, nets.student, nets.autoencoder, x, self.feature_size
+            )
+        else:
+            teacher, student = teacher_student_forward(x, nets.teacher, nets.student, nets.first_weight, nets.first_bias)
+            autoencoder = nets.autoencoder(x, self.feature_size)
         out = ops.anomaly_maps(
             teacher, self.teacher_mean, self.teacher_std, student, autoencoder, self.quantiles, in_size, self.map_border
         )

@@ -5,7 +5,11 @@
   optionally prefixed ``teacher.``), any float dtype;
 - a ``.pth`` / ``.pt`` state dict as published by nelson1425/EfficientAD (``torch.save`` of an
   ``nn.Sequential``'s state dict: the same keys), read with ``torch.load(weights_only=True)``
-  so that no pickled code can run.
+  so that no pickled code can run;
+- anomalib's pretrained teachers (``pretrained_teacher_small.pth`` / ``_medium.pth``: keys
+  ``conv1.weight`` ... ``conv4.bias`` / ``conv6.bias``, mapped to our indices by
+  :mod:`efficientad_ext.anomalib_layout`), also inside a whole anomalib model's state dict
+  (``teacher.conv1.weight``, ..., or ``model.teacher.*`` in a Lightning checkpoint).
 Every tensor's name and shape is checked against the PDN; anything else is a clear error.
 """
 from __future__ import annotations
@@ -16,7 +20,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import anomalib_layout
 from .pdn import PDN
+
+ACCEPTED_LAYOUTS = (
+    "a PDN state dict with nn.Sequential keys (0.weight, 0.bias, 3.weight, ...: ours, nelson1425/EfficientAD's), "
+    "optionally prefixed teacher.; or anomalib's (conv1.weight ... conv4.bias for small, ... conv6.bias for medium), "
+    "optionally prefixed teacher. or model.teacher."
+)
 
 
 class TeacherWeightsError(ValueError):
@@ -51,19 +62,30 @@ def load_teacher_weights(pdn: PDN, path: str | os.PathLike[str]) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"teacher weights not found: {path}")
     state = _read_state_dict(path)
-    if any(k.startswith("teacher.") for k in state):
-        state = {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}
+    for prefix in ("model.teacher.", "teacher."):
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    file_key = {k: k for k in state}  # our key -> the key as the file names it (for messages)
+    anomalib_arch = anomalib_layout.pdn_arch_of_keys(set(state))
+    if anomalib_arch is not None:
+        if anomalib_arch != pdn.arch:
+            raise TeacherWeightsError(f"{path} holds an anomalib {anomalib_arch} PDN, expected a {pdn.arch} PDN")
+        key_map = anomalib_layout.pdn_key_map(anomalib_arch)
+        state = {ours: state[theirs] for theirs, ours in key_map.items()}
+        file_key = {ours: theirs for theirs, ours in key_map.items()}
     expected = pdn.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise TeacherWeightsError(
             f"{path} does not match a {pdn.arch} PDN with {pdn.out_channels} output channels: "
-            f"missing {missing[:6]}, unexpected {unexpected[:6]}"
+            f"missing {missing[:6]}, unexpected {unexpected[:6]}. Accepted: {ACCEPTED_LAYOUTS}"
         )
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise TeacherWeightsError(
-                f"{path}: {k} has shape {tuple(v.shape)}, a {pdn.arch} PDN with {pdn.out_channels} outputs needs {tuple(expected[k].shape)}"
+                f"{path}: {file_key[k]} has shape {tuple(v.shape)}, a {pdn.arch} PDN with {pdn.out_channels} outputs "
+                f"needs {tuple(expected[k].shape)}"
             )
     with torch.no_grad():
         pdn.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

@@ -40,6 +40,7 @@ from .files import write_atomically, write_text_atomically
 from .model import EfficientAD, ModelConfig, TrainingRecord
 from .progress import Progress, format_duration
 from .teacher_io import load_teacher_weights
+from .teachers import resolve_teacher
 
 log = logging.getLogger("efficientad_ext.train")
 
@@ -290,8 +291,9 @@ def train(
         config: hyper-parameters (default: the paper's).
         validation_images: normal images for the map quantiles; default: a seeded hold-out of
             ``config.validation_fraction`` of ``train_images``.
-        teacher: a teacher weight file (see :func:`efficientad_ext.teacher_io.load_teacher_weights`);
-            None trains with a randomly initialised teacher (logged as a warning).
+        teacher: None or "default" (the teacher shipped with the package; see
+            :mod:`efficientad_ext.teachers`), "random" (a random initialisation, logged as a
+            warning), or a weight file (see :func:`efficientad_ext.teacher_io.load_teacher_weights`).
         device: where to train.
         resume: continue from ``out_dir/train_state.safetensors``.
     """
@@ -324,11 +326,13 @@ def train(
 
     model = EfficientAD(model_config).to(device)
     record = TrainingRecord(steps=config.steps, penalty_images=str(config.penalty_dir or "none"))
-    if teacher is not None:
-        load_teacher_weights(model.teacher, teacher)
-        record.teacher = str(teacher)
+    choice = resolve_teacher(teacher, model_config.arch, model_config.teacher_channels)
+    if choice.path is not None:
+        load_teacher_weights(model.teacher, choice.path)
+        log.info("teacher: %s", choice.description)
     else:
-        log.warning("no teacher given: using a RANDOMLY INITIALISED teacher (accuracy will be far below the paper's)")
+        log.warning("teacher: %s -- a RANDOMLY INITIALISED teacher; accuracy will be far below the paper's", choice.description)
+    record.teacher = choice.description
     stepper = TrainStep(model, config, generator)
     state_path = out_dir / STATE_FILE
     # JSON round trip so the comparison on resume sees lists where the config has tuples.

@@ -1,0 +1,78 @@
+"""Teacher and student PDNs for inference, with their first layers run as one convolution.
+
+Both networks read the same normalised image, and their first layers have the same shape
+(3 -> 128 (S) or 256 (M) channels, 4x4, ReLU, 2x2 average pooling): concatenating the two
+weight tensors along the output channels gives one convolution with twice the output
+channels, whose first half is the teacher's layer and second half the student's. The
+image is then read once and one kernel launch replaces two. The remaining layers run as
+``pdn_forward`` on each half (a channel slice; the layer kernel makes it dense channels-last).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .pdn import PDN
+
+# Per device type, whether the first layers run as one convolution. CPU: off, measured not
+# faster on 2 cores (EfficientAD-S, batch 1, oneDNN direct convolutions: separate/one-conv time
+# 0.92-1.03 over two noisy runs): the wider convolution saves no memory traffic and the split
+# halves cost one copy each. CUDA: on (one launch instead of two; the image read once);
+# benchmarks/gpu_table.py measures both ways on the GPU.
+FUSE_FIRST_LAYER = {"cpu": False, "cuda": True}
+
+
+def set_fuse_first_layer(device_type: str, enabled: bool) -> None:
+    """Turns the one-convolution first layer on or off for ``device_type`` ("cpu", "cuda").
+    CUDA graphs already captured keep the path they were captured with
+    (``efficientad_ext.cuda_graph.clear(model)`` drops them)."""
+    if device_type not in FUSE_FIRST_LAYER:
+        raise ValueError(f"device_type must be one of {sorted(FUSE_FIRST_LAYER)}, got {device_type!r}")
+    FUSE_FIRST_LAYER[device_type] = bool(enabled)
+
+
+def first_layers_fusable(teacher: PDN, student: PDN) -> bool:
+    """Whether the two first layers differ only in their weights (then they can be one conv)."""
+    return teacher.specs[0] == student.specs[0]
+
+
+@torch.no_grad()
+def teacher_student_forward(
+    x: Tensor, teacher: PDN, student: PDN, first_weight: Tensor | None = None, first_bias: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(teacher(x), student(x))`` for inference, channels-last outputs.
+
+    ``first_weight`` / ``first_bias``: the concatenated first-layer weights
+    ``cat([teacher_w, student_w])`` / biases (cached by :mod:`efficientad_ext.inference_weights`);
+    ``None`` computes them here. Runs two separate ``pdn_forward`` calls instead when the
+    first layers are not fusable or :data:`FUSE_FIRST_LAYER` is off for ``x``'s device type.
+    """
+    if not FUSE_FIRST_LAYER.get(x.device.type, False) or not first_layers_fusable(teacher, student):
+        return teacher.fused_forward(x), student.fused_forward(x)
+    if first_weight is None or first_bias is None:
+        t0, s0 = teacher.convolutions()[0], student.convolutions()[0]
+        first_weight = torch.cat([t0.weight.detach(), s0.weight.detach()])
+        first_bias = torch.cat([t0.bias.detach(), s0.bias.detach()])
+    spec = teacher.specs[0]
+    both = ops.conv2d_relu_pool(x, first_weight, first_bias, spec.padding, spec.relu, spec.pool, spec.pool_padding)
+    split = teacher.specs[0].out_channels
+    return (
+        _rest_forward(both[:, :split], teacher),
+        _rest_forward(both[:, split:], student),
+    )
+
+
+def _rest_forward(h: Tensor, pdn: PDN) -> Tensor:
+    """The PDN's layers after the first, on the first layer's output ``h`` (one op call)."""
+    convs = pdn.convolutions()[1:]
+    specs = pdn.specs[1:]
+    return torch.ops.efficientad.pdn_forward(
+        h,
+        [c.weight.detach() for c in convs],
+        [None if c.bias is None else c.bias.detach() for c in convs],
+        [s.padding for s in specs],
+        [s.relu for s in specs],
+        [s.pool for s in specs],
+        [s.pool_padding for s in specs],
+    )

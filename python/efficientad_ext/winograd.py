@@ -1,0 +1,170 @@
+"""Winograd convolutions for CPU inference (``efficientad::winograd_conv2d``).
+
+On CPUs without fast low-precision arithmetic (AVX2 only: bfloat16 convolutions fall back to
+a slow ATen path there, ~10x slower than float32), the PDNs' float32 convolutions already run
+in oneDNN close to the FMA peak. Winograd's minimal filtering F(m x m, r x r) computes the same
+convolution with fewer multiplications: an m x m output tile from an a x a input tile
+(a = m + r - 1) costs a*a products per channel pair instead of m*m*r*r, 4x fewer for
+F(3x3, 4x4) (the PDNs' 4x4 layers) and F(4x4, 3x3) (their 3x3 layers).
+
+The transform matrices come from the Toom-Cook construction on ``a - 1`` finite
+interpolation points plus the point at infinity; they are computed here in exact rational
+arithmetic and rounded once to the compute dtype. The weights are transformed once
+(``U = G w G^T``, in float64) and cached by the caller. The result equals the direct
+convolution up to rounding: ~1e-6 relative to the output's magnitude for F(3x3, 4x4) with
+points (0, 1, -1, 1/2, -1/2) (tests/test_winograd.py checks 2e-5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from . import _checks
+
+_ops = torch.ops.efficientad
+
+# Interpolation points per (m, r): small magnitudes keep the transforms well conditioned.
+_POINTS: dict[tuple[int, int], tuple[Fraction, ...]] = {
+    (2, 3): (Fraction(0), Fraction(1), Fraction(-1)),
+    (2, 4): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2)),
+    (3, 4): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2)),
+    (4, 3): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2)),
+}
+# Output tile per kernel size used for inference (4x fewer multiplications for both).
+DEFAULT_TILE = {3: 4, 4: 3}
+
+
+def _solve_exact(rows: list[list[Fraction]], rhs: list[Fraction], n: int) -> list[Fraction]:
+    """Least-squares-free exact solve of a consistent overdetermined system (Gauss-Jordan)."""
+    aug = [row[:] + [b] for row, b in zip(rows, rhs)]
+    pivots: list[int] = []
+    r = 0
+    for col in range(n):
+        piv = next((i for i in range(r, len(aug)) if aug[i][col] != 0), None)
+        if piv is None:
+            continue
+        aug[r], aug[piv] = aug[piv], aug[r]
+        inv = 1 / aug[r][col]
+        aug[r] = [v * inv for v in aug[r]]
+        for i in range(len(aug)):
+            if i != r and aug[i][col] != 0:
+                f = aug[i][col]
+                aug[i] = [vi - f * vr for vi, vr in zip(aug[i], aug[r])]
+        pivots.append(col)
+        r += 1
+    if any(all(v == 0 for v in row[:n]) and row[n] != 0 for row in aug):
+        raise ArithmeticError("inconsistent Winograd system")
+    x = [Fraction(0)] * n
+    for i, col in enumerate(pivots):
+        x[col] = aug[i][n]
+    return x
+
+
+@lru_cache(maxsize=None)
+def transform_matrices(m: int, r: int) -> tuple[tuple[tuple[Fraction, ...], ...], ...]:
+    """Exact ``(AT [m, a], G [a, r], BT [a, a])`` of F(m, r), so that for 1-D signals
+    ``AT @ ((G @ g) * (BT @ d)) == correlate(d, g)`` (valid, length m)."""
+    if (m, r) not in _POINTS:
+        raise ValueError(f"no interpolation points for F({m}, {r}); known: {sorted(_POINTS)}")
+    pts = _POINTS[(m, r)]
+    a = m + r - 1
+    n = a - 1
+    at = [[Fraction(0)] * a for _ in range(m)]
+    g = [[Fraction(0)] * r for _ in range(a)]
+    for i in range(m):
+        for j in range(n):
+            at[i][j] = pts[j] ** i
+    at[m - 1][n] = Fraction(1)
+    for j in range(n):
+        f = Fraction(1)
+        for k in range(n):
+            if k != j:
+                f *= pts[j] - pts[k]
+        for k in range(r):
+            g[j][k] = pts[j] ** k / f
+    g[n][r - 1] = Fraction(1)
+    # BT solves sum_j AT[i][j] G[j][k] BT[j][l] = [l == i + k] for every (i, k, l).
+    system = [[at[i][j] * g[j][k] for j in range(a)] for i in range(m) for k in range(r)]
+    bt_cols = []
+    for col in range(a):
+        rhs = [Fraction(1 if col == i + k else 0) for i in range(m) for k in range(r)]
+        bt_cols.append(_solve_exact(system, rhs, a))
+    bt = [[bt_cols[col][row] for col in range(a)] for row in range(a)]
+    return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+@dataclass(frozen=True)
+class WinogradWeights:
+    """One convolution prepared for :func:`winograd_conv2d` (transformed once, reused)."""
+
+    weight_tf: Tensor  # [a*a, C_in, C_out]
+    bias: Tensor | None
+    input_tf: Tensor  # BT [a, a]
+    output_tf: Tensor  # AT [m, a]
+    kernel_size: int
+
+
+@torch.no_grad()
+def prepare_weights(weight: Tensor, bias: Tensor | None = None, tile: int | None = None) -> WinogradWeights:
+    """Transforms a [C_out, C_in, r, r] convolution weight for F(tile x tile, r x r)
+    (``tile`` defaults to :data:`DEFAULT_TILE`); the transform runs in float64 and is
+    rounded once to the weight's dtype."""
+    _checks.floating(weight, "weight")
+    _checks.rank(weight, 4, "weight", "[C_out, C_in, r, r]")
+    r = int(weight.shape[-1])
+    if weight.shape[-2] != r:
+        raise ValueError(f"weight must have a square kernel, got {tuple(weight.shape)}")
+    m = DEFAULT_TILE.get(r) if tile is None else tile
+    if m is None:
+        raise ValueError(f"no Winograd tile for {r}x{r} kernels (supported: {sorted(DEFAULT_TILE)})")
+    at, g, bt = transform_matrices(m, r)
+    dev, dtype = weight.device, weight.dtype
+    g64 = torch.tensor([[float(v) for v in row] for row in g], dtype=torch.float64, device=dev)
+    u = torch.einsum("ik,ockl,jl->ijco", g64, weight.detach().double(), g64)
+    a = m + r - 1
+    weight_tf = u.reshape(a * a, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
+    as_tensor = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype, device=dev)  # noqa: E731
+    return WinogradWeights(
+        weight_tf,
+        None if bias is None else bias.detach().contiguous(),
+        as_tensor(bt),
+        as_tensor(at),
+        r,
+    )
+
+
+def winograd_conv2d(
+    input: Tensor, prepared: WinogradWeights, padding: int = 0, relu: bool = False, pool: bool = False, pool_padding: int = 0
+) -> Tensor:
+    """``avg_pool2d(relu(conv2d(input, w, b, padding)))`` (ReLU and pooling optional) by
+    Winograd, for float32/float64 CPU inference; ``prepared`` from :func:`prepare_weights`.
+    Returns a channels-last tensor."""
+    _checks.floating(input, "input")
+    _checks.rank(input, 4, "input", "[B, C, H, W]")
+    _checks.nonempty(input, "input")
+    if input.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"input must be float32 or float64 for winograd_conv2d, got {input.dtype}")
+    _checks.same_dtype(input, "input", weight_tf=prepared.weight_tf)
+    if input.device.type != "cpu" or prepared.weight_tf.device.type != "cpu":
+        raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
+    if input.shape[1] != prepared.weight_tf.shape[1]:
+        raise ValueError(f"input must have {prepared.weight_tf.shape[1]} channels, got shape {tuple(input.shape)}")
+    _checks.inference_only("winograd_conv2d", input=input)
+    return _ops.winograd_conv2d(
+        input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,
+        prepared.kernel_size, padding, relu, pool, pool_padding,
+    )
+
+
+@torch.library.register_fake("efficientad::winograd_conv2d")
+def _winograd_conv2d_fake(input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding):
+    h = input.shape[2] + 2 * padding - kernel_size + 1
+    w = input.shape[3] + 2 * padding - kernel_size + 1
+    if pool:
+        h, w = (h + 2 * pool_padding - 2) // 2 + 1, (w + 2 * pool_padding - 2) // 2 + 1
+    out = input.new_empty((input.shape[0], weight_tf.shape[2], h, w))
+    return out.contiguous(memory_format=torch.channels_last)

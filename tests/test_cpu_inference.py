@@ -1,0 +1,96 @@
+"""The CPU inference path (efficientad_ext.cpu_inference: Winograd convolutions) against the
+direct path (oneDNN convolutions, the same weights).
+
+Stated tolerance: features agree to 2e-5 of their magnitude (test_winograd.py); maps and
+scores, after the teacher normalisation and quantile scaling, to 1e-4 of the map's range.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import efficientad_ext
+from efficientad_ext import cpu_inference
+from efficientad_ext.model import EfficientAD, ModelConfig
+
+
+@pytest.fixture
+def direct_mode():
+    """Runs the body with the Winograd path off, and restores the default afterwards."""
+    cpu_inference.set_enabled(False)
+    yield
+    cpu_inference.set_enabled(None)
+
+
+def _model(arch: str, padded: bool) -> EfficientAD:
+    model = EfficientAD(ModelConfig(arch=arch, padded=padded)).eval()
+    with torch.no_grad():
+        model.teacher_mean.normal_()
+        model.teacher_std.uniform_(0.5, 2.0)
+    return model
+
+
+def _features(model: EfficientAD, x: torch.Tensor):
+    nets = (model.teacher, model.student, model.autoencoder)
+    return cpu_inference.forward(model, *nets, model.normalize(x), model.feature_size)
+
+
+@pytest.mark.parametrize(
+    "arch, padded, batch",
+    [("small", False, 2), ("small", True, 1), pytest.param("medium", False, 1, marks=pytest.mark.slow)],
+)
+def test_features_maps_and_scores_match_the_direct_path(arch, padded, batch):
+    model = _model(arch, padded)
+    x = torch.rand(batch, 3, 256, 256)
+    with torch.no_grad():
+        xn = model.normalize(x)
+        expected = (model.teacher(xn), model.student(xn), model.autoencoder(xn, model.feature_size))
+    got = _features(model, x)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.is_contiguous(memory_format=torch.channels_last)
+        assert ((g - e).abs().max() / e.abs().max()).item() < 2e-5
+    # Quantiles that spread the maps over [0, 0.1]: then the map tolerance is meaningful.
+    st, ae = model.raw_maps(xn)
+    model.quantiles.copy_(torch.stack([st.min(), st.max(), ae.min(), ae.max()]))
+    fast = model.infer(x)
+    cpu_inference.set_enabled(False)
+    try:
+        direct = model.infer(x)
+    finally:
+        cpu_inference.set_enabled(None)
+    span = (direct.anomaly_map.max() - direct.anomaly_map.min()).item()
+    assert span > 1e-3
+    assert (fast.anomaly_map - direct.anomaly_map).abs().max().item() < 1e-4 * span
+    assert (fast.score - direct.score).abs().max().item() < 1e-4 * span
+
+
+def test_plan_is_rebuilt_when_a_weight_changes():
+    model = _model("small", False)
+    x = torch.rand(1, 3, 256, 256)
+    before = _features(model, x)[1]
+    with torch.no_grad():
+        model.student[-1].bias.add_(1.0)  # in place: same storage, new version
+    after = _features(model, x)[1]
+    assert torch.allclose(after, before + 1.0, atol=1e-4)
+
+
+def test_switch_and_environment_variable(monkeypatch, direct_mode):
+    model = _model("small", False)
+    assert not cpu_inference.applies(torch.device("cpu"), torch.float32)
+    cpu_inference.set_enabled(None)
+    monkeypatch.setenv("EFFICIENTAD_CPU_WINOGRAD", "0")
+    assert not cpu_inference.applies(torch.device("cpu"), torch.float32)
+    monkeypatch.setenv("EFFICIENTAD_CPU_WINOGRAD", "1")
+    assert cpu_inference.applies(torch.device("cpu"), torch.float32)
+    assert not cpu_inference.applies(torch.device("cpu"), torch.float16)
+    assert model.infer(torch.rand(1, 3, 256, 256)).anomaly_map.shape == (1, 1, 256, 256)
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_instructions_warns_once(monkeypatch):
+    monkeypatch.setattr(cpu_inference, "_bf16_warned", False)
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if supported is None or supported():
+        pytest.skip("this CPU runs bfloat16 convolutions natively")
+    with pytest.warns(RuntimeWarning, match="bfloat16"):
+        cpu_inference.applies(torch.device("cpu"), torch.bfloat16)
+    assert efficientad_ext.cpu_inference._bf16_warned

@@ -1,0 +1,55 @@
+"""Which teacher training uses: the shipped one by default, "random" on request, a file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import efficientad_ext.teachers as teachers
+from efficientad_ext.pdn import build_pdn
+from efficientad_ext.teacher_io import load_teacher_weights
+
+
+def test_the_shipped_small_teacher_exists_loads_and_is_documented():
+    path = teachers.shipped_teacher("small")
+    assert path is not None, "the package must ship weights/teacher_small.safetensors"
+    pdn = build_pdn("small", 384)
+    load_teacher_weights(pdn, path)
+    assert all(torch.isfinite(p).all() for p in pdn.parameters())
+    assert path.stat().st_size < 8_000_000
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert all(f.get_slice(k).get_dtype() == "F16" for k in f.keys())
+        record = json.loads(f.metadata()["record"])
+    card = (teachers.WEIGHTS_DIR / "TEACHER_CARD.md").read_text()
+    # The card states the run's facts as recorded in the file itself.
+    assert str(record["steps_done"]) in card.replace(",", "") and record["command"] in card
+    assert record["config"]["extractor"] == "mobilenet_v2"
+    # A distilled teacher is not a random one: its output channels are far from independent noise.
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        y = pdn(x)
+    assert y.shape == (1, 384, 56, 56)
+
+
+def test_resolve_teacher_choices(tmp_path, monkeypatch):
+    assert teachers.resolve_teacher("random", "small").path is None
+    default = teachers.resolve_teacher(None, "small")
+    assert default.path == teachers.shipped_teacher("small") and "shipped" in default.description
+    assert teachers.resolve_teacher("default", "small").path == default.path
+    # Medium: no shipped teacher. Implicit default -> random (said in the description); explicit -> error.
+    medium = teachers.resolve_teacher(None, "medium")
+    assert medium.path is None and "no shipped teacher" in medium.description
+    with pytest.raises(FileNotFoundError, match="ships no teacher for arch 'medium'"):
+        teachers.resolve_teacher("default", "medium")
+    with pytest.raises(FileNotFoundError, match="teacher weights not found"):
+        teachers.resolve_teacher(tmp_path / "none.safetensors", "small")
+    f = tmp_path / "t.pth"
+    torch.save(build_pdn("small", 384).state_dict(), f)
+    chosen = teachers.resolve_teacher(f, "small")
+    assert chosen.path == f and "sha256" in chosen.description
+    # A package without its weights file falls back loudly instead of crashing.
+    monkeypatch.setattr(teachers, "WEIGHTS_DIR", tmp_path / "empty")
+    assert teachers.resolve_teacher(None, "small").path is None

@@ -1,0 +1,92 @@
+"""efficientad::winograd_conv2d (CPU) against the direct convolution (reference.conv2d_relu_pool).
+
+Tolerance: Winograd computes the same function with different rounding (transforms of
+float32 data in float32). Measured max |error| / max |output| is ~1e-6 to 5e-6 for the
+PDN layer shapes; the tests allow 2e-5 in float32 and 1e-11 in float64.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from efficientad_ext import reference
+from efficientad_ext.winograd import DEFAULT_TILE, prepare_weights, transform_matrices, winograd_conv2d
+
+REL_TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
+
+
+@pytest.mark.parametrize("m, r", [(2, 3), (2, 4), (3, 4), (4, 3)])
+def test_transform_matrices_compute_a_correlation_exactly(m, r):
+    at, g, bt = transform_matrices(m, r)
+    a = m + r - 1
+    d = [Fraction(v) for v in torch.randint(-9, 10, (a,)).tolist()]
+    w = [Fraction(v) for v in torch.randint(-9, 10, (r,)).tolist()]
+    gw = [sum(g[j][k] * w[k] for k in range(r)) for j in range(a)]
+    bd = [sum(bt[j][k] * d[k] for k in range(a)) for j in range(a)]
+    y = [sum(at[i][j] * gw[j] * bd[j] for j in range(a)) for i in range(m)]
+    assert y == [sum(w[k] * d[i + k] for k in range(r)) for i in range(m)]
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape, c_out, k, padding, relu, pool, pool_padding",
+    [
+        ((1, 128, 30, 30), 256, 4, 0, True, True, 0),  # PDN layer 2 (unpadded), smaller image
+        ((2, 64, 17, 19), 96, 4, 3, True, True, 1),  # padded PDN layer 2: conv and pool padding
+        ((1, 70, 13, 11), 130, 3, 1, True, False, 0),  # channels not multiples of the 64-block
+        ((3, 40, 12, 12), 33, 4, 0, False, False, 0),  # PDN last layer: no ReLU
+        ((2, 64, 10, 9), 64, 4, 2, True, False, 0),  # autoencoder decoder: padding 2, output grows
+        ((1, 5, 4, 4), 7, 3, 1, False, False, 0),  # fewer output pixels than one tile
+    ],
+)
+def test_matches_direct_convolution(dtype, shape, c_out, k, padding, relu, pool, pool_padding):
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c_out, shape[1], k, k, dtype=dtype) / (shape[1] * k * k) ** 0.5
+    bias = torch.randn(c_out, dtype=dtype)
+    got = winograd_conv2d(x, prepare_weights(weight, bias), padding, relu, pool, pool_padding)
+    expected = reference.conv2d_relu_pool(x.double(), weight.double(), bias.double(), padding, relu, pool, pool_padding)
+    assert got.shape == expected.shape and got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert _relative_error(got, expected) < REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("tile", [2, None])
+def test_reads_a_channel_slice_and_nchw_input_and_no_bias(tile):
+    both = torch.randn(2, 48, 14, 15).contiguous(memory_format=torch.channels_last)
+    half = both[:, 16:]  # channel slice of a channels-last tensor: read in place
+    weight = torch.randn(20, 32, 4, 4) / 16
+    expected = reference.conv2d_relu_pool(half.double(), weight.double(), None, 1, True, False, 0)
+    prepared = prepare_weights(weight, None, tile=tile)
+    for x in (half, half.contiguous()):
+        assert _relative_error(winograd_conv2d(x, prepared, 1, True), expected) < REL_TOL[torch.float32]
+
+
+def test_a_large_batch_spans_several_tile_chunks():
+    # 8 MB of transformed tiles per chunk: 16 x 40x40 images of 64 -> 64 channels need several.
+    x = torch.randn(16, 64, 40, 40).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, 64, 3, 3) / 24
+    bias = torch.randn(64)
+    expected = reference.conv2d_relu_pool(x.double(), weight.double(), bias.double(), 1, True, False, 0)
+    assert _relative_error(winograd_conv2d(x, prepare_weights(weight, bias), 1, True), expected) < REL_TOL[torch.float32]
+
+
+def test_bad_arguments_are_named():
+    weight = torch.randn(8, 4, 3, 3)
+    prepared = prepare_weights(weight)
+    with pytest.raises(ValueError, match="channels"):
+        winograd_conv2d(torch.randn(1, 5, 8, 8), prepared)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        winograd_conv2d(torch.randn(1, 4, 8, 8).bfloat16(), prepared)
+    with pytest.raises(ValueError, match="no Winograd tile"):
+        prepare_weights(torch.randn(8, 4, 5, 5))
+    with pytest.raises(ValueError, match="square"):
+        prepare_weights(torch.randn(8, 4, 3, 4))
+    with pytest.raises(RuntimeError, match="too small"):
+        winograd_conv2d(torch.randn(1, 4, 2, 2), prepared)
+    assert DEFAULT_TILE == {3: 4, 4: 3}
