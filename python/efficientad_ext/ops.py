@@ -356,10 +356,14 @@ def pdn_forward(input: Tensor, pdn: PDN) -> Tensor:
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"input image size {tuple(input.shape[2:])} is too small for this PDN (its output would be empty)")
     _checks.inference_only("pdn_forward", input=input)
-    specs = pdn.specs
-    # The module's parameters always require grad; this op is inference-only by definition.
-    return _ops.pdn_forward(
-        input,
+    return _ops.pdn_forward(input, *pdn_layer_arguments(convs, pdn.specs))
+
+
+def pdn_layer_arguments(convs, specs) -> tuple[list, list, list, list, list, list]:
+    """``pdn_forward``'s per-layer arguments (weights, biases, paddings, relus, pools,
+    pool paddings) for these convolutions and their specs. The module's parameters always
+    require grad; the op is inference-only by definition, so they are detached."""
+    return (
         [c.weight.detach() for c in convs],
         [None if c.bias is None else c.bias.detach() for c in convs],
         [s.padding for s in specs],

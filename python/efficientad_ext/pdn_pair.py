@@ -65,14 +65,4 @@ def teacher_student_forward(
 
 def _rest_forward(h: Tensor, pdn: PDN) -> Tensor:
     """The PDN's layers after the first, on the first layer's output ``h`` (one op call)."""
-    convs = pdn.convolutions()[1:]
-    specs = pdn.specs[1:]
-    return torch.ops.efficientad.pdn_forward(
-        h,
-        [c.weight.detach() for c in convs],
-        [None if c.bias is None else c.bias.detach() for c in convs],
-        [s.padding for s in specs],
-        [s.relu for s in specs],
-        [s.pool for s in specs],
-        [s.pool_padding for s in specs],
-    )
+    return torch.ops.efficientad.pdn_forward(h, *ops.pdn_layer_arguments(pdn.convolutions()[1:], pdn.specs[1:]))
