@@ -170,3 +170,69 @@ def test_batch_of_two_uses_per_sample_thresholds(monkeypatch):
     step = TrainStep(model, TrainConfig(steps=5, batch_size=2), torch.Generator().manual_seed(0))
     losses = step(0, torch.rand(2, 3, 256, 256), torch.rand(2, 3, 256, 256))
     assert seen == [(2, "per_sample")] and all(np.isfinite(v) for v in losses.values())
+
+
+def _labelled_samples(tmp_path):
+    from efficientad_ext.data import Sample
+
+    good = write_images(tmp_path / "test_good", 2, seed=7)
+    bad = write_images(tmp_path / "test_bad", 2, seed=8)
+    masks = []
+    for i, p in enumerate(bad):
+        m = np.zeros((256, 256), np.uint8)
+        m[40 + 30 * i : 120, 60:140] = 255
+        mp = tmp_path / f"mask{i}.png"
+        Image.fromarray(m).save(mp)
+        masks.append(mp)
+    return [Sample(p, 0, "good") for p in good] + [Sample(p, 1, "scratch", mp) for p, mp in zip(bad, masks)]
+
+
+def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
+    import json
+
+    from efficientad_ext.learning_curve import eval_steps
+
+    assert eval_steps(10, 4, (1, 3, 99)) == [1, 3, 4, 8]
+    with pytest.raises(ValueError, match="eval_at"):
+        eval_steps(10, 0, (0,))
+    paths = write_images(tmp_path / "train", 6)
+    samples = _labelled_samples(tmp_path)
+    base = dict(steps=3, checkpoint_every=1, seed=2, validation_fraction=0.34)
+    plain = train(paths, tmp_path / "plain", config=TrainConfig(**base))
+    cfg = TrainConfig(**base, eval_at=(1, 3), eval_keep_models=True)
+    curved = train(paths, tmp_path / "curve", config=cfg, curve_samples=samples)
+    # Evaluating in the middle draws no random numbers and restores training mode: same weights.
+    for a, b in zip(plain.student.state_dict().values(), curved.student.state_dict().values()):
+        assert torch.equal(a, b)
+    curve = json.loads((tmp_path / "curve" / "curve.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [1, 3]
+    for p in curve["points"]:
+        assert 0.0 <= p["image_auroc"] <= 1.0 and 0.0 <= p["au_pro"] <= 1.0 and "scratch" in p["image_auroc_per_type"]
+    # The last point's model is the final model, calibrated on the hold-out.
+    last = load_model(tmp_path / "curve" / "curve_models" / "model_step000003.safetensors")
+    torch.testing.assert_close(last.quantiles, curved.quantiles)
+    # Resuming from step 2 keeps the points up to 2 and recomputes step 3.
+    import efficientad_ext.train as tr
+
+    original = tr.TrainStep.__call__
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    tr.TrainStep.__call__ = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(paths, tmp_path / "half", config=cfg, curve_samples=samples)
+    finally:
+        tr.TrainStep.__call__ = original
+    assert [p["step"] for p in json.loads((tmp_path / "half" / "curve.json").read_text())["points"]] == [1]
+    train(paths, tmp_path / "half", config=cfg, curve_samples=samples, resume=True)
+    resumed = json.loads((tmp_path / "half" / "curve.json").read_text())["points"]
+    assert [p["step"] for p in resumed] == [1, 3]
+    assert resumed[1]["image_auroc"] == curve["points"][1]["image_auroc"]
+    with pytest.raises(ValueError, match="validation images"):
+        train(paths, tmp_path / "noval", config=TrainConfig(steps=1, validation_fraction=0.0, eval_at=(1,)), curve_samples=samples)

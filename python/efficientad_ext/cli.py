@@ -39,6 +39,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--eval-dataset", type=Path, help="labelled MVTec-layout set for a learning curve (curve.json / curve.png in "
+                   "--out); its map quantiles come from the training hold-out (default: no curve)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate --eval-dataset every N steps (default 0: never)")
+    p.add_argument("--eval-at", type=lambda v: tuple(int(x) for x in v.split(",") if x), default=d.eval_at, metavar="S1,S2,...",
+                   help="also evaluate at these steps, e.g. 250,500,1000,2000 (default: none)")
+    p.add_argument("--eval-keep-models", action="store_true",
+                   help="also write each curve point's calibrated model to --out/curve_models/ (default: off)")
 
 
 def _model_config(args):
@@ -57,7 +64,7 @@ def _train_config(args):
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         hard_reduction=args.hard_reduction, penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
         validation_fraction=args.validation_fraction, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        skip_corrupt=args.skip_corrupt,
+        skip_corrupt=args.skip_corrupt, eval_every=args.eval_every, eval_at=tuple(args.eval_at), eval_keep_models=args.eval_keep_models,
     )
 
 
@@ -67,8 +74,17 @@ def cmd_train(args) -> int:
 
     splits = open_dataset(args.dataset)
     validation = [s.path for s in splits.validation] or None
-    train([s.path for s in splits.train], args.out, _model_config(args), _train_config(args),
-          validation_images=validation, teacher=args.teacher, device=_device(args.device), resume=args.resume)
+    config = _train_config(args)
+    curve_samples = None
+    if args.eval_dataset is not None:
+        curve_samples = open_dataset(args.eval_dataset).test
+        if not curve_samples:
+            raise SystemExit(f"--eval-dataset {args.eval_dataset} has no test images (expected <dataset>/test/<type>/...)")
+        if not (config.eval_every or config.eval_at):
+            raise SystemExit("--eval-dataset needs --eval-every N or --eval-at S1,S2,...")
+    train([s.path for s in splits.train], args.out, _model_config(args), config,
+          validation_images=validation, teacher=args.teacher, device=_device(args.device), resume=args.resume,
+          curve_samples=curve_samples)
     print(f"model written to {Path(args.out) / 'model.safetensors'}")
     return 0
 

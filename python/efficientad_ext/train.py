@@ -35,7 +35,8 @@ from torch import Tensor
 from . import ops
 from .augment import color_jitter_one_of, penalty_transform
 from .checkpoint import save_model
-from .data import list_images, load_image, resize_image
+from .data import Sample, list_images, load_image, resize_image
+from .learning_curve import LearningCurve, eval_steps, evaluate_snapshot
 from .files import write_atomically, write_text_atomically
 from .model import EfficientAD, ModelConfig, TrainingRecord
 from .progress import Progress, format_duration
@@ -69,6 +70,9 @@ class TrainConfig:
     log_every: int = 50
     skip_corrupt: bool = False
     max_preload_bytes: int = 4 * 2**30
+    eval_every: int = 0  # learning curve: evaluate the labelled set every N steps (0: never)
+    eval_at: tuple[int, ...] = ()  # ... and at these steps (e.g. 250, 500, 1000, ...)
+    eval_keep_models: bool = False  # also write each curve point's calibrated model to curve_models/
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -81,6 +85,8 @@ class TrainConfig:
             raise ValueError("p_hard must be in [0, 1] and 0 <= quantile_low < quantile_high <= 1")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.eval_every < 0 or any(int(s) < 1 for s in self.eval_at):
+            raise ValueError(f"eval_every must be >= 0 and eval_at steps >= 1, got {self.eval_every} and {list(self.eval_at)}")
 
     @property
     def reduction(self) -> str:
@@ -281,6 +287,7 @@ def train(
     teacher: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     resume: bool = False,
+    curve_samples: Sequence[Sample] | None = None,
 ) -> EfficientAD:
     """Trains an EfficientAD model (Algorithm 1) and writes ``out_dir/model.safetensors``.
 
@@ -296,6 +303,9 @@ def train(
             warning), or a weight file (see :func:`efficientad_ext.teacher_io.load_teacher_weights`).
         device: where to train.
         resume: continue from ``out_dir/train_state.safetensors``.
+        curve_samples: a labelled test set for the learning curve, evaluated at the steps of
+            ``config.eval_every`` / ``config.eval_at`` into ``out_dir/curve.json`` (and
+            ``curve.png``); the quantiles of each point come from the validation images.
     """
     model_config = model_config or ModelConfig()
     config = config or TrainConfig()
@@ -356,8 +366,31 @@ def train(
     model.teacher.eval()
     model.student.train()
     model.autoencoder.train()
+    curve = None
+    curve_at = eval_steps(config.steps, config.eval_every, config.eval_at)
+    if curve_samples is not None and curve_at:
+        if val_source is None:
+            raise ValueError("a learning curve needs validation images for its map quantiles (validation_fraction > 0)")
+        curve = LearningCurve(out_dir, curve_at, {"title": f"{model_config.arch}, teacher: {record.teacher}",
+                                                  "teacher": record.teacher, "train_config": meta["train_config"],
+                                                  "model_config": meta["model_config"], "test_images": len(curve_samples)})
+        if resume:
+            curve.resume(step)
+
+    def curve_point() -> dict[str, Any]:
+        def calibrate() -> None:
+            model.quantiles.copy_(map_quantiles(model, val_source, config.quantile_low, config.quantile_high))
+            model.calibrated = True
+
+        metrics = evaluate_snapshot(model, calibrate, curve_samples)
+        if config.eval_keep_models:
+            model.record = record
+            save_model(model, out_dir / "curve_models" / f"model_step{step:06d}.safetensors")
+        return metrics
+
     progress = Progress(config.steps, start=step, every=config.log_every)
     t0 = time.perf_counter()
+    eval_seconds = 0.0  # spent on the learning curve, not counted as training time
     start_step = step
     terms: dict[str, float] = {}
     while step < config.steps:
@@ -375,8 +408,12 @@ def train(
         progress.update(step, **terms)
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save_state(state_path, model, stepper, step, meta)
+        if curve is not None and curve.due(step):
+            t_eval = time.perf_counter()
+            curve.add(step, t_eval - t0 - eval_seconds, terms, curve_point)
+            eval_seconds += time.perf_counter() - t_eval
     progress.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - eval_seconds
     model.eval()
 
     if val_source is not None:
