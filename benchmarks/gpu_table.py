@@ -8,7 +8,7 @@ and score out):
   ours       ``EfficientAD.infer`` in float32 (TF32 convolutions) and bfloat16, each with and
              without CUDA-graph replay
   ours-1conv / ours-2conv  ``infer`` at batch 1 with the teacher+student first-layer choice
-             (``pdn_pair.FUSE_FIRST_LAYER``) flipped: the measurement behind its default
+             (``InferenceOptions.fuse_first_layer``) flipped: the measurement behind its default
   ref        ``EfficientAD.reference_infer`` (plain torch.nn + reference ops), eager float32 and
              eager float16 autocast (cuDNN)
   compiled   ``torch.compile(reference_infer, mode="max-autotune")``, float16 autocast and
@@ -42,9 +42,12 @@ from pathlib import Path
 import torch
 
 import efficientad_ext
-from efficientad_ext import EfficientAD, ModelConfig, cuda_graph, pdn_pair, reference
-from efficientad_ext import train as train_module
-from efficientad_ext.train import TrainConfig, TrainStep
+from dataclasses import replace
+
+from efficientad_ext import EfficientAD, ModelConfig, reference
+from efficientad_ext._inference import clear as clear_inference_cache
+from efficientad_ext.training import trainer as train_module
+from efficientad_ext.training.trainer import TrainConfig, TrainStep
 
 BF16_PEAK_FLOPS = 790e12  # measured dense bf16 rate of the H200 (issue 5)
 IMAGE = 256
@@ -231,7 +234,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def reference_hard_loss() -> Iterator[None]:
     """Runs ``TrainStep`` with the plain-PyTorch hard-feature loss (torch.quantile + mask):
     the training step exactly as ours except for that one op (TrainStep calls it through the
-    ``ops`` module attribute of efficientad_ext.train)."""
+    ``ops`` module attribute of efficientad_ext.training.trainer)."""
     original = train_module.ops
     train_module.ops = types.SimpleNamespace(hard_feature_loss=reference.hard_feature_loss)
     try:
@@ -284,20 +287,20 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
         return run
 
     def ours_other_first_layer(dtype: torch.dtype, batch: int) -> Callable[[], None]:
-        """ours with the first-layer choice of pdn_pair.FUSE_FIRST_LAYER flipped for this device
-        (one conv for teacher+student vs two): the measurement behind that default."""
+        """ours with the first-layer choice of InferenceOptions.fuse_first_layer flipped for this
+        device (one conv for teacher+student vs two): the measurement behind that default."""
         def run() -> None:
-            default = pdn_pair.FUSE_FIRST_LAYER[dev.type]
-            pdn_pair.set_fuse_first_layer(dev.type, not default)
-            cuda_graph.clear(model)  # graphs keep the path they were captured with
+            options = model.inference_options
+            default = options.fuses_first_layer(dev.type)
+            model.inference_options = replace(options, fuse_first_layer=options.fuse_first_layer ^ {dev.type})
             try:
                 x = inputs[batch]
                 label = "ours-1conv" if not default else "ours-2conv"
                 measure(lambda: model.infer(x, dtype=dtype), label, "bf16" if dtype == torch.bfloat16 else "fp32",
                         batch, "yes" if dev.type == "cuda" else "no", first_layer="one conv" if not default else "two convs")
             finally:
-                pdn_pair.set_fuse_first_layer(dev.type, default)
-                cuda_graph.clear(model)
+                model.inference_options = options
+                clear_inference_cache(model)  # the other path's graphs are not needed again
         return run
 
     def ref(low: bool, batch: int) -> Callable[[], None]:

@@ -109,7 +109,7 @@ def test_opcheck():
 def test_torch_compile_fullgraph():
     pdn = build_pdn("small", 16, True).eval()
     x = torch.randn(1, 3, 48, 48)
-    compiled = torch.compile(lambda inp: ops.pdn_forward(inp, pdn) + 0.0, fullgraph=True)
+    compiled = torch.compile(lambda inp: ops.pdn_forward(inp, *pdn.layer_arguments()) + 0.0, fullgraph=True)
     torch.testing.assert_close(compiled(x), pdn.fused_forward(x))
     w = torch.randn(5, 3, 4, 4)
     layer = torch.compile(lambda inp: ops.conv2d_relu_pool(inp, w, None, 3, True, True, 1), fullgraph=True)
@@ -121,20 +121,20 @@ def test_torch_compile_fullgraph():
     [
         (dict(input=torch.randn(1, 4, 8, 8)), ValueError, "input must have 3 channels"),
         (dict(input=torch.randn(3, 8, 8)), ValueError, "input must have 4 dimensions"),
-        (dict(input=torch.randn(1, 3, 8, 8).double()), TypeError, "input must have the input's dtype|input must have the PDN's weights"),
+        (dict(input=torch.randn(1, 3, 8, 8).double()), TypeError, "input must have the first layer's weight's dtype"),
         (dict(input=torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)), TypeError, "input must be float16"),
-        (dict(input=torch.randn(1, 3, 20, 20)), ValueError, "too small for this PDN"),
+        (dict(input=torch.randn(1, 3, 20, 20)), ValueError, "too small for these layers"),
         (dict(input=torch.randn(0, 3, 64, 64)), ValueError, "input must not be empty"),
     ],
 )
 def test_pdn_forward_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
-        ops.pdn_forward(pdn=build_pdn("small", 384, False), **kwargs)
+        ops.pdn_forward(kwargs["input"], *build_pdn("small", 384, False).layer_arguments())
 
 
-def test_pdn_forward_needs_a_pdn():
-    with pytest.raises(TypeError, match="pdn must be an efficientad_ext.PDN"):
-        ops.pdn_forward(torch.randn(1, 3, 64, 64), torch.nn.Conv2d(3, 4, 3))
+def test_pdn_forward_needs_a_layer():
+    with pytest.raises(ValueError, match="weights must hold at least one layer"):
+        ops.pdn_forward(torch.randn(1, 3, 64, 64), [], [], [], [], [], [])
 
 
 @pytest.mark.parametrize(

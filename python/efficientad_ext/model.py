@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cuda_graph as cuda_graphs
-from . import cpu_inference, inference_weights, ops
+from . import _inference, ops
+from ._inference import InferenceOptions, InferenceResult
 from .autoencoder import Autoencoder
 from .pdn import PDN, PDN_ARCHITECTURES
-from .pdn_pair import teacher_student_forward
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,13 +61,6 @@ class ModelConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-class InferenceResult(NamedTuple):
-    """``anomaly_map`` [B, 1, H, W] at the input resolution and ``score`` [B]."""
-
-    anomaly_map: Tensor
-    score: Tensor
-
-
 @dataclass
 class TrainingRecord:
     """What produced a model (stored with it)."""
@@ -81,7 +73,9 @@ class TrainingRecord:
 
 class EfficientAD(nn.Module):
     """Teacher PDN (frozen), student PDN (2x the teacher's channels), autoencoder, the teacher's
-    per-channel mean/std and the four map-normalisation quantiles."""
+    per-channel mean/std and the four map-normalisation quantiles.
+
+    ``inference_options`` (:class:`InferenceOptions`) chooses how :meth:`infer` runs."""
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -99,6 +93,7 @@ class EfficientAD(nn.Module):
         self.register_buffer("image_std", torch.tensor(self.config.image_std).view(1, 3, 1, 1))
         self.calibrated = False
         self.record = TrainingRecord()
+        self.inference_options = InferenceOptions()
 
     # ------------------------------------------------------------------ geometry
 
@@ -161,30 +156,12 @@ class EfficientAD(nn.Module):
         ``dtype``: the networks' compute dtype (``torch.float32``, ``torch.bfloat16``, ...,
         or its name); ``None``: bfloat16 on a CUDA GPU that supports it (float32 models),
         else the model's dtype. Images are normalised in the model's dtype first; the weights
-        are cast once and cached (:mod:`efficientad_ext.inference_weights`); maps and scores
-        are accumulated in float32 whatever the compute dtype. ``cuda_graph``: replay a CUDA
-        graph captured for this batch shape (:mod:`efficientad_ext.cuda_graph`) when the
-        batch is a tensor on the model's CUDA device; ``False`` always runs eagerly.
+        are cast once and cached (:mod:`efficientad_ext._inference`); maps and scores are
+        accumulated in float32 whatever the compute dtype. ``cuda_graph``: replay a CUDA graph
+        captured for this batch shape when the batch is a tensor on the model's CUDA device;
+        ``False`` always runs eagerly.
         """
-        nets = inference_weights.networks_for(self, inference_weights.resolve_dtype(self, dtype))
-        if cuda_graph and cuda_graphs.usable(self, batch):
-            return cuda_graphs.run_graphed(self, batch, nets.dtype, nets.generation, lambda b: self._infer_with(b, nets))
-        return self._infer_with(batch, nets)
-
-    def _infer_with(self, batch: Tensor | Sequence[Any], nets: inference_weights.InferenceNetworks) -> InferenceResult:
-        x, in_size = self.prepare(batch)
-        x = x.to(nets.dtype)
-        if cpu_inference.applies(x.device, nets.dtype):  # Winograd convolutions, weights transformed once
-            teacher, student, autoencoder = cpu_inference.forward(
-                self, nets.teacher, nets.student, nets.autoencoder, x, self.feature_size
-            )
-        else:
-            teacher, student = teacher_student_forward(x, nets.teacher, nets.student, nets.first_weight, nets.first_bias)
-            autoencoder = nets.autoencoder(x, self.feature_size)
-        out = ops.anomaly_maps(
-            teacher, self.teacher_mean, self.teacher_std, student, autoencoder, self.quantiles, in_size, self.map_border
-        )
-        return InferenceResult(out.anomaly_map, out.score)
+        return _inference.infer(self, batch, dtype, cuda_graph)
 
     @torch.no_grad()
     def raw_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:

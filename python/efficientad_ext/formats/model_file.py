@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .files import write_atomically
-from .model import EfficientAD, ModelConfig, TrainingRecord
+from .atomic import write_atomically
+from ..model import EfficientAD, ModelConfig, TrainingRecord
 
 FORMAT_NAME = "efficientad_ext.model"
 FORMAT_VERSION = 1

@@ -14,14 +14,18 @@ Every tensor's name and shape is checked against the PDN; anything else is a cle
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..pdn import PDN
 from . import anomalib_layout
-from .pdn import PDN
+from .atomic import write_atomically
 
 ACCEPTED_LAYOUTS = (
     "a PDN state dict with nn.Sequential keys (0.weight, 0.bias, 3.weight, ...: ours, nelson1425/EfficientAD's), "
@@ -89,3 +93,14 @@ def load_teacher_weights(pdn: PDN, path: str | os.PathLike[str]) -> None:
             )
     with torch.no_grad():
         pdn.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: Any, dtype: torch.dtype = torch.float32) -> Path:
+    """Writes the teacher's weights (``dtype``) and a run's record (a dataclass, stored as JSON
+    metadata) as safetensors, atomically. The file loads with :func:`load_teacher_weights`."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in teacher.state_dict().items()}
+    metadata = {"format": "efficientad_ext.teacher", "format_version": "1", "arch": teacher.arch,
+                "out_channels": str(teacher.out_channels), "record": json.dumps(asdict(record))}
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from . import anomalib_layout as layout
-from .files import write_atomically
-from .model import IMAGENET_MEAN, IMAGENET_STD, EfficientAD, ModelConfig, TrainingRecord
+from .atomic import write_atomically
+from ..model import IMAGENET_MEAN, IMAGENET_STD, EfficientAD, ModelConfig, TrainingRecord
 
 log = logging.getLogger(__name__)
 
