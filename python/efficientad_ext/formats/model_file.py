@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .atomic import write_atomically
+from .state_dict import key_mismatch, shape_mismatch
 from ..model import EfficientAD, ModelConfig, TrainingRecord
 
 FORMAT_NAME = "efficientad_ext.model"
@@ -81,17 +82,15 @@ def load_model(
     expected = {f"{p}.{k}": v for p in ("teacher", "student", "autoencoder") for k, v in getattr(model, p).state_dict().items()}
     for name in ("teacher_mean", "teacher_std", "quantiles"):
         expected[name] = getattr(model, name)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing, unexpected = key_mismatch(expected, tensors)
     if missing or unexpected:
         raise ModelFileError(f"{path} does not match its own config {config}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise ModelFileError(
-                f"{path}: tensor {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)} for {config}"
-            )
-        if not value.is_floating_point():
-            raise ModelFileError(f"{path}: tensor {name} has dtype {value.dtype}, expected floating point")
+    name = shape_mismatch({k: v.shape for k, v in expected.items()}, tensors)
+    if name is not None:
+        raise ModelFileError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(expected[name].shape)} for {config}")
+    name = next((k for k, v in tensors.items() if not v.is_floating_point()), None)
+    if name is not None:
+        raise ModelFileError(f"{path}: tensor {name} has dtype {tensors[name].dtype}, expected floating point")
     with torch.no_grad():
         for prefix in ("teacher", "student", "autoencoder"):
             getattr(model, prefix).load_state_dict(
