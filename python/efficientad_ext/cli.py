@@ -238,25 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("eval", help="evaluate a model on a dataset's test set (metrics + heatmap PNGs)")
-    p.add_argument("model", type=Path)
-    p.add_argument("dataset", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-images", action="store_true", help="metrics only, no PNGs")
-    p.add_argument("--skip-corrupt", action="store_true")
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("infer", help="score a folder of images (scores.csv + heatmaps)")
-    p.add_argument("model", type=Path)
-    p.add_argument("images", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-images", action="store_true")
-    p.add_argument("--skip-corrupt", action="store_true")
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_infer)
+    for name, images, func, help_text in (
+        ("eval", "dataset", cmd_eval, "evaluate a model on a dataset's test set (metrics + heatmap PNGs)"),
+        ("infer", "images", cmd_infer, "score a folder of images (scores.csv + heatmaps)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("model", type=Path)
+        p.add_argument(images, type=Path)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
+        p.add_argument("--skip-corrupt", action="store_true")
+        p.add_argument("--device")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps")
     p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")

@@ -50,25 +50,26 @@ def _scores(x: Any, name: str) -> np.ndarray:
     return a
 
 
-def _labels(x: Any, name: str) -> np.ndarray:
+def _binary(x: Any, name: str, zero_one: bool) -> np.ndarray:
+    """A bool array: bool as is; numbers as ``!= 0`` (``zero_one``: only 0 and 1 allowed)."""
     a = _to_numpy(x, name)
     if a.dtype == np.bool_:
         return a
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"{name} must be bool or 0/1 numbers, got dtype {a.dtype}")
+        expected = "bool or 0/1 numbers" if zero_one else "bool or numeric (nonzero = anomalous)"
+        raise TypeError(f"{name} must be {expected}, got dtype {a.dtype}")
     b = a != 0
-    if not (b | (a == 0)).all() or not (a[b] == 1).all():
+    if zero_one and (not (b | (a == 0)).all() or not (a[b] == 1).all()):
         raise ValueError(f"{name} must contain only 0 and 1, got values {np.unique(a)[:10].tolist()}")
     return b
 
 
+def _labels(x: Any, name: str) -> np.ndarray:
+    return _binary(x, name, zero_one=True)
+
+
 def _masks(x: Any, name: str) -> np.ndarray:
-    a = _to_numpy(x, name)
-    if a.dtype == np.bool_:
-        return a
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"{name} must be bool or numeric (nonzero = anomalous), got dtype {a.dtype}")
-    return a != 0
+    return _binary(x, name, zero_one=False)
 
 
 def _mann_whitney_auc(pos: np.ndarray, neg: np.ndarray) -> float:
