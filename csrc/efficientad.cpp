@@ -60,11 +60,6 @@ TORCH_LIBRARY(efficientad, m) {
       "bool[] relus, bool[] pools, int[] pool_paddings) -> Tensor");
 }
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "efficientad_ext compiled kernels; the ops are torch.ops.efficientad.*";
-#if defined(EFFICIENTAD_WITH_CUDA)
-  m.attr("cuda_kernels") = true;
-#else
-  m.attr("cuda_kernels") = false;
-#endif
-}
+// Importing the module runs the registrations above; whether CUDA kernels were built is in
+// _build_config.json (efficientad_ext.build_info), and the dispatcher picks the device.
+PYBIND11_MODULE(_C, m) { m.doc() = "efficientad_ext compiled kernels; the ops are torch.ops.efficientad.*"; }

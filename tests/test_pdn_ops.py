@@ -86,23 +86,15 @@ def test_pdn_forward_bfloat16(device):
     torch.testing.assert_close(got.float(), expected, rtol=5e-2, atol=5e-2)
 
 
-def test_opcheck():
-    x = torch.randn(1, 3, 12, 12)
-    w = torch.randn(4, 3, 4, 4)
-    b = torch.randn(4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = torch.randn(1, 3, 12, 12, device=device)
+    w = torch.randn(4, 3, 4, 4, device=device)
+    b = torch.randn(4, device=device)
     torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool.default, (x, w, b, 3, True, True, 1))
     torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool.default, (x, w, None, 0, False, False, 0))
-    pdn = build_pdn("small", 8, False)
-    convs = pdn.convolutions()
-    args = (
-        torch.randn(1, 3, 40, 40),
-        [c.weight.detach() for c in convs],
-        [c.bias.detach() for c in convs],
-        [s.padding for s in pdn.specs],
-        [s.relu for s in pdn.specs],
-        [s.pool for s in pdn.specs],
-        [s.pool_padding for s in pdn.specs],
-    )
+    pdn = build_pdn("small", 8, False).to(device)
+    args = (torch.randn(1, 3, 40, 40, device=device), *pdn.layer_arguments())
     torch.library.opcheck(torch.ops.efficientad.pdn_forward.default, args)
 
 

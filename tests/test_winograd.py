@@ -91,3 +91,18 @@ def test_bad_arguments_are_named():
     with pytest.raises(RuntimeError, match="too small"):
         winograd_conv2d(torch.randn(1, 4, 2, 2), prepared)
     assert DEFAULT_TILE == {3: 4, 4: 3}
+
+
+def test_opcheck():
+    # CPU only: the op has no CUDA kernel (CUDA inference runs cuDNN's convolutions).
+    prepared = prepare_weights(torch.randn(6, 32, 3, 3), torch.randn(6))
+    x = torch.randn(1, 32, 9, 10).contiguous(memory_format=torch.channels_last)
+    args = (x, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf, 3, 1, True, True, 1)
+    torch.library.opcheck(torch.ops.efficientad.winograd_conv2d.default, args)
+
+
+def test_torch_compile_fullgraph():
+    prepared = prepare_weights(torch.randn(6, 32, 4, 4))
+    x = torch.randn(1, 32, 12, 12)
+    compiled = torch.compile(lambda inp: winograd_conv2d(inp, prepared, 0, True) + 0.0, fullgraph=True)
+    torch.testing.assert_close(compiled(x), winograd_conv2d(x, prepared, 0, True))
