@@ -153,6 +153,14 @@ def split_validation(paths: Sequence[Path], fraction: float, seed: int) -> tuple
     return [p for i, p in enumerate(paths) if i not in val], [p for i, p in enumerate(paths) if i in val]
 
 
+def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator) -> Tensor:
+    """Penalty images P (Algorithm 1, line 14): each original image resized straight to twice
+    ``size`` (never through ``size`` first), random grayscale, centre crop; float [B, 3, *size]."""
+    h, w = size
+    raw = torch.stack([resize_image(load_image(p), (2 * h, 2 * w)) for p in paths])
+    return penalty_transform(raw, size, generator)
+
+
 def to_unit_float(images_uint8: Tensor, device: torch.device) -> Tensor:
     return images_uint8.to(device, non_blocking=True).float().div_(255.0)
 
@@ -399,8 +407,7 @@ def train(
         penalty = None
         if penalty_paths:
             pidx = torch.randint(len(penalty_paths), (config.batch_size,), generator=generator).tolist()
-            raw = torch.stack([resize_image(load_image(penalty_paths[i]), model_config.image_size) for i in pidx]).to(device)
-            penalty = penalty_transform(raw, model_config.image_size, generator)
+            penalty = penalty_batch([penalty_paths[i] for i in pidx], model_config.image_size, generator).to(device)
         terms = stepper(step, images, penalty)
         step += 1
         if not all(math.isfinite(v) for v in terms.values()):
