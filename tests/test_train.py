@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from efficientad_ext import EfficientAD, ModelConfig, load_model, ops
@@ -236,3 +237,22 @@ def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
     assert resumed[1]["image_auroc"] == curve["points"][1]["image_auroc"]
     with pytest.raises(ValueError, match="validation images"):
         train(paths, tmp_path / "noval", config=TrainConfig(steps=1, validation_fraction=0.0, eval_at=(1,)), curve_samples=samples)
+
+
+def test_penalty_images_are_resized_once_from_the_original(tmp_path):
+    from efficientad_ext.data import load_image, resize_image
+    from efficientad_ext.training.trainer import penalty_batch
+
+    paths = write_images(tmp_path / "pen", 2, size=(300, 280), seed=3)
+    p = penalty_batch(paths, (64, 48), torch.Generator().manual_seed(0))
+    # The paper's recipe on the original: Resize(2 * size) -> (grayscale) -> CenterCrop(size).
+    g = torch.Generator().manual_seed(0)
+    expected = penalty_transform(torch.stack([resize_image(load_image(q), (128, 96)) for q in paths]), (64, 48), g)
+    torch.testing.assert_close(p, expected, rtol=0, atol=0)
+    direct = resize_image(load_image(paths[0]), (128, 96))[:, 32:96, 24:72]
+    via_small = F.interpolate(resize_image(load_image(paths[0]), (64, 48))[None], size=(128, 96), mode="bilinear",
+                              align_corners=False)[0, :, 32:96, 24:72]
+    gray = bool((p[0, 0] == p[0, 1]).all())
+    if not gray:
+        torch.testing.assert_close(p[0], direct)
+    assert not torch.allclose(direct, via_small, atol=1e-3)  # the old double resize differs

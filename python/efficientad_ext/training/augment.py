@@ -2,7 +2,9 @@
 
 Autoencoder branch (Algorithm 1, line 16): one of brightness, contrast or saturation with a
 factor drawn from U(0.8, 1.2), per image, defined as torchvision's colour adjustments.
-Penalty images: resize to twice the image size, random grayscale (p = 0.3), centre crop.
+Penalty images: resize the *original* ImageNet image to twice the image size, random
+grayscale (p = 0.3), centre crop (the paper's recipe; resizing to the image size first and then
+up again would feed the student images blurred by 2x).
 """
 from __future__ import annotations
 
@@ -37,9 +39,13 @@ def color_jitter_one_of(x: Tensor, generator: torch.Generator, low: float = 0.8,
 
 
 def penalty_transform(x: Tensor, size: tuple[int, int], generator: torch.Generator, p_gray: float = 0.3) -> Tensor:
-    """Resize([B,3,h,w] -> 2*size) -> RandomGrayscale(p_gray) -> CenterCrop(size)."""
+    """Resize([B,3,h,w] -> 2*size) -> RandomGrayscale(p_gray) -> CenterCrop(size).
+
+    Give ``x`` at the images' original size (one image) or already resized from the original
+    to 2*size (a batch of images of different sizes; then no second resize happens)."""
     h, w = size
-    x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False, antialias=True)
+    if tuple(x.shape[-2:]) != (2 * h, 2 * w):
+        x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False, antialias=True)
     gray_mask = (torch.rand(x.shape[0], generator=generator) < p_gray).to(x.device).view(-1, 1, 1, 1)
     x = torch.where(gray_mask, grayscale(x).expand_as(x), x)
     top, left = (2 * h - h) // 2, (2 * w - w) // 2

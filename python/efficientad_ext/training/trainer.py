@@ -100,6 +100,14 @@ class TrainConfig:
         return self.lr * (self.lr_drop_factor if step >= int(self.lr_drop_at * self.steps) else 1.0)
 
 
+def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator) -> Tensor:
+    """Penalty images P (Algorithm 1, line 14): each original image resized straight to twice
+    ``size`` (never through ``size`` first), random grayscale, centre crop; float [B, 3, *size]."""
+    h, w = size
+    raw = torch.stack([resize_image(load_image(p), (2 * h, 2 * w)) for p in paths])
+    return penalty_transform(raw, size, generator)
+
+
 @torch.no_grad()
 def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: int = 8) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of the teacher's output over all images of ``source``, in one
@@ -318,8 +326,7 @@ def _batch(run: _Run) -> tuple[Tensor, Tensor | None]:
     if not run.penalty_paths:
         return images, None
     pidx = torch.randint(len(run.penalty_paths), (cfg.batch_size,), generator=generator).tolist()
-    raw = torch.stack([resize_image(load_image(run.penalty_paths[i]), size) for i in pidx]).to(run.device)
-    return images, penalty_transform(raw, size, generator)
+    return images, penalty_batch([run.penalty_paths[i] for i in pidx], size, generator).to(run.device)
 
 
 def _loop(run: _Run, step: int, curve: LearningCurve | None, curve_samples) -> tuple[int, dict[str, float], float]:

@@ -1,0 +1,117 @@
+"""Ours vs anomalib 2.7's own training at equal steps, several seeds, one machine.
+
+Runs, interleaved by seed (so a stopped run still leaves balanced results):
+- ``anomalib``: ``../shared/tools/anomalib_train_loop.py`` (anomalib's ``EfficientAdModel`` with its
+  own losses in a minimal loop) in the Python given by ``--anomalib-python``, with our shipped
+  teacher, so both sides start from the same teacher;
+- ``ours``: ``efficientad_ext`` training (Algorithm 1) with the same teacher, steps, hold-out
+  fraction and penalty images, evaluated on the same test set;
+- ``ours-old-penalty`` (optional): ours with the penalty images resized to the image size first
+  and then up to twice that (the behaviour before the fix), to measure that cause on its own.
+
+Every finished run is appended to ``--out`` (JSON, written atomically), with its seed, the
+image AUROC and, for ours, pixel AUROC and AU-PRO.
+
+    python benchmarks/side_by_side.py ../shared/data/magnetic-tile --steps 300 --seeds 0 1 2 \
+        --anomalib-python /path/to/venv-with-anomalib/bin/python --out benchmarks/results/side_by_side.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+TOOL = HERE.parent.parent / "shared" / "tools" / "anomalib_train_loop.py"
+
+
+def run_anomalib(python: str, dataset: Path, penalty: Path, steps: int, seed: int, teacher: Path, threads: int) -> dict:
+    env = {**os.environ, "SEED": str(seed), "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    out = subprocess.run([python, str(TOOL), str(dataset), str(penalty), str(steps), str(teacher)], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"anomalib run failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
+    m = re.search(r"([0-9.]+) s/step on CPU: image AUROC ([0-9.]+)", out.stdout)
+    if not m:
+        raise RuntimeError(f"cannot parse the anomalib tool's output:\n{out.stdout[-2000:]}")
+    return {"image_auroc": float(m.group(2)), "seconds_per_step": float(m.group(1)),
+            "wall_seconds": round(time.perf_counter() - t0, 1), "line": out.stdout.strip().splitlines()[-1]}
+
+
+def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: bool) -> dict:
+    import efficientad_ext.training.trainer as training
+    from efficientad_ext.data import load_image, open_dataset, resize_image
+    from efficientad_ext.evaluation.evaluator import evaluate
+    from efficientad_ext.training.augment import penalty_transform
+
+    original = training.penalty_batch
+    if old_penalty:
+        def blurred(paths, size, generator):
+            raw = torch.stack([resize_image(load_image(p), size) for p in paths])
+            return penalty_transform(raw, size, generator)
+
+        training.penalty_batch = blurred
+    try:
+        splits = open_dataset(dataset)
+        cfg = training.TrainConfig(steps=steps, seed=seed, penalty_dir=str(penalty), log_every=max(1, steps // 4),
+                                   checkpoint_every=steps)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            model = training.train([s.path for s in splits.train], tmp, config=cfg)
+            seconds = time.perf_counter() - t0
+            metrics = evaluate(model, splits.test, out_dir=None, write_images=False)
+    finally:
+        training.penalty_batch = original
+    return {"image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc"), "au_pro": metrics.get("au_pro"),
+            "image_auroc_per_type": metrics.get("image_auroc_per_type"), "seconds_per_step": round(seconds / steps, 3)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("--penalty-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "imagenet-samples")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sides", nargs="+", default=["anomalib", "ours"], choices=["anomalib", "ours", "ours-old-penalty"])
+    ap.add_argument("--anomalib-python", default=sys.executable)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from efficientad_ext.training.teacher_choice import shipped_teacher
+
+    teacher = shipped_teacher("small")
+    runs = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
+    done = {(r["side"], r["seed"], r["steps"]) for r in runs}
+    for seed in args.seeds:
+        for side in args.sides:
+            if (side, seed, args.steps) in done:
+                continue
+            print(f"=== {side} seed {seed}, {args.steps} steps", flush=True)
+            if side == "anomalib":
+                r = run_anomalib(args.anomalib_python, args.dataset, args.penalty_dir, args.steps, seed, teacher, args.threads)
+            else:
+                r = run_ours(args.dataset, args.penalty_dir, args.steps, seed, old_penalty=side == "ours-old-penalty")
+            runs.append({"side": side, "seed": seed, "steps": args.steps, **r})
+            print(f"    image AUROC {r['image_auroc']:.4f}", flush=True)
+            result = {"dataset": str(args.dataset), "teacher": str(teacher.name), "threads": args.threads,
+                      "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__, "runs": runs}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2))
+            os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
