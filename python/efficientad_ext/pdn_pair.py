@@ -4,8 +4,9 @@ Both networks read the same normalised image, and their first layers have the sa
 (3 -> 128 (S) or 256 (M) channels, 4x4, ReLU, 2x2 average pooling): concatenating the two
 weight tensors along the output channels gives one convolution with twice the output
 channels, whose first half is the teacher's layer and second half the student's. The
-image is then read once and one kernel launch replaces two. The remaining layers run as
-``pdn_forward`` on each half (a channel slice; the layer kernel makes it dense channels-last).
+image is then read once and one kernel launch replaces two. ``conv2d_relu_pool_split`` writes
+the two halves as two dense channels-last tensors, and the remaining layers run as
+``pdn_forward`` on each (no channel-slice copy).
 """
 from __future__ import annotations
 
@@ -55,12 +56,10 @@ def teacher_student_forward(
         first_weight = torch.cat([t0.weight.detach(), s0.weight.detach()])
         first_bias = torch.cat([t0.bias.detach(), s0.bias.detach()])
     spec = teacher.specs[0]
-    both = ops.conv2d_relu_pool(x, first_weight, first_bias, spec.padding, spec.relu, spec.pool, spec.pool_padding)
-    split = teacher.specs[0].out_channels
-    return (
-        _rest_forward(both[:, :split], teacher),
-        _rest_forward(both[:, split:], student),
+    first, second = ops.conv2d_relu_pool_split(
+        x, first_weight, first_bias, spec.padding, spec.relu, spec.pool, spec.pool_padding, spec.out_channels
     )
+    return _rest_forward(first, teacher), _rest_forward(second, student)
 
 
 def _rest_forward(h: Tensor, pdn: PDN) -> Tensor:
