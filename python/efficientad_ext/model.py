@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cuda_graph as cuda_graphs
-from . import cpu_inference, inference_weights, ops
+from . import autoencoder_cuda, cpu_inference, inference_weights, ops
 from .autoencoder import Autoencoder
 from .pdn import PDN, PDN_ARCHITECTURES
 from .pdn_pair import teacher_student_forward
@@ -179,8 +179,11 @@ class EfficientAD(nn.Module):
                 self, nets.teacher, nets.student, nets.autoencoder, x, self.feature_size
             )
         else:
-            teacher, student = teacher_student_forward(x, nets.teacher, nets.student, nets.first_weight, nets.first_bias)
-            autoencoder = nets.autoencoder(x, self.feature_size)
+            # The autoencoder's CUDA options (side stream, cuDNN fusion; off by default): autoencoder_cuda.
+            teacher, student, autoencoder = autoencoder_cuda.forward_with_pdns(
+                lambda: teacher_student_forward(x, nets.teacher, nets.student, nets.first_weight, nets.first_bias),
+                nets.autoencoder, x, self.feature_size,
+            )
         out = ops.anomaly_maps(
             teacher, self.teacher_mean, self.teacher_std, student, autoencoder, self.quantiles, in_size, self.map_border
         )
