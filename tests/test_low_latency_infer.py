@@ -15,6 +15,17 @@ def captured_count(model: EfficientAD) -> int:
     return len(inference_networks.cache_of(model).graphs)
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 CUDA results are compared at float32 tolerances: TF32 off (cuDNN allows it by
+    default, and NCHW / NHWC may then pick engines ~1e-3 apart). tests/test_cuda_tf32.py tests
+    the TF32 path with its own tolerance. No effect on CPU tests."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def random_model(device: str, arch: str = "small", padded: bool = False, channels: int = 16) -> EfficientAD:
     model = EfficientAD(ModelConfig(arch=arch, padded=padded, teacher_channels=channels)).eval()
     with torch.no_grad():
@@ -33,13 +44,14 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.parametrize("fuse", [True, False])
 def test_one_conv_first_layer_equals_separate_networks(device, arch, padded, fuse, monkeypatch):
     widths = []
-    real_layer = ops.conv2d_relu_pool
+    for name in ("conv2d_relu_pool", "conv2d_relu_pool_split"):
+        real_layer = getattr(ops, name)
 
-    def spy(x, weight, *args):
-        widths.append(weight.shape[0])
-        return real_layer(x, weight, *args)
+        def spy(x, weight, *args, real_layer=real_layer):
+            widths.append(weight.shape[0])
+            return real_layer(x, weight, *args)
 
-    monkeypatch.setattr(ops, "conv2d_relu_pool", spy)
+        monkeypatch.setattr(ops, name, spy)
     teacher = PDN(arch, 24, padded).to(device).eval()
     student = PDN(arch, 48, padded).to(device).eval()
     x = torch.randn(2, 3, 64, 72, device=device)

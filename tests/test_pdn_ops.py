@@ -8,6 +8,17 @@ import torch.nn.functional as F
 from conftest import DEVICES, FLOAT_DTYPES
 from efficientad_ext import PDN, build_pdn, ops, reference
 
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 CUDA results are compared at float32 tolerances: TF32 off (cuDNN allows it by
+    default, and NCHW / NHWC may then pick engines ~1e-3 apart). tests/test_cuda_tf32.py tests
+    the TF32 path with its own tolerance. No effect on CPU tests."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
 # Convolutions run in oneDNN / cuDNN in both paths; half precision differs by rounding order.
 CONV_TOL = {
     torch.float64: dict(rtol=1e-9, atol=1e-10),
@@ -47,6 +58,19 @@ def test_conv2d_relu_pool_inputs_any_layout_no_bias(device):
     weight = torch.randn(4, 5, 3, 3, device=device)
     got = ops.conv2d_relu_pool(x, weight, None, 1, True, True, 0)
     torch.testing.assert_close(got, F.avg_pool2d(F.relu(F.conv2d(x, weight, padding=1)), 2, 2), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pool", [True, False])
+def test_conv2d_relu_pool_split_halves_equal_the_full_layer(device, pool):
+    x = torch.randn(2, 3, 19, 18, device=device)
+    weight = torch.randn(24, 3, 4, 4, device=device) / 4
+    bias = torch.randn(24, device=device)
+    first, second = ops.conv2d_relu_pool_split(x, weight, bias, 3, True, pool, 1, 16)
+    whole = ops.conv2d_relu_pool(x, weight, bias, 3, True, pool, 1)
+    for half, want in ((first, whole[:, :16]), (second, whole[:, 16:])):
+        assert half.shape == want.shape and half.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(half, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -93,6 +117,8 @@ def test_opcheck(device):
     b = torch.randn(4, device=device)
     torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool.default, (x, w, b, 3, True, True, 1))
     torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool.default, (x, w, None, 0, False, False, 0))
+    torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool_split.default, (x, w, b, 3, True, True, 1, 1))
+    torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool_split.default, (x, w, None, 1, True, False, 0, 3))
     pdn = build_pdn("small", 8, False).to(device)
     args = (torch.randn(1, 3, 40, 40, device=device), *pdn.layer_arguments())
     torch.library.opcheck(torch.ops.efficientad.pdn_forward.default, args)

@@ -310,6 +310,18 @@ def conv2d_relu_pool(
     return _ops.conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding)
 
 
+def conv2d_relu_pool_split(
+    input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool, pool: bool, pool_padding: int, split: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`conv2d_relu_pool` with all of ``weight``'s output channels, returned as two dense
+    channels-last tensors: channels ``[0, split)`` and ``[split, C_out)`` (the teacher and student
+    first layers as one convolution, with no channel-slice copies after it). Inference only."""
+    if not 0 < split < weight.shape[0]:
+        raise ValueError(f"split must be in [1, {weight.shape[0] - 1}] (both halves non-empty), got {split!r}")
+    _checks.inference_only("conv2d_relu_pool_split", input=input, weight=weight, bias=bias)
+    return _ops.conv2d_relu_pool_split(input, weight, bias, padding, relu, pool, pool_padding, split)
+
+
 @torch.library.register_fake("efficientad::conv2d_relu_pool")
 def _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding):
     h = conv_output_size(input.shape[2], weight.shape[2], padding, pool, pool_padding)
@@ -321,6 +333,13 @@ def conv_output_size(size: int, kernel_size: int, padding: int, pool: bool = Fal
     """Output side of a stride-1 convolution, then (``pool``) a 2x2 stride-2 average pooling."""
     size = size + 2 * padding - kernel_size + 1
     return (size + 2 * pool_padding - 2) // 2 + 1 if pool else size
+
+
+@torch.library.register_fake("efficientad::conv2d_relu_pool_split")
+def _conv2d_relu_pool_split_fake(input, weight, bias, padding, relu, pool, pool_padding, split):
+    b, c, h, w = _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding).shape
+    cl = torch.channels_last
+    return input.new_empty((b, split, h, w)).contiguous(memory_format=cl), input.new_empty((b, c - split, h, w)).contiguous(memory_format=cl)
 
 
 @torch.library.register_fake("efficientad::pdn_forward")

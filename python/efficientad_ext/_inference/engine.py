@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from . import cpu_winograd, cuda_graphs
+from . import autoencoder_cuda, cpu_winograd, cuda_graphs
 from .networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
 from .result import InferenceResult
 from .teacher_student import teacher_student_forward
@@ -44,8 +44,11 @@ def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNet
         teacher, student, autoencoder = cpu_winograd.plan_for(nets).forward(x, model.feature_size)
     else:
         fuse = options.fuses_first_layer(x.device.type)
-        teacher, student = teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer)
-        autoencoder = nets.autoencoder(x, model.feature_size)
+        # The autoencoder's CUDA options (side stream, cuDNN fusion; off by default): autoencoder_cuda.
+        teacher, student, autoencoder = autoencoder_cuda.forward_with_pdns(
+            lambda: teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer),
+            nets.autoencoder, x, model.feature_size,
+        )
     out = ops.anomaly_maps(
         teacher, model.teacher_mean, model.teacher_std, student, autoencoder, model.quantiles, in_size, model.map_border
     )

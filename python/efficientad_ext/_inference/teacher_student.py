@@ -45,6 +45,8 @@ def teacher_student_forward(
         return teacher.fused_forward(x), student.fused_forward(x)
     weight, bias = first_layer if first_layer is not None else concat_first_layers(teacher, student)
     spec = teacher.specs[0]
-    both = ops.conv2d_relu_pool(x, weight, bias, spec.padding, spec.relu, spec.pool, spec.pool_padding)
-    split = spec.out_channels
-    return teacher.fused_forward(both[:, :split], first=1), student.fused_forward(both[:, split:], first=1)
+    # Two dense channels-last halves from one convolution: no channel-slice copy follows.
+    first, second = ops.conv2d_relu_pool_split(
+        x, weight, bias, spec.padding, spec.relu, spec.pool, spec.pool_padding, spec.out_channels
+    )
+    return teacher.fused_forward(first, first=1), student.fused_forward(second, first=1)
