@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import os
 import sys
@@ -123,11 +121,17 @@ def cmd_eval(args) -> int:
     from .data import open_dataset
     from .evaluate import evaluate, format_summary
 
+    from .run_record import RunRecord
+    from .stale_files import remove_stale_temp_files, subfolders
+
     model = load_model(args.model, device=_device(args.device))
     splits = open_dataset(args.dataset)
     if not splits.test:
         raise SystemExit(f"{args.dataset} has no test images (expected <dataset>/test/<type>/...)")
+    remove_stale_temp_files([args.out, *subfolders(Path(args.out) / "images")])
+    record = RunRecord(args.out, "eval", args.model).start()
     result = evaluate(model, splits.test, args.out, args.batch_size, write_images=not args.no_images, skip_corrupt=args.skip_corrupt)
+    record.finish(images=result["images"], anomalous=result["anomalous"])  # the last write: the run is complete
     print(format_summary(result))
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
     return 0
@@ -135,30 +139,16 @@ def cmd_eval(args) -> int:
 
 def cmd_infer(args) -> int:
     from .checkpoint import load_model
-    from .data import Sample, list_images
-    from .evaluate import predict
-    from .files import write_text_atomically
+    from .data import list_images
+    from .infer_folder import infer_folder
 
     model = load_model(args.model, device=_device(args.device))
     paths = list_images(args.images)
     if not paths:
         raise SystemExit(f"no images found in {args.images}")
-    samples = [Sample(path=p, label=0, defect_type="images", mask_path=None) for p in paths]
-    dataset, maps, scores = predict(model, samples, args.batch_size, args.skip_corrupt)
     out = Path(args.out)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "score"])
-    for s, v in zip(dataset.samples, scores):
-        writer.writerow([str(s.path), f"{float(v):.6g}"])
-    write_text_atomically(out / "scores.csv", buf.getvalue())
-    if not args.no_images:
-        from .visualize import save_heatmap_png
-
-        vmax = float(maps.max())
-        for i, s in enumerate(dataset.samples):
-            save_heatmap_png(dataset[i]["image"], maps[i], out / "heatmaps" / f"{Path(s.path).stem}.png", vmin=0.0, vmax=vmax)
-    print(f"{len(dataset.samples)} images scored: {out / 'scores.csv'}")
+    n = infer_folder(model, paths, out, args.model, args.batch_size, args.skip_corrupt, write_images=not args.no_images)
+    print(f"{n} images scored: {out / 'scores.csv'}")
     return 0
 
 
@@ -314,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ImageError, ModelFileError) as e:
+    except ModelFileError as e:  # one line, whatever the underlying reader said
+        print(f"efficientad {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImageError) as e:
         print(f"efficientad {args.command}: error: {e}", file=sys.stderr)
         return 2
 

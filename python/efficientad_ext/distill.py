@@ -42,10 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import integrity
 from .augment import grayscale
+from .checkpoint import ModelFileError
 from .data import list_images
 from .extractors import EXTRACTORS, RawFeatureExtractor, RawMoments, TargetHead, build_extractor
 from .files import write_atomically, write_text_atomically
+from .stale_files import remove_stale_temp_files
 from .pdn import PDN, build_pdn
 from .progress import Progress, format_duration
 from .train import ImageSource
@@ -295,18 +298,23 @@ def _save_state(path: Path, teacher: PDN, head: TargetHead, step_fn: DistillStep
     metadata = {"format": "efficientad_ext.distill_state", "format_version": "1", "step": str(step),
                 "param_groups": json.dumps(opt["param_groups"]), "meta": json.dumps(meta),
                 "record": json.dumps(asdict(record))}
+    metadata = integrity.with_digest(tensors, metadata)
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _load_state(path: Path, teacher: PDN, step_fn: DistillStep, generator: torch.Generator, device: torch.device
                 ) -> tuple[int, TargetHead, dict[str, Any], dict[str, Any]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != "efficientad_ext.distill_state" or metadata.get("format_version") != "1":
-            raise ValueError(f"{path} is not an efficientad_ext distillation state (format {metadata.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != "efficientad_ext.distill_state" or metadata.get("format_version") != "1":
+                raise ValueError(f"{path} is not an efficientad_ext distillation state (format {metadata.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ModelFileError(f"{path} is not a readable distillation state (safetensors): {e}") from None
+    integrity.verify(tensors, metadata, source=str(path), error=ModelFileError)
     teacher.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")}, strict=True)
     head_sd = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
     head = TargetHead(head_sd["conv.weight"].shape[1], head_sd["conv.weight"].shape[0])
@@ -340,6 +348,7 @@ def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: DistillReco
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in teacher.state_dict().items()}
     metadata = {"format": "efficientad_ext.teacher", "format_version": "1", "arch": teacher.arch,
                 "out_channels": str(teacher.out_channels), "record": json.dumps(asdict(record))}
+    metadata = integrity.with_digest(tensors, metadata)
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -368,6 +377,7 @@ def distill(
     config = config or DistillConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files([out_dir])  # left by a run killed in this folder
     device = torch.device(device)
     if isinstance(images, (str, os.PathLike)):
         folder = Path(images)

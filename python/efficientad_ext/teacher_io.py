@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import anomalib_layout
+from . import anomalib_layout, integrity
 from .pdn import PDN
 
 ACCEPTED_LAYOUTS = (
@@ -28,6 +28,10 @@ ACCEPTED_LAYOUTS = (
     "optionally prefixed teacher.; or anomalib's (conv1.weight ... conv4.bias for small, ... conv6.bias for medium), "
     "optionally prefixed teacher. or model.teacher."
 )
+
+
+# Formats we write that can hold a teacher; they carry an integrity digest.
+OUR_FORMATS = ("efficientad_ext.teacher", "efficientad_ext.model")
 
 
 class TeacherWeightsError(ValueError):
@@ -40,9 +44,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise TeacherWeightsError(f"{path} is not a readable safetensors file: {e}") from None
+        if metadata.get("format") in OUR_FORMATS:  # files of other tools carry no digest of ours
+            integrity.verify(tensors, metadata, source=str(path), error=TeacherWeightsError)
+        return tensors
     if path.suffix in (".pth", ".pt", ".ckpt"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

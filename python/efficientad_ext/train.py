@@ -32,12 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import ops
+from . import integrity, ops
 from .augment import color_jitter_one_of, penalty_transform
-from .checkpoint import save_model
+from .checkpoint import ModelFileError, save_model
 from .data import Sample, list_images, load_image, resize_image
 from .learning_curve import LearningCurve, eval_steps, evaluate_snapshot
 from .files import write_atomically, write_text_atomically
+from .stale_files import remove_stale_temp_files
 from .model import EfficientAD, ModelConfig, TrainingRecord
 from .progress import Progress, format_duration
 from .teacher_io import load_teacher_weights
@@ -254,17 +255,22 @@ def _save_state(path: Path, model: EfficientAD, stepper: TrainStep, step: int, m
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
     metadata = {"format": "efficientad_ext.train_state", "format_version": "1", "step": str(step),
                 "param_groups": json.dumps(groups), "meta": json.dumps(meta)}
+    metadata = integrity.with_digest(tensors, metadata)
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _load_state(path: Path, model: EfficientAD, stepper: TrainStep) -> tuple[int, dict[str, Any]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != "efficientad_ext.train_state" or metadata.get("format_version") != "1":
-            raise ValueError(f"{path} is not an efficientad_ext training state (format {metadata.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != "efficientad_ext.train_state" or metadata.get("format_version") != "1":
+                raise ValueError(f"{path} is not an efficientad_ext training state (format {metadata.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ModelFileError(f"{path} is not a readable training state (safetensors): {e}") from None
+    integrity.verify(tensors, metadata, source=str(path), error=ModelFileError)
     with torch.no_grad():
         for prefix in ("teacher", "student", "autoencoder"):
             sd = {k[len(f"model.{prefix}.") :]: v for k, v in tensors.items() if k.startswith(f"model.{prefix}.")}
@@ -319,6 +325,7 @@ def train(
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files([out_dir, out_dir / "curve_models"])  # left by a run killed in this folder
     device = torch.device(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
