@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from .layer_args import check_layer_args
 
 if TYPE_CHECKING:
     from .pdn import PDN
@@ -299,6 +300,7 @@ def conv2d_relu_pool(
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if pool and pool_padding not in (0, 1):
         raise ValueError(f"pool_padding must be 0 or 1, got {pool_padding!r}")
+    check_layer_args(padding, weight.shape[2:], pool, pool_padding)
     out_h = input.shape[2] + 2 * padding - weight.shape[2] + 1
     out_w = input.shape[3] + 2 * padding - weight.shape[3] + 1
     if out_h <= 0 or out_w <= 0 or (pool and min(out_h, out_w) + 2 * pool_padding < 2):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from .layer_args import check_layer_args
 
 _ops = torch.ops.efficientad
 
@@ -153,6 +154,7 @@ def winograd_conv2d(
         raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
     if input.shape[1] != prepared.weight_tf.shape[1]:
         raise ValueError(f"input must have {prepared.weight_tf.shape[1]} channels, got shape {tuple(input.shape)}")
+    check_layer_args(padding, (prepared.kernel_size, prepared.kernel_size), pool, pool_padding)
     _checks.inference_only("winograd_conv2d", input=input)
     return _ops.winograd_conv2d(
         input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,
