@@ -17,3 +17,14 @@ def check_layer_args(padding: object, kernel_size: Sequence[int], pool: bool, po
         raise ValueError(f"the kernel must be at least 1x1, got {tuple(int(k) for k in kernel_size)}")
     if pool and (isinstance(pool_padding, bool) or pool_padding not in (0, 1)):
         raise ValueError(f"pool_padding must be 0 or 1, got {pool_padding!r}")
+
+
+def check_output_size(in_hw: Sequence[int], kernel_hw: Sequence[int], padding: int, pool: bool, pool_padding: int) -> None:
+    """The convolution (stride 1) and, with ``pool``, the 2x2 pooling must leave at least one pixel."""
+    out_h = int(in_hw[0]) + 2 * padding - int(kernel_hw[0]) + 1
+    out_w = int(in_hw[1]) + 2 * padding - int(kernel_hw[1]) + 1
+    if out_h <= 0 or out_w <= 0 or (pool and min(out_h, out_w) + 2 * pool_padding < 2):
+        raise ValueError(
+            f"input of spatial size {tuple(int(v) for v in in_hw)} is too small for a {tuple(int(k) for k in kernel_hw)} "
+            f"kernel with padding {padding}" + (" followed by 2x2 pooling" if pool else "")
+        )

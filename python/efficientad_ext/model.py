@@ -267,6 +267,8 @@ def _image_tensor(item: Any, index: int) -> Tensor:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise ValueError(f"batch[{index}] must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"batch[{index}] must not be empty, got shape {a.shape}")
     a = a[:, :, :3]
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)

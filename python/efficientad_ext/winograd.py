@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from .layer_args import check_layer_args
+from .layer_args import check_layer_args, check_output_size
 
 _ops = torch.ops.efficientad
 
@@ -155,6 +155,7 @@ def winograd_conv2d(
     if input.shape[1] != prepared.weight_tf.shape[1]:
         raise ValueError(f"input must have {prepared.weight_tf.shape[1]} channels, got shape {tuple(input.shape)}")
     check_layer_args(padding, (prepared.kernel_size, prepared.kernel_size), pool, pool_padding)
+    check_output_size(input.shape[2:], (prepared.kernel_size, prepared.kernel_size), padding, pool, pool_padding)
     _checks.inference_only("winograd_conv2d", input=input)
     return _ops.winograd_conv2d(
         input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,
