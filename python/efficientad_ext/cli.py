@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import os
 import sys
@@ -111,39 +109,31 @@ def cmd_eval(args) -> int:
     from .api import evaluate
     from .evaluation.evaluator import format_summary
 
+    from .formats.run_record import RunRecord
+    from .formats.stale_files import remove_stale_temp_files, subfolders
+
+    remove_stale_temp_files([args.out, *subfolders(Path(args.out) / "images")])
+    record = RunRecord(args.out, "eval", args.model).start()
     result = evaluate(args.model, args.dataset, args.out, batch_size=args.batch_size, write_images=not args.no_images,
                       skip_corrupt=args.skip_corrupt, device=args.device)
+    record.finish(images=result["images"], anomalous=result["anomalous"])  # the last write: the run is complete
     print(format_summary(result))
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
     return 0
 
 
 def cmd_infer(args) -> int:
+    from .data import list_images
+    from .evaluation.infer_folder import infer_folder
     from .formats.model_file import load_model
-    from .data import Sample, list_images
-    from .evaluation.evaluator import predict
-    from .formats.atomic import write_text_atomically
 
     model = load_model(args.model, device=_device(args.device))
     paths = list_images(args.images)
     if not paths:
         raise SystemExit(f"no images found in {args.images}")
-    samples = [Sample(path=p, label=0, defect_type="images", mask_path=None) for p in paths]
-    dataset, maps, scores = predict(model, samples, args.batch_size, args.skip_corrupt)
     out = Path(args.out)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "score"])
-    for s, v in zip(dataset.samples, scores):
-        writer.writerow([str(s.path), f"{float(v):.6g}"])
-    write_text_atomically(out / "scores.csv", buf.getvalue())
-    if not args.no_images:
-        from .evaluation.visualize import save_heatmap_png
-
-        vmax = float(maps.max())
-        for i, s in enumerate(dataset.samples):
-            save_heatmap_png(dataset[i]["image"], maps[i], out / "heatmaps" / f"{Path(s.path).stem}.png", vmin=0.0, vmax=vmax)
-    print(f"{len(dataset.samples)} images scored: {out / 'scores.csv'}")
+    n = infer_folder(model, paths, out, args.model, args.batch_size, args.skip_corrupt, write_images=not args.no_images)
+    print(f"{n} images scored: {out / 'scores.csv'}")
     return 0
 
 
@@ -293,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ImageError, ModelFileError) as e:
+    except ModelFileError as e:  # one line, whatever the underlying reader said
+        print(f"efficientad {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImageError) as e:
         print(f"efficientad {args.command}: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a diverging run: the cause is the settings, not a bug

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from . import _inference, ops
 from ._inference import InferenceOptions, InferenceResult
+from .input_checks import check_float_range
 from .autoencoder import Autoencoder
 from .pdn import PDN, PDN_ARCHITECTURES
 
@@ -120,7 +121,8 @@ class EfficientAD(nn.Module):
         """Converts a batch to the normalised network input [B, 3, H, W] on the model's
         device and dtype, resized to ``config.image_size``. Returns it and the input's (H, W).
 
-        Accepts a float tensor in [0, 1] or a uint8 tensor, [B, 3, H, W] or [B, H, W, 3]
+        Accepts a float tensor in [0, 1] (see :mod:`efficientad_ext.input_checks` for the
+        tolerance) or a uint8 tensor, [B, 3, H, W] or [B, H, W, 3]
         ([B, 1, H, W] / [B, H, W, 1] grayscale is replicated to RGB; a single image without
         the batch dimension is accepted too), or a list of PIL images or numpy arrays of one size.
         """
@@ -215,10 +217,8 @@ def _batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
         if x.numel() == 0:
             raise ValueError(f"batch must not be empty, got shape {tuple(batch.shape)}")
         if x.is_floating_point() and x.device.type == "cpu":
-            # Cheap on the CPU (no device sync): catch 0-255 floats instead of returning garbage.
-            hi = float(x.amax())
-            if hi > 1.5:
-                raise ValueError(f"float images must be in [0, 1], got values up to {hi:g}: divide by 255 or pass uint8")
+            # Cheap on the CPU (no device sync): catch 0-255 or normalised floats instead of returning garbage.
+            check_float_range(x, "batch")
         return x
     if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) > 0:
         images = [_image_tensor(item, i) for i, item in enumerate(batch)]
@@ -231,8 +231,10 @@ def _batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
 
 def _image_tensor(item: Any, index: int) -> Tensor:
     """[3, H, W] float in [0, 1] from a PIL image or a numpy array (HWC/HW, uint8 or float)."""
-    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image
-        item = np.asarray(item.convert("RGB"))
+    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image: the CLI's conversion (16-bit, float, palette modes)
+        from .data import pil_to_float_array
+
+        item = pil_to_float_array(item, f"batch[{index}]")
     if isinstance(item, Tensor):
         item = item.detach().cpu().numpy()
     if not isinstance(item, np.ndarray):
@@ -242,6 +244,8 @@ def _image_tensor(item: Any, index: int) -> Tensor:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise ValueError(f"batch[{index}] must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"batch[{index}] must not be empty, got shape {a.shape}")
     a = a[:, :, :3]
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
@@ -249,8 +253,7 @@ def _image_tensor(item: Any, index: int) -> Tensor:
         t = torch.tensor(a).permute(2, 0, 1).float() / 255.0
     elif np.issubdtype(a.dtype, np.floating):
         t = torch.tensor(a, dtype=torch.float32).permute(2, 0, 1)
-        if float(t.max()) > 1.5:
-            raise ValueError(f"batch[{index}]: float images must be in [0, 1], got values up to {float(t.max()):g}")
+        check_float_range(t, f"batch[{index}]")
     else:
         raise TypeError(f"batch[{index}] must be uint8 or float, got {a.dtype}")
     return t

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from .layer_args import check_layer_args, check_output_size
 
 if TYPE_CHECKING:
     from ._inference.winograd import WinogradWeights
@@ -299,6 +300,7 @@ def conv2d_relu_pool(
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if pool and pool_padding not in (0, 1):
         raise ValueError(f"pool_padding must be 0 or 1, got {pool_padding!r}")
+    check_layer_args(padding, weight.shape[2:], pool, pool_padding)
     out_h = input.shape[2] + 2 * padding - weight.shape[2] + 1
     out_w = input.shape[3] + 2 * padding - weight.shape[3] + 1
     if out_h <= 0 or out_w <= 0 or (pool and min(out_h, out_w) + 2 * pool_padding < 2):
@@ -414,6 +416,8 @@ def winograd_conv2d(
         raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
     if input.shape[1] != prepared.weight_tf.shape[1]:
         raise ValueError(f"input must have {prepared.weight_tf.shape[1]} channels, got shape {tuple(input.shape)}")
+    check_layer_args(padding, (prepared.kernel_size, prepared.kernel_size), pool, pool_padding)
+    check_output_size(input.shape[2:], (prepared.kernel_size, prepared.kernel_size), padding, pool, pool_padding)
     _checks.inference_only("winograd_conv2d", input=input)
     return _ops.winograd_conv2d(
         input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from ..data import list_images
 from ..formats.atomic import write_text_atomically
+from ..formats.stale_files import remove_stale_temp_files
 from ..formats.teacher_file import save_teacher
 from ..pdn import PDN, build_pdn
 from ..progress import Progress, format_duration
@@ -346,6 +347,7 @@ def _image_paths(images) -> tuple[list[Path], str]:
 def _setup(images, out_dir, config: DistillConfig, device: torch.device, command: str | None) -> _Run:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files([out_dir])  # left by a run killed in this folder
     paths, images_desc = _image_paths(images)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..pdn import PDN
-from . import anomalib_layout
+from . import anomalib_layout, integrity
 from .atomic import write_atomically
 from .state_dict import key_mismatch, read_state_dict, shape_mismatch
 
@@ -34,14 +34,32 @@ ACCEPTED_LAYOUTS = (
 )
 
 
+# Formats we write that can hold a teacher; they carry an integrity digest.
+OUR_FORMATS = ("efficientad_ext.teacher", "efficientad_ext.model")
+
+
 class TeacherWeightsError(ValueError):
     """Teacher weights that do not fit; the message names the file and the mismatch."""
+
+
+def _verify_our_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Teacher and model files we write carry an integrity digest: check it (files of other
+    tools carry none of ours and are only checked for names and shapes)."""
+    if path.suffix != ".safetensors":
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") in OUR_FORMATS:
+        integrity.verify(tensors, metadata, source=str(path), error=TeacherWeightsError)
 
 
 def load_teacher_weights(pdn: PDN, path: str | os.PathLike[str]) -> None:
     """Loads teacher weights from ``path`` into ``pdn`` in place (strict names and shapes)."""
     path = Path(path)
     state = read_state_dict(path, TeacherWeightsError, "teacher", torch_suffixes=(".pth", ".pt", ".ckpt"))
+    _verify_our_file(path, state)
     for prefix in ("model.teacher.", "teacher."):
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -79,4 +97,5 @@ def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: Any, dtype:
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in teacher.state_dict().items()}
     metadata = {"format": "efficientad_ext.teacher", "format_version": "1", "arch": teacher.arch,
                 "out_channels": str(teacher.out_channels), "record": json.dumps(asdict(record))}
+    metadata = integrity.with_digest(tensors, metadata)
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..formats import integrity
 from ..formats.atomic import write_atomically
+from ..formats.model_file import ModelFileError
 
 FORMAT_VERSION = "1"
 
@@ -60,19 +62,25 @@ def save_state(
     tensors["rng.generator"] = generator.get_state()
     header = {"format": f"efficientad_ext.{kind}", "format_version": FORMAT_VERSION, "step": str(step),
               "param_groups": json.dumps(opt["param_groups"]), **(metadata or {})}
+    header = integrity.with_digest(tensors, header)  # verified by read_state
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
 def read_state(path: Path, kind: str, description: str) -> SavedState:
     """Reads a file written by :func:`save_state` for ``kind``; a file of another format is a
-    ValueError naming ``description`` (e.g. "training state")."""
-    from safetensors import safe_open
+    ValueError naming ``description`` (e.g. "training state"); an unreadable file or one whose
+    integrity digest does not match is a ModelFileError."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != f"efficientad_ext.{kind}" or metadata.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} is not an efficientad_ext {description} (format {metadata.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != f"efficientad_ext.{kind}" or metadata.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"{path} is not an efficientad_ext {description} (format {metadata.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ModelFileError(f"{path} is not a readable {description} (safetensors): {e}") from None
+    integrity.verify(tensors, metadata, source=str(path), error=ModelFileError)
     return SavedState(tensors, int(metadata["step"]), metadata)
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from .. import ops
 from ..data import Sample, list_images, load_image, resize_image
 from ..formats.atomic import write_text_atomically
+from ..formats.stale_files import remove_stale_temp_files
 from ..formats.model_file import save_model
 from ..formats.teacher_file import load_teacher_weights
 from ..model import EfficientAD, ModelConfig, TrainingRecord
@@ -258,6 +259,7 @@ def _setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig
            device: torch.device) -> _Run:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files([out_dir, out_dir / "curve_models"])  # left by a run killed in this folder
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     source, val_source, n_val = _image_sources(train_images, validation_images, model_config, config)
