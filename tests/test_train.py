@@ -207,6 +207,12 @@ def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
         assert torch.equal(a, b)
     curve = json.loads((tmp_path / "curve" / "curve.json").read_text())
     assert [p["step"] for p in curve["points"]] == [1, 3]
+    try:
+        import matplotlib  # noqa: F401  (the plot extra; CI's test extra installs it)
+    except ImportError:
+        assert not (tmp_path / "curve" / "curve.png").exists()
+    else:
+        assert (tmp_path / "curve" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for p in curve["points"]:
         assert 0.0 <= p["image_auroc"] <= 1.0 and 0.0 <= p["au_pro"] <= 1.0 and "scratch" in p["image_auroc_per_type"]
     # The last point's model is the final model, calibrated on the hold-out.
