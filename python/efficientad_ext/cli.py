@@ -82,10 +82,15 @@ def cmd_train(args) -> int:
             raise SystemExit(f"--eval-dataset {args.eval_dataset} has no test images (expected <dataset>/test/<type>/...)")
         if not (config.eval_every or config.eval_at):
             raise SystemExit("--eval-dataset needs --eval-every N or --eval-at S1,S2,...")
-    train([s.path for s in splits.train], args.out, _model_config(args), config,
-          validation_images=validation, teacher=args.teacher, device=_device(args.device), resume=args.resume,
-          curve_samples=curve_samples)
-    print(f"model written to {Path(args.out) / 'model.safetensors'}")
+    from .distributed import process_group, rank_device
+
+    device = rank_device(_device(args.device))  # issue 17: under torchrun, data-parallel over its ranks
+    with process_group(device) as env:
+        train([s.path for s in splits.train], args.out, _model_config(args), config,
+              validation_images=validation, teacher=args.teacher, device=device, resume=args.resume,
+              curve_samples=curve_samples)
+    if env is None or env.is_main:
+        print(f"model written to {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
@@ -307,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded by commands that keep provenance (distill)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("train", "demo", "distill") else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from .distributed import torchrun_env
+
+    env = torchrun_env()  # issue 17: under torchrun, only rank 0 logs progress; every rank warns
+    logging.basicConfig(level=logging.INFO if (args.verbose or args.command in ("train", "demo", "distill", "train-all"))
+                        and (env is None or env.is_main) else logging.WARNING,
+                        format=("" if env is None else f"[rank {env.rank}] ") + "%(levelname)s %(name)s: %(message)s")
     from .checkpoint import ModelFileError
     from .data import ImageError
 

@@ -36,6 +36,7 @@ from . import ops
 from .augment import color_jitter_one_of, penalty_transform
 from .checkpoint import save_model
 from .data import Sample, list_images, load_image, resize_image
+from .distributed import DataParallel
 from .learning_curve import LearningCurve, eval_steps, evaluate_snapshot
 from .files import write_atomically, write_text_atomically
 from .model import EfficientAD, ModelConfig, TrainingRecord
@@ -153,12 +154,13 @@ def split_validation(paths: Sequence[Path], fraction: float, seed: int) -> tuple
     return [p for i, p in enumerate(paths) if i not in val], [p for i, p in enumerate(paths) if i in val]
 
 
-def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator) -> Tensor:
+def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator, gray: Tensor | None = None) -> Tensor:
     """Penalty images P (Algorithm 1, line 14): each original image resized straight to twice
-    ``size`` (never through ``size`` first), random grayscale, centre crop; float [B, 3, *size]."""
+    ``size`` (never through ``size`` first), random grayscale, centre crop; float [B, 3, *size].
+    ``gray``: the grayscale draw made beforehand (see :func:`augment.penalty_transform`)."""
     h, w = size
     raw = torch.stack([resize_image(load_image(p), (2 * h, 2 * w)) for p in paths])
-    return penalty_transform(raw, size, generator)
+    return penalty_transform(raw, size, generator, gray=gray)
 
 
 def to_unit_float(images_uint8: Tensor, device: torch.device) -> Tensor:
@@ -166,19 +168,26 @@ def to_unit_float(images_uint8: Tensor, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: int = 8) -> tuple[Tensor, Tensor]:
+def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: int = 8, *,
+                          indices: Sequence[int] | None = None, reduce=None) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of the teacher's output over all images of ``source``, in one
-    streaming pass with float64 sums (memory independent of the number of images)."""
+    streaming pass with float64 sums (memory independent of the number of images).
+
+    Data-parallel training (distributed.py) passes this rank's ``indices`` and a ``reduce``
+    that sums (total, total_sq, count) over the ranks before the mean and std are taken."""
     c = model.config.teacher_channels
     total = torch.zeros(c, dtype=torch.float64, device=model.device)
     total_sq = torch.zeros(c, dtype=torch.float64, device=model.device)
     count = 0
-    for start in range(0, len(source), batch_size):
-        x = to_unit_float(source.get(range(start, min(start + batch_size, len(source)))), model.device)
+    order = list(range(len(source))) if indices is None else list(indices)
+    for start in range(0, len(order), batch_size):
+        x = to_unit_float(source.get(order[start : start + batch_size]), model.device)
         t = model.teacher.fused_forward(model.normalize(x)).double()
         total += t.sum(dim=(0, 2, 3))
         total_sq += (t * t).sum(dim=(0, 2, 3))
         count += t.shape[0] * t.shape[2] * t.shape[3]
+    if reduce is not None:
+        total, total_sq, count = reduce(total, total_sq, count)
     mean = total / count
     var = (total_sq / count - mean * mean).clamp_min(0)
     return mean.float(), var.sqrt().float()
@@ -191,22 +200,27 @@ class TrainStep:
         self.model, self.config, self.generator = model, config, generator
         params = list(model.student.parameters()) + list(model.autoencoder.parameters())
         self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        # The modules the step runs; data-parallel training replaces them by their
+        # DistributedDataParallel wrappers (same parameters, gradients averaged over ranks).
+        self.student, self.autoencoder = model.student, model.autoencoder
 
-    def __call__(self, step: int, images: Tensor, penalty: Tensor | None) -> dict[str, float]:
-        """images: float [B, 3, H, W] in [0, 1]; penalty: the same for ImageNet images or None."""
+    def __call__(self, step: int, images: Tensor, penalty: Tensor | None, *,
+                 jitter: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+        """images: float [B, 3, H, W] in [0, 1]; penalty: the same for ImageNet images or None;
+        jitter: the autoencoder branch's augmentation draws made beforehand (else drawn here)."""
         model, cfg = self.model, self.config
         c = model.config.teacher_channels
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
         b = images.shape[0]
-        augmented = color_jitter_one_of(images, self.generator)
+        augmented = color_jitter_one_of(images, self.generator, draws=jitter)
         x = model.normalize(torch.cat([images, augmented]))
         mean, std = model.teacher_mean.view(1, c, 1, 1), model.teacher_std.view(1, c, 1, 1)
         with torch.no_grad():
             teacher = (model.teacher(x) - mean) / std
         student_in = x if penalty is None else torch.cat([x, model.normalize(penalty)])
-        student = model.student(student_in)
-        ae = model.autoencoder(x[b:], model.feature_size)
+        student = self.student(student_in)
+        ae = self.autoencoder(x[b:], model.feature_size)
 
         hard = ops.hard_feature_loss(teacher[:b], student[:b, :c], cfg.p_hard, cfg.reduction)
         pen = (student[2 * b :, :c] ** 2).mean() if penalty is not None else student.new_zeros(())
@@ -236,7 +250,8 @@ def map_quantiles(model: EfficientAD, source: ImageSource, low: float, high: flo
 # ---------------------------------------------------------------------------- state I/O
 
 
-def _save_state(path: Path, model: EfficientAD, stepper: TrainStep, step: int, meta: dict[str, Any]) -> None:
+def _save_state(path: Path, model: EfficientAD, stepper: TrainStep, step: int, meta: dict[str, Any],
+                extra: dict[str, Tensor] | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, Tensor] = {}
@@ -251,6 +266,7 @@ def _save_state(path: Path, model: EfficientAD, stepper: TrainStep, step: int, m
             tensors[f"optim.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = stepper.generator.get_state()
+    tensors.update(extra or {})  # data-parallel training: every rank's RNG state (distributed.py)
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
     metadata = {"format": "efficientad_ext.train_state", "format_version": "1", "step": str(step),
                 "param_groups": json.dumps(groups), "meta": json.dumps(meta)}
@@ -296,6 +312,7 @@ def train(
     device: str | torch.device = "cpu",
     resume: bool = False,
     curve_samples: Sequence[Sample] | None = None,
+    data_parallel: bool | None = None,
 ) -> EfficientAD:
     """Trains an EfficientAD model (Algorithm 1) and writes ``out_dir/model.safetensors``.
 
@@ -314,6 +331,9 @@ def train(
         curve_samples: a labelled test set for the learning curve, evaluated at the steps of
             ``config.eval_every`` / ``config.eval_at`` into ``out_dir/curve.json`` (and
             ``curve.png``); the quantiles of each point come from the validation images.
+        data_parallel: train data-parallel over the ranks of the initialised
+            ``torch.distributed`` process group (see :mod:`efficientad_ext.distributed`);
+            None: when one with more than one rank is initialised.
     """
     model_config = model_config or ModelConfig()
     config = config or TrainConfig()
@@ -322,6 +342,8 @@ def train(
     device = torch.device(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    # issue 17: None in one process; else this rank's view of the data-parallel run.
+    dp = DataParallel.create(config, device, data_parallel, curve=curve_samples is not None)
 
     if not train_images:
         raise ValueError("the training set is empty: give at least one normal training image")
@@ -367,7 +389,7 @@ def train(
         log.info("resuming at step %d of %d", step, config.steps)
     else:
         model.teacher.eval()
-        mean, std = teacher_channel_stats(model, source)
+        mean, std = teacher_channel_stats(model, source) if dp is None else dp.teacher_channel_stats(model, source)
         model.teacher_mean.copy_(mean)
         model.teacher_std.copy_(std)
 
@@ -396,25 +418,36 @@ def train(
             save_model(model, out_dir / "curve_models" / f"model_step{step:06d}.safetensors")
         return metrics
 
-    progress = Progress(config.steps, start=step, every=config.log_every)
+    if dp is not None:  # issue 17: DDP wrappers, this rank's own RNG stream (restored on resume)
+        dp.start(stepper, state_path if resume else None)
+    progress = Progress(config.steps, start=step, every=config.log_every, stream=None if dp is None else dp.progress_stream())
     t0 = time.perf_counter()
     eval_seconds = 0.0  # spent on the learning curve, not counted as training time
     start_step = step
     terms: dict[str, float] = {}
     while step < config.steps:
-        idx = torch.randint(len(source), (config.batch_size,), generator=generator).tolist()
-        images = to_unit_float(source.get(idx), device)
-        penalty = None
-        if penalty_paths:
-            pidx = torch.randint(len(penalty_paths), (config.batch_size,), generator=generator).tolist()
-            penalty = penalty_batch([penalty_paths[i] for i in pidx], model_config.image_size, generator).to(device)
-        terms = stepper(step, images, penalty)
+        jitter = None
+        if dp is not None:  # issue 17: this rank's share of the global batch (the same draws, sliced)
+            images, penalty, jitter = dp.draw_share(generator, source, penalty_paths, model_config.image_size)
+        else:
+            idx = torch.randint(len(source), (config.batch_size,), generator=generator).tolist()
+            images = to_unit_float(source.get(idx), device)
+            penalty = None
+            if penalty_paths:
+                pidx = torch.randint(len(penalty_paths), (config.batch_size,), generator=generator).tolist()
+                penalty = penalty_batch([penalty_paths[i] for i in pidx], model_config.image_size, generator).to(device)
+        terms = stepper(step, images, penalty, jitter=jitter)
+        if dp is not None:  # issue 17: the global batch's losses, the same on every rank
+            terms = dp.mean_terms(terms)
         step += 1
         if not all(math.isfinite(v) for v in terms.values()):
             raise FloatingPointError(f"training diverged at step {step}: {terms}")
         progress.update(step, **terms)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_state(state_path, model, stepper, step, meta)
+            if dp is None:
+                _save_state(state_path, model, stepper, step, meta)
+            else:  # issue 17: every rank's RNG state gathered (a collective), rank 0 writes
+                dp.save_state(lambda extra: _save_state(state_path, model, stepper, step, meta, extra))
         if curve is not None and curve.due(step):
             t_eval = time.perf_counter()
             curve.add(step, t_eval - t0 - eval_seconds, terms, curve_point)
@@ -424,7 +457,9 @@ def train(
     model.eval()
 
     if val_source is not None:
-        model.quantiles.copy_(map_quantiles(model, val_source, config.quantile_low, config.quantile_high))
+        quantiles = lambda: map_quantiles(model, val_source, config.quantile_low, config.quantile_high)  # noqa: E731
+        # issue 17: data-parallel, rank 0 computes them (exact: all pixels) and broadcasts.
+        model.quantiles.copy_(quantiles() if dp is None else dp.on_main_then_broadcast(quantiles))
         model.calibrated = True
     else:
         log.warning("no validation images: map quantiles left uncalibrated")
@@ -438,9 +473,12 @@ def train(
         "device": str(device),
         "train_config": asdict(config),
     }
+    if dp is not None:  # issue 17: the run's ranks in the record; only rank 0 writes files
+        record.extra["data_parallel"] = dp.describe()
     model.record = record
-    save_model(model, out_dir / MODEL_FILE)
-    write_text_atomically(out_dir / "training.json", json.dumps(asdict(record), indent=2))
+    if dp is None or dp.is_main:
+        save_model(model, out_dir / MODEL_FILE)
+        write_text_atomically(out_dir / "training.json", json.dumps(asdict(record), indent=2))
     log.info("trained %d steps in %s; model written to %s", step - start_step, format_duration(seconds), out_dir / MODEL_FILE)
     return model
 
