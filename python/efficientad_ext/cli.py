@@ -139,6 +139,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_infer(args) -> int:
+    from .distributed import torchrun_env
+
+    if torchrun_env() is not None:  # issue 17: under torchrun, sharded and resumable (sharded_infer.py)
+        return cmd_infer_sharded(args)
     from .checkpoint import load_model
     from .data import Sample, list_images
     from .evaluate import predict
@@ -164,6 +168,21 @@ def cmd_infer(args) -> int:
         for i, s in enumerate(dataset.samples):
             save_heatmap_png(dataset[i]["image"], maps[i], out / "heatmaps" / f"{Path(s.path).stem}.png", vmin=0.0, vmax=vmax)
     print(f"{len(dataset.samples)} images scored: {out / 'scores.csv'}")
+    return 0
+
+
+def cmd_infer_sharded(args) -> int:
+    from .distributed import process_group, rank_device
+    from .sharded_infer import sharded_infer
+
+    device = rank_device(_device(args.device))
+    with process_group(device) as env:
+        r = sharded_infer(args.model, args.images, args.out, device=device, batch_size=args.batch_size, workers=args.workers,
+                          write_images=not args.no_images)
+    if env.is_main:
+        out = Path(args.out)
+        print(f"{r.scored} images scored ({r.skipped} already scored before this run, {r.corrupt} corrupt: "
+              f"{out / 'corrupt.csv'}) by {env.world_size} rank(s) in {r.seconds:.1f} s: {out / 'scores.csv'}")
     return 0
 
 
@@ -278,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-images", action="store_true")
-    p.add_argument("--skip-corrupt", action="store_true")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (under torchrun always: listed in corrupt.csv)")
+    p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_infer)
 
