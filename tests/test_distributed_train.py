@@ -11,7 +11,6 @@ from distributed_launch import torchrun
 from safetensors.torch import load_file
 from test_train import write_images
 
-from efficientad_ext import EfficientAD
 from efficientad_ext.distributed import DataParallel, rank_seed, torchrun_env
 from efficientad_ext.train import TrainConfig, train
 
@@ -38,14 +37,17 @@ def test_two_ranks_equal_one_process_and_resume_exactly(tmp_path, monkeypatch):
     cfg = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, validation_fraction=0.25, seed=3, penalty_dir=str(penalty))
     train(sorted(images.glob("*.png")), tmp_path / "one", config=cfg)
     one, two = _trained(tmp_path / "one" / "model.safetensors"), _trained(out / "equal" / "model.safetensors")
-    torch.manual_seed(3)  # train()'s initialisation
-    init = {f"{p}.{k}": v for p in ("student", "autoencoder") for k, v in getattr(EfficientAD(), p).state_dict().items()}
-    assert one.keys() == two.keys() == init.keys()
-    # Float summation order (DDP's all-reduce vs one backward) differs; Adam's first steps
-    # move each weight by about lr = 1e-4, so 2e-6 separates "the same run" from "another run".
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    moved = max((one[k] - init[k]).abs().max().item() for k in one)
-    assert diff < 2e-6 < 1e-5 < moved, (diff, moved)
+    straight = _trained(out / "straight" / "model.safetensors")
+    assert one.keys() == two.keys() == straight.keys()
+    # Float summation order differs (DDP's all-reduce vs one backward). Adam's first steps move a
+    # weight by about lr * sign(gradient), so a weight whose gradient is ~0 can differ by up to
+    # ~1e-4 while all others agree to rounding: compare the fraction of weights that differ.
+    # Measured: 1.7e-6 of them for the same samples; 5% when only the dropout masks differ.
+    def differing(a, b):
+        return sum(((a[k] - b[k]).abs() > 1e-6).sum().item() for k in a) / sum(v.numel() for v in a.values())
+
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 2.5e-4
+    assert differing(one, two) < 1e-4 < 1e-2 < differing(straight, two), (differing(one, two), differing(straight, two))
     m_one, m_two = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(out / "equal" / "model.safetensors"))
     for k in ("teacher_mean", "teacher_std"):  # all-reduced float64 sums vs one stream
         torch.testing.assert_close(m_one[k], m_two[k], rtol=1e-5, atol=1e-6)
@@ -58,9 +60,8 @@ def test_two_ranks_equal_one_process_and_resume_exactly(tmp_path, monkeypatch):
     state = load_file(str(out / "straight" / "train_state.safetensors"))
     assert int(state["dist.world_size"]) == 2 and not torch.equal(state["dist.rng.rank0"], state["dist.rng.rank1"])
     assert json.loads((out / "interrupted.json").read_text()) == {"model_written": False}
-    straight, resumed = _trained(out / "straight" / "model.safetensors"), _trained(out / "resumed" / "model.safetensors")
+    resumed = _trained(out / "resumed" / "model.safetensors")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    assert any(not torch.equal(straight[k], two[k]) for k in straight)  # dropout did act
 
 
 def test_rank_seeds_and_environment(monkeypatch):

@@ -94,6 +94,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_all(args) -> int:
+    """issue 17: one model per category of an MVTec-style root, one per rank (train_all.py)."""
+    from .distributed import process_group, rank_device
+    from .train_all import format_table, train_all
+
+    device = rank_device(_device(args.device))
+    # gloo even on GPUs: the ranks only meet at the end (a barrier), after hours of training.
+    with process_group(device, backend="gloo", timeout_s=7 * 24 * 3600.0) as env:
+        rows = train_all(args.root, args.out, _model_config(args), _train_config(args), teacher=args.teacher, device=device,
+                         evaluate_test=not args.no_eval)
+    if env is None or env.is_main:
+        print(format_table(rows))
+        print(f"summary: {Path(args.out) / 'summary.csv'}")
+        return 0 if all(r.get("status") == "ok" for r in rows) else 1
+    return 0
+
+
 def _default_distill_images() -> Path | None:
     env = os.environ.get("EFFICIENTAD_DATA")
     for root in ([Path(env)] if env else []) + [Path.cwd().parent / "shared" / "data"]:
@@ -249,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.safetensors")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-all", help="train one model per category of an MVTec-style root (under torchrun: one per rank)")
+    p.add_argument("root", type=Path, help="folder of category folders, each with train/good (e.g. the MVTec AD root)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: one subfolder per category, summary.csv / summary.json")
+    p.add_argument("--no-eval", action="store_true", help="do not evaluate each category's test set")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train_all)
 
     p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
     from .distill import DistillConfig

@@ -110,22 +110,24 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _timeout() -> timedelta:
+def _timeout(default_s: float = DEFAULT_TIMEOUT_S) -> timedelta:
     raw = os.environ.get(TIMEOUT_ENV)
     try:
-        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+        seconds = float(raw) if raw else default_s
     except ValueError:
         raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
     return timedelta(seconds=seconds)
 
 
 @contextmanager
-def process_group(device: str | torch.device, backend: str | None = None) -> Iterator[TorchrunEnv | None]:
+def process_group(device: str | torch.device, backend: str | None = None,
+                  timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[TorchrunEnv | None]:
     """Under torchrun, initialises the default process group for the command's duration
     (gloo for CPU devices, NCCL for CUDA ones, unless ``backend`` says otherwise) and destroys
     it at the end, also on errors, so that no rank is left waiting. Yields the torchrun
     environment, or None (and does nothing) outside torchrun. A group initialised by the
-    caller (a Python user's own script) is used as it is and left alone."""
+    caller (a Python user's own script) is used as it is and left alone. ``timeout_s``: how
+    long a collective waits (``$EFFICIENTAD_DIST_TIMEOUT_S`` overrides it)."""
     env = torchrun_env()
     if env is None or dist.is_initialized():
         yield env
@@ -135,7 +137,7 @@ def process_group(device: str | torch.device, backend: str | None = None) -> Ite
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, timeout=_timeout())
+    dist.init_process_group(backend=backend, timeout=_timeout(timeout_s))
     try:
         yield env
     finally:
