@@ -5,7 +5,7 @@
 Takes the first --images files of IMAGE_FOLDER (symlinked into a temporary folder), a freshly
 initialised EfficientAD-S (throughput does not depend on the weights), and times the whole
 command (start, model load, decoding in DataLoader workers, scoring, the merge; no heatmaps)
-for each process count, each into a fresh output folder. Prints one row per count with the
+for each process count, each into a fresh output folder (a used one would resume: skip everything). Prints one row per count with the
 load average before the run, since shared machines make these numbers move.
 """
 from __future__ import annotations
@@ -45,13 +45,13 @@ def main() -> int:
         print(f"{len(paths)} images from {args.folder}, EfficientAD-S 256x256, CPU, batch {args.batch_size}, "
               f"{args.workers} decoding worker(s) per rank, {os.cpu_count()} CPUs")
         print("procs | seconds | images/s | load average before (1 min)")
-        for n in args.procs:
+        for run, n in enumerate(args.procs):
             load = os.getloadavg()[0]
             env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                             "-m", "efficientad_ext", "infer", str(tmp / "model.safetensors"), str(images),
-                            "--out", str(tmp / f"out{n}"), "--no-images", "--workers", str(args.workers),
+                            "--out", str(tmp / f"out{run}"), "--no-images", "--workers", str(args.workers),
                             "--batch-size", str(args.batch_size), "--device", "cpu"], env=env, check=True)
             seconds = time.perf_counter() - t0
             print(f"{n} | {seconds:.1f} | {len(paths) / seconds:.2f} | {load:.1f}")
