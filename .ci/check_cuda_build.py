@@ -5,7 +5,8 @@ import torch
 
 import efficientad_ext
 
-OPS = ["quantile", "hard_feature_loss", "hard_feature_loss_backward", "anomaly_maps_raw", "anomaly_maps", "conv2d_relu_pool"]
+OPS = ["quantile", "hard_feature_loss", "hard_feature_loss_backward", "anomaly_maps_raw", "anomaly_maps", "conv2d_relu_pool",
+       "conv2d_relu_pool_split"]
 
 info = efficientad_ext.build_info()
 print("build_info:", info)

@@ -4,10 +4,10 @@ OpenVINO's, same seeded random weights, same inputs, same thread count (issue #6
 Groups (per call; ``extra_info.batch`` gives the per-image cost):
 
 * ``peers infer S 256x256 B={1,8}``: ``ours`` (``EfficientAD.infer``, float32: Winograd
-  convolutions, :mod:`efficientad_ext.cpu_inference`), ``ours_direct`` (the same with
+  convolutions, :mod:`efficientad_ext._inference.cpu_winograd`), ``ours_direct`` (the same with
   ``EFFICIENTAD_CPU_WINOGRAD`` off: oneDNN direct convolutions), ``ours_bf16``
   (``infer(dtype=torch.bfloat16)``), ``anomalib`` (anomalib 2.7's ``EfficientAdModel``, eager
-  float32, our weights via :func:`efficientad_ext.convert.to_anomalib_state_dict`),
+  float32, our weights via :func:`efficientad_ext.formats.anomalib.to_anomalib_state_dict`),
   ``openvino_f32`` / ``openvino_bf16`` (``openvino.convert_model`` of the plain ``torch.nn``
   reference of Algorithm 2: our networks + ``reference.anomaly_maps``;
   ``INFERENCE_PRECISION_HINT`` set; the precision OpenVINO actually used is recorded).
@@ -33,9 +33,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from efficientad_ext import cpu_inference, reference
+from dataclasses import replace
+
+from efficientad_ext import reference
 from efficientad_ext.model import EfficientAD, ModelConfig
-from efficientad_ext.train import TrainConfig, TrainStep
+from efficientad_ext.training.trainer import TrainConfig, TrainStep
 
 IMAGE = 256
 BATCHES = [1, 8]
@@ -89,11 +91,12 @@ def expected(model):
 
     def get(batch: int) -> tuple[Tensor, Tensor]:
         if batch not in cache:
-            cpu_inference.set_enabled(False)
+            options = model.inference_options
+            model.inference_options = replace(options, cpu_winograd=False)
             try:
                 out = model.infer(_images(batch, SEED + 2))
             finally:
-                cpu_inference.set_enabled(None)
+                model.inference_options = options
             cache[batch] = (out.anomaly_map, out.score)
         return cache[batch]
 
@@ -120,9 +123,9 @@ def _anomalib():
     except Exception as exc:  # noqa: BLE001 - any import failure means "not installed here"
         pytest.skip(f"anomalib not importable: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
     try:
-        from efficientad_ext.convert import to_anomalib_state_dict
+        from efficientad_ext.formats.anomalib import to_anomalib_state_dict
     except ImportError as exc:
-        pytest.skip(f"efficientad_ext.convert not available: {exc}")
+        pytest.skip(f"efficientad_ext.formats.anomalib not available: {exc}")
     return EfficientAdModel, EfficientAdModelSize, to_anomalib_state_dict
 
 
@@ -179,11 +182,12 @@ def test_infer(measure, model, expected, batch, impl):
         winograd = impl == "ours"
 
         def fn():
-            cpu_inference.set_enabled(winograd)
+            options = model.inference_options
+            model.inference_options = replace(options, cpu_winograd=winograd)
             try:
                 out = model.infer(x, dtype=dtype)
             finally:
-                cpu_inference.set_enabled(None)
+                model.inference_options = options
             return out.anomaly_map, out.score
 
     elif impl == "anomalib":

@@ -8,11 +8,18 @@ and score out):
   ours       ``EfficientAD.infer`` in float32 (TF32 convolutions) and bfloat16, each with and
              without CUDA-graph replay
   ours-1conv / ours-2conv  ``infer`` at batch 1 with the teacher+student first-layer choice
-             (``pdn_pair.FUSE_FIRST_LAYER``) flipped: the measurement behind its default
+             (``InferenceOptions.fuse_first_layer``) flipped: the measurement behind its default
   ref        ``EfficientAD.reference_infer`` (plain torch.nn + reference ops), eager float32 and
              eager float16 autocast (cuDNN)
-  compiled   ``torch.compile(reference_infer, mode="max-autotune")``, float16 autocast and
-             float32 (as the time budget allows; compiles are the most expensive rows)
+  ours-cudnnfuse  ``infer`` bf16 with EFFICIENTAD_CUDNN_FUSION=1 (cuDNN's fused conv + bias + ReLU
+             for the un-pooled PDN layers and the autoencoder; default off until this row shows a gain)
+  ours-aestream   ``infer`` bf16, batch 1, with EFFICIENTAD_AE_SIDE_STREAM=1 (the autoencoder on a
+             second stream inside the CUDA graph; default off likewise)
+  compiled   ``torch.compile(reference_infer, mode="max-autotune")``: EfficientAD-S, float16
+             autocast, batch 1 only (its autotuning takes minutes; run last, or alone with
+             ``--jobs compiled`` in a second call on the warm machine)
+  profile    not a row: per-kernel CUDA time of ``infer`` bf16 (eager) at batch 1 and 64
+             (``torch.profiler`` key_averages, by device time), in the JSON's ``profiles``
   train      one training step (Algorithm 1, with a penalty batch) at batch 1 and 8: ours
              (fused hard-feature loss) vs the same step with the reference loss
              (``torch.quantile`` + mask)
@@ -31,6 +38,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -42,12 +50,17 @@ from pathlib import Path
 import torch
 
 import efficientad_ext
-from efficientad_ext import EfficientAD, ModelConfig, cuda_graph, pdn_pair, reference
-from efficientad_ext import train as train_module
-from efficientad_ext.train import TrainConfig, TrainStep
+from dataclasses import replace
+
+from efficientad_ext import EfficientAD, ModelConfig, reference
+from efficientad_ext._inference import clear as clear_inference_cache
+from efficientad_ext.training import trainer as train_module
+from efficientad_ext.training.trainer import TrainConfig, TrainStep
 
 BF16_PEAK_FLOPS = 790e12  # measured dense bf16 rate of the H200 (issue 5)
 IMAGE = 256
+COMPILE_ESTIMATE_S = 240  # one torch.compile(mode="max-autotune") row, cold cache, on the GPU machine
+PROFILE_TOP = 40  # kernels kept per profile
 
 
 @dataclass
@@ -89,6 +102,7 @@ class Table:
         self.rows: list[Row] = []
         self.notes: list[str] = []
         self.skipped: list[str] = []
+        self.profiles: dict[str, list[dict]] = {}
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -99,6 +113,12 @@ class Table:
     def skip(self, what: str, why: str) -> None:
         self.skipped.append(f"{what}: {why}")
         print(f"  skipped {what}: {why}", flush=True)
+        self.write()
+
+    def profile(self, key: str, kernels: list[dict]) -> None:
+        self.profiles[key] = kernels
+        top = ", ".join(f"{k['name'][:40]} {k['pct']:.1f}%" for k in kernels[:3])
+        print(f"  profile {key}: {len(kernels)} kernels; top: {top}", flush=True)
         self.write()
 
     def note(self, text: str) -> None:
@@ -151,11 +171,15 @@ class Table:
             ("gpu_table.md", self.markdown()),
             ("gpu_table.json", json.dumps({"rows": [asdict(r) for r in self.rows], "notes": self.notes,
                                             "skipped": self.skipped, "flops": self.flops,
+                                            "profiles": self.profiles,
                                             "build_info": efficientad_ext.build_info()}, indent=1)),
         ):
             tmp = self.settings.out / (name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.settings.out / name)  # atomic: a kill never leaves half a table
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, self.settings.out / name)  # atomic: a kill never leaves half a table
+            finally:
+                tmp.unlink(missing_ok=True)  # never a ninth file in $OUT (device_check.sh cleans too)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -223,6 +247,35 @@ def throughput_ms(fn: Callable[[], object], device: torch.device, iters: int) ->
     return (time.perf_counter() - t0) * 1e3 / iters
 
 
+def kernel_breakdown(fn: Callable[[], object], device: torch.device, iters: int) -> list[dict]:
+    """The kernels of ``iters`` calls of ``fn`` by total device time (torch.profiler
+    key_averages; CPU op time on a CPU dry run), the top PROFILE_TOP, per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+        sync(device)
+
+    def device_us(evt) -> float:
+        if not cuda:
+            return float(evt.self_cpu_time_total)
+        for attr in ("self_device_time_total", "self_cuda_time_total"):  # newer / older torch
+            if hasattr(evt, attr):
+                return float(getattr(evt, attr))
+        return 0.0
+
+    events = [e for e in prof.key_averages() if device_us(e) > 0]
+    total = sum(device_us(e) for e in events) or 1.0
+    events.sort(key=device_us, reverse=True)
+    return [
+        {"name": e.key, "calls_per_infer": e.count / iters, "us_per_infer": round(device_us(e) / iters, 2),
+         "pct": round(100.0 * device_us(e) / total, 2)}
+        for e in events[:PROFILE_TOP]
+    ]
+
+
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30))
 
@@ -231,7 +284,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def reference_hard_loss() -> Iterator[None]:
     """Runs ``TrainStep`` with the plain-PyTorch hard-feature loss (torch.quantile + mask):
     the training step exactly as ours except for that one op (TrainStep calls it through the
-    ``ops`` module attribute of efficientad_ext.train)."""
+    ``ops`` module attribute of efficientad_ext.training.trainer)."""
     original = train_module.ops
     train_module.ops = types.SimpleNamespace(hard_feature_loss=reference.hard_feature_loss)
     try:
@@ -284,20 +337,20 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
         return run
 
     def ours_other_first_layer(dtype: torch.dtype, batch: int) -> Callable[[], None]:
-        """ours with the first-layer choice of pdn_pair.FUSE_FIRST_LAYER flipped for this device
-        (one conv for teacher+student vs two): the measurement behind that default."""
+        """ours with the first-layer choice of InferenceOptions.fuse_first_layer flipped for this
+        device (one conv for teacher+student vs two): the measurement behind that default."""
         def run() -> None:
-            default = pdn_pair.FUSE_FIRST_LAYER[dev.type]
-            pdn_pair.set_fuse_first_layer(dev.type, not default)
-            cuda_graph.clear(model)  # graphs keep the path they were captured with
+            options = model.inference_options
+            default = options.fuses_first_layer(dev.type)
+            model.inference_options = replace(options, fuse_first_layer=options.fuse_first_layer ^ {dev.type})
             try:
                 x = inputs[batch]
                 label = "ours-1conv" if not default else "ours-2conv"
                 measure(lambda: model.infer(x, dtype=dtype), label, "bf16" if dtype == torch.bfloat16 else "fp32",
                         batch, "yes" if dev.type == "cuda" else "no", first_layer="one conv" if not default else "two convs")
             finally:
-                pdn_pair.set_fuse_first_layer(dev.type, default)
-                cuda_graph.clear(model)
+                model.inference_options = options
+                clear_inference_cache(model)  # the other path's graphs are not needed again
         return run
 
     def ref(low: bool, batch: int) -> Callable[[], None]:
@@ -305,6 +358,37 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
             x = inputs[batch]
             fn = (lambda: ref_fp16(x)) if low else (lambda: model.reference_infer(x))
             measure(fn, "ref", "fp16" if low else "fp32", batch, "no")
+        return run
+
+    def ours_switched(var: str, label: str, dtype: torch.dtype, batch: int) -> Callable[[], None]:
+        """ours with the environment switch ``var`` = 1 (read at every call: the CUDA PDN layers'
+        EFFICIENTAD_CUDNN_FUSION, and efficientad_ext._inference.autoencoder_cuda's switches)."""
+        def run() -> None:
+            old = os.environ.get(var)
+            os.environ[var] = "1"
+            clear_inference_cache(model)  # graphs keep the path they were captured with
+            try:
+                x = inputs[batch]
+                measure(lambda: model.infer(x, dtype=dtype), label, "bf16" if dtype == torch.bfloat16 else "fp32",
+                        batch, "yes" if dev.type == "cuda" else "no", switch=f"{var}=1")
+            finally:
+                if old is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = old
+                clear_inference_cache(model)
+        return run
+
+    def profile(dtype: torch.dtype, batch: int) -> Callable[[], None]:
+        """Per-kernel device time of eager ``infer`` (no graph: the profiler sees each kernel)."""
+        def run() -> None:
+            x = inputs[batch]
+            fn = lambda: model.infer(x, dtype=dtype, cuda_graph=False)  # noqa: E731
+            for _ in range(2 if dev.type == "cuda" else 0 if s.dry_run else 1):
+                fn()
+            sync(dev)
+            table.profile(f"{arch} {'bf16' if dtype == torch.bfloat16 else 'fp32'} B={batch}",
+                          kernel_breakdown(fn, dev, 1 if s.dry_run else 5))
         return run
 
     def compiled(precision: str, batch: int) -> Callable[[], None]:
@@ -350,16 +434,25 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
                 continue
             for graph in (True, False) if dev.type == "cuda" else (False,):  # no graphs on the CPU
                 jobs.append((f"{arch} ours {dtype} graph={graph} B={batch}", 4, ours(dtype, graph, batch)))
+        alt_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32  # the CPU dry run: float32 (fast)
         if batch == b1:
-            alt_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
             jobs.append((f"{arch} ours {alt_dtype} first layer flipped B={batch}", 4, ours_other_first_layer(alt_dtype, batch)))
+        if batch == b1 or not s.dry_run:
+            jobs.append((f"{arch} ours {alt_dtype} cuDNN fusion B={batch}", 4,
+                         ours_switched("EFFICIENTAD_CUDNN_FUSION", "ours-cudnnfuse", alt_dtype, batch)))
+            jobs.append((f"{arch} profile {alt_dtype} B={batch}", 6, profile(alt_dtype, batch)))
+        if batch == b1:  # the autoencoder on a side stream (batch 1 only, by design)
+            jobs.append((f"{arch} ours {alt_dtype} autoencoder side stream B={batch}", 4,
+                         ours_switched("EFFICIENTAD_AE_SIDE_STREAM", "ours-aestream", alt_dtype, batch)))
         if low_precision_fits(f"{arch} ref fp16 B={batch}", batch):
             jobs.append((f"{arch} ref fp16 B={batch}", 4, ref(True, batch)))
         jobs.append((f"{arch} ref fp32 B={batch}", 4, ref(False, batch)))
+    # torch.compile max-autotune: S at batch 1 only (each precision autotunes every convolution
+    # shape for minutes: ~240 s is a realistic budget on the H200 with a cold cache).
     compile_jobs = [
-        (f"{arch} compiled {p} B={batch}", 100 if dev.type == "cuda" else 60, compiled(p, batch))
+        (f"{arch} compiled {p} B={b1}", COMPILE_ESTIMATE_S if dev.type == "cuda" else 60, compiled(p, b1))
         for p in s.compile_jobs
-        for batch in (b1, bn)
+        if arch == "small" or s.dry_run
     ]
     return jobs + compile_jobs
 
@@ -430,8 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
     p.add_argument("--archs", default="small,medium")
     p.add_argument("--budget-s", type=float, default=240.0, help="skip jobs that no longer fit (a started job runs to its end)")
-    p.add_argument("--compile", default=None, help="torch.compile baselines to run: comma list of fp16,fp32 or 'none' "
-                   "(default: fp16,fp32 on CUDA, none with --dry-run)")
+    p.add_argument("--compile", default=None, help="torch.compile baselines to run (EfficientAD-S, batch 1): comma list "
+                   "of fp16,fp32 or 'none' (default: fp16 on CUDA, none with --dry-run)")
+    p.add_argument("--jobs", choices=("all", "cheap", "compiled"), default="all",
+                   help="'compiled': only the torch.compile rows (a second call on a warm machine)")
     p.add_argument("--out", type=Path, default=None, help="folder for gpu_table.md / gpu_table.json")
     p.add_argument("--no-train", action="store_true")
     args = p.parse_args(argv)
@@ -441,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_table: no CUDA device (use --dry-run to test the script on the CPU)", file=sys.stderr)
         return 2
-    compile_arg = args.compile if args.compile is not None else ("none" if dry else "fp16,fp32")
+    compile_arg = args.compile if args.compile is not None else ("none" if dry else "fp16")
     compile_jobs = [] if compile_arg == "none" else [c for c in compile_arg.split(",") if c]
     if any(c not in ("fp16", "fp32") for c in compile_jobs):
         p.error(f"--compile must be a comma list of fp16, fp32 or 'none', got {compile_arg!r}")
@@ -478,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_train and (not dry or arch == s.archs[0]):  # dry run: one arch's training (CPU time)
             cheap += train_jobs(s, arch, table)
     failures = 0
-    for name, estimate, job in cheap + expensive:
+    # A `timeout` stops this with SIGTERM: exit through finally blocks (no .tmp left behind).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    selected = {"all": cheap + expensive, "cheap": cheap, "compiled": expensive}[args.jobs]
+    for name, estimate, job in selected:
         if budget.left() < estimate:
             table.skip(name, f"not enough time left ({budget.left():.0f} s < ~{estimate:.0f} s)")
             continue

@@ -49,10 +49,10 @@ def run_anomalib(python: str, dataset: Path, penalty: Path, steps: int, seed: in
 
 
 def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: bool) -> dict:
-    import efficientad_ext.train as training
+    import efficientad_ext.training.trainer as training
     from efficientad_ext.data import load_image, open_dataset, resize_image
-    from efficientad_ext.evaluate import evaluate
-    from efficientad_ext.augment import penalty_transform
+    from efficientad_ext.evaluation.evaluator import evaluate
+    from efficientad_ext.training.augment import penalty_transform
 
     original = training.penalty_batch
     if old_penalty:
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from efficientad_ext.teachers import shipped_teacher
+    from efficientad_ext.training.teacher_choice import shipped_teacher
 
     teacher = shipped_teacher("small")
     runs = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []

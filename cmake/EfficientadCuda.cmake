@@ -33,6 +33,10 @@ endif()
 
 if(EFFICIENTAD_WITH_CUDA)
   set(CMAKE_CUDA_ARCHITECTURES "${EFFICIENTAD_CUDA_ARCHS}")
+  # Link only the shared cudart (libcudart.so, the one torch loads): CMake's default, Static,
+  # would bundle cudart_static into _C beside the CUDA::cudart below, i.e. two runtimes with
+  # their own state in one process. Must be set before enable_language(CUDA).
+  set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
   enable_language(CUDA)
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)

@@ -137,6 +137,13 @@ inline void check_conv_layer(const at::Tensor& input, const at::Tensor& weight,
 }
 
 
+// The output-channel split of conv2d_relu_pool_split: both halves non-empty.
+inline void check_channel_split(const at::Tensor& weight, int64_t split) {
+  TORCH_CHECK(split > 0 && split < weight.size(0), "split must be in [1, ", weight.size(0) - 1,
+              "] (both output halves non-empty; weight has ", weight.size(0), " output channels), got ", split);
+}
+
+
 // Everything efficientad::anomaly_maps takes besides the features themselves.
 inline void check_anomaly_maps_args(const at::Tensor& teacher, const at::Tensor& teacher_mean,
                                     const at::Tensor& teacher_std, const at::Tensor& student,

@@ -46,6 +46,13 @@ TORCH_LIBRARY(efficientad, m) {
       "conv2d_relu_pool(Tensor input, Tensor weight, Tensor? bias, int padding, bool relu, "
       "bool pool, int pool_padding) -> Tensor");
 
+  // conv2d_relu_pool of all of weight's output channels, returned as two dense channels-last
+  // tensors: channels [0, split) and [split, C_out) (e.g. teacher and student first layers
+  // concatenated: each network then reads a dense input, no channel-slice copy).
+  m.def(
+      "conv2d_relu_pool_split(Tensor input, Tensor weight, Tensor? bias, int padding, bool relu, "
+      "bool pool, int pool_padding, int split) -> (Tensor first, Tensor second)");
+
   // A stride-1 convolution (+ bias, optional ReLU, optional 2x2 average pooling) by
   // Winograd's F(m x m, r x r) (CPU, float32/float64, inference): weight_tf = G w G^T as
   // [a*a, C_in, C_out], input_tf = B^T [a, a], output_tf = A^T [m, a], a = m + r - 1
@@ -60,11 +67,6 @@ TORCH_LIBRARY(efficientad, m) {
       "bool[] relus, bool[] pools, int[] pool_paddings) -> Tensor");
 }
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "efficientad_ext compiled kernels; the ops are torch.ops.efficientad.*";
-#if defined(EFFICIENTAD_WITH_CUDA)
-  m.attr("cuda_kernels") = true;
-#else
-  m.attr("cuda_kernels") = false;
-#endif
-}
+// Importing the module runs the registrations above; whether CUDA kernels were built is in
+// _build_config.json (efficientad_ext.build_info), and the dispatcher picks the device.
+PYBIND11_MODULE(_C, m) { m.doc() = "efficientad_ext compiled kernels; the ops are torch.ops.efficientad.*"; }

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import efficientad_ext.train as tr
+import efficientad_ext.training.trainer as tr
 from efficientad_ext.distributed import process_group
 
 

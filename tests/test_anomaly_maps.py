@@ -98,10 +98,11 @@ def test_nan_feature_gives_nan_score_only_for_that_image(device):
     assert torch.isfinite(raw_st).all() and torch.isnan(raw_ae[1, 0, 2, 2])
 
 
-def test_opcheck():
-    args = features(2, 5, 4, 6, "cpu")
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    args = features(2, 5, 4, 6, device)
     torch.library.opcheck(torch.ops.efficientad.anomaly_maps_raw.default, args)
-    torch.library.opcheck(torch.ops.efficientad.anomaly_maps.default, (*args, quantiles("cpu"), [12, 10], 1))
+    torch.library.opcheck(torch.ops.efficientad.anomaly_maps.default, (*args, quantiles(device), [12, 10], 1))
 
 
 def test_torch_compile_fullgraph():

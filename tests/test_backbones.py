@@ -15,7 +15,7 @@ from efficientad_ext.backbones import (
     load_wide_resnet101_trunk,
     packaged_mobilenet_v2_weights,
 )
-from efficientad_ext.backbones._weights import BackboneWeightsError
+from efficientad_ext.formats.state_dict import BackboneWeightsError
 from efficientad_ext.data import load_image, resize_image
 
 PACKAGED = packaged_mobilenet_v2_weights()

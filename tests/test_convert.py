@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from efficientad_ext import EfficientAD, ModelConfig, load_model, save_model
 from efficientad_ext.cli import main
-from efficientad_ext.convert import (
+from efficientad_ext.formats.anomalib import (
     ConversionError,
     convert_anomalib_file,
     from_anomalib_state_dict,

@@ -1,4 +1,4 @@
-"""The CPU inference path (efficientad_ext.cpu_inference: Winograd convolutions) against the
+"""The CPU inference path (efficientad_ext._inference.cpu_winograd: Winograd convolutions) against the
 direct path (oneDNN convolutions, the same weights).
 
 Stated tolerance: features agree to 2e-5 of their magnitude (test_winograd.py); maps and
@@ -9,17 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import efficientad_ext
-from efficientad_ext import cpu_inference
+from dataclasses import replace
+
+from efficientad_ext import InferenceOptions
+from efficientad_ext._inference import cpu_winograd
+from efficientad_ext._inference.networks import networks_for
 from efficientad_ext.model import EfficientAD, ModelConfig
-
-
-@pytest.fixture
-def direct_mode():
-    """Runs the body with the Winograd path off, and restores the default afterwards."""
-    cpu_inference.set_enabled(False)
-    yield
-    cpu_inference.set_enabled(None)
 
 
 def _model(arch: str, padded: bool) -> EfficientAD:
@@ -31,8 +26,8 @@ def _model(arch: str, padded: bool) -> EfficientAD:
 
 
 def _features(model: EfficientAD, x: torch.Tensor):
-    nets = (model.teacher, model.student, model.autoencoder)
-    return cpu_inference.forward(model, *nets, model.normalize(x), model.feature_size)
+    nets = networks_for(model, model.dtype)
+    return cpu_winograd.plan_for(nets).forward(model.normalize(x), model.feature_size)
 
 
 @pytest.mark.parametrize(
@@ -53,11 +48,8 @@ def test_features_maps_and_scores_match_the_direct_path(arch, padded, batch):
     st, ae = model.raw_maps(xn)
     model.quantiles.copy_(torch.stack([st.min(), st.max(), ae.min(), ae.max()]))
     fast = model.infer(x)
-    cpu_inference.set_enabled(False)
-    try:
-        direct = model.infer(x)
-    finally:
-        cpu_inference.set_enabled(None)
+    model.inference_options = replace(model.inference_options, cpu_winograd=False)
+    direct = model.infer(x)
     span = (direct.anomaly_map.max() - direct.anomaly_map.min()).item()
     assert span > 1e-3
     assert (fast.anomaly_map - direct.anomaly_map).abs().max().item() < 1e-4 * span
@@ -74,23 +66,26 @@ def test_plan_is_rebuilt_when_a_weight_changes():
     assert torch.allclose(after, before + 1.0, atol=1e-4)
 
 
-def test_switch_and_environment_variable(monkeypatch, direct_mode):
+def test_switch_and_environment_variable(monkeypatch):
     model = _model("small", False)
-    assert not cpu_inference.applies(torch.device("cpu"), torch.float32)
-    cpu_inference.set_enabled(None)
+    cpu = torch.device("cpu")
+    assert not cpu_winograd.applies(cpu, torch.float32, InferenceOptions(cpu_winograd=False).cpu_winograd)
     monkeypatch.setenv("EFFICIENTAD_CPU_WINOGRAD", "0")
-    assert not cpu_inference.applies(torch.device("cpu"), torch.float32)
+    assert not InferenceOptions().cpu_winograd  # the environment gives the default
+    assert not EfficientAD(ModelConfig()).inference_options.cpu_winograd
     monkeypatch.setenv("EFFICIENTAD_CPU_WINOGRAD", "1")
-    assert cpu_inference.applies(torch.device("cpu"), torch.float32)
-    assert not cpu_inference.applies(torch.device("cpu"), torch.float16)
+    assert InferenceOptions().cpu_winograd
+    assert cpu_winograd.applies(cpu, torch.float32, True)
+    assert not cpu_winograd.applies(cpu, torch.float16, True)
+    model.inference_options = InferenceOptions(cpu_winograd=False)
     assert model.infer(torch.rand(1, 3, 256, 256)).anomaly_map.shape == (1, 1, 256, 256)
 
 
 def test_bfloat16_on_a_cpu_without_bfloat16_instructions_warns_once(monkeypatch):
-    monkeypatch.setattr(cpu_inference, "_bf16_warned", False)
+    monkeypatch.setattr(cpu_winograd, "_bf16_warned", False)
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     if supported is None or supported():
         pytest.skip("this CPU runs bfloat16 convolutions natively")
     with pytest.warns(RuntimeWarning, match="bfloat16"):
-        cpu_inference.applies(torch.device("cpu"), torch.bfloat16)
-    assert efficientad_ext.cpu_inference._bf16_warned
+        cpu_winograd.applies(torch.device("cpu"), torch.bfloat16, True)
+    assert cpu_winograd._bf16_warned

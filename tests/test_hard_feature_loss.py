@@ -121,9 +121,10 @@ def test_beyond_torch_limit_matches_numpy(reduction):
     np.testing.assert_allclose(loss.item(), np.mean(losses), rtol=1e-6)
 
 
-def test_opcheck():
-    teacher = torch.randn(2, 3, 4, 5)
-    student = torch.randn(2, 3, 4, 5, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    teacher = torch.randn(2, 3, 4, 5, device=device)
+    student = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
     for per_sample in (False, True):
         torch.library.opcheck(torch.ops.efficientad.hard_feature_loss.default, (teacher, student, 0.9, per_sample))
 

@@ -6,8 +6,24 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from efficientad_ext import PDN, EfficientAD, ModelConfig, cuda_graph, inference_weights, pdn_pair
-from efficientad_ext.pdn_pair import teacher_student_forward
+from efficientad_ext import PDN, EfficientAD, InferenceOptions, ModelConfig, ops
+from efficientad_ext._inference import networks as inference_networks
+from efficientad_ext._inference.teacher_student import teacher_student_forward
+
+
+def captured_count(model: EfficientAD) -> int:
+    return len(inference_networks.cache_of(model).graphs)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 CUDA results are compared at float32 tolerances: TF32 off (cuDNN allows it by
+    default, and NCHW / NHWC may then pick engines ~1e-3 apart). tests/test_cuda_tf32.py tests
+    the TF32 path with its own tolerance. No effect on CPU tests."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def random_model(device: str, arch: str = "small", padded: bool = False, channels: int = 16) -> EfficientAD:
@@ -27,19 +43,19 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.parametrize("arch, padded", [("small", False), ("small", True), ("medium", False)])
 @pytest.mark.parametrize("fuse", [True, False])
 def test_one_conv_first_layer_equals_separate_networks(device, arch, padded, fuse, monkeypatch):
-    monkeypatch.setitem(pdn_pair.FUSE_FIRST_LAYER, device, fuse)
     widths = []
-    real_layer = pdn_pair.ops.conv2d_relu_pool
+    for name in ("conv2d_relu_pool", "conv2d_relu_pool_split"):
+        real_layer = getattr(ops, name)
 
-    def spy(x, weight, *args):
-        widths.append(weight.shape[0])
-        return real_layer(x, weight, *args)
+        def spy(x, weight, *args, real_layer=real_layer):
+            widths.append(weight.shape[0])
+            return real_layer(x, weight, *args)
 
-    monkeypatch.setattr(pdn_pair.ops, "conv2d_relu_pool", spy)
+        monkeypatch.setattr(ops, name, spy)
     teacher = PDN(arch, 24, padded).to(device).eval()
     student = PDN(arch, 48, padded).to(device).eval()
     x = torch.randn(2, 3, 64, 72, device=device)
-    got_t, got_s = teacher_student_forward(x, teacher, student)
+    got_t, got_s = teacher_student_forward(x, teacher, student, fuse)
     first = teacher.specs[0].out_channels
     assert widths == ([2 * first] if fuse else [])  # one convolution of both first layers, or none here
     with torch.no_grad():
@@ -53,14 +69,15 @@ def test_one_conv_first_layer_equals_separate_networks(device, arch, padded, fus
 
 
 def test_fuse_switch_is_validated():
-    with pytest.raises(ValueError, match="device_type must be one of"):
-        pdn_pair.set_fuse_first_layer("tpu", True)
+    with pytest.raises(ValueError, match="fuse_first_layer takes device types"):
+        InferenceOptions(fuse_first_layer={"tpu"})
+    assert InferenceOptions().fuses_first_layer("cuda") and not InferenceOptions().fuses_first_layer("cpu")
 
 
 def test_first_layers_of_different_shapes_run_separately():
     teacher, student = PDN("small", 24), PDN("medium", 48)  # 128 vs 256 first-layer channels
     x = torch.randn(1, 3, 64, 64)
-    got_t, got_s = teacher_student_forward(x, teacher, student)
+    got_t, got_s = teacher_student_forward(x, teacher, student, fuse=True)
     with torch.no_grad():
         torch.testing.assert_close(got_t, teacher(x), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got_s, student(x), rtol=1e-4, atol=1e-5)
@@ -76,35 +93,35 @@ def test_dtype_argument_is_validated():
 
 def test_cpu_default_dtype_is_the_models():
     model = random_model("cpu")
-    assert inference_weights.default_dtype(model) == torch.float32
-    assert inference_weights.default_dtype(model.double()) == torch.float64
+    assert inference_networks.default_dtype(model) == torch.float32
+    assert inference_networks.default_dtype(model.double()) == torch.float64
 
 
 def test_cast_weights_are_cached_and_follow_in_place_updates():
     model = random_model("cpu")
-    nets = inference_weights.networks_for(model, torch.bfloat16)
+    nets = inference_networks.networks_for(model, torch.bfloat16)
     assert nets.owns_copies and nets.teacher is not model.teacher
     assert nets.student.convolutions()[0].weight.dtype == torch.bfloat16
-    assert inference_weights.networks_for(model, torch.bfloat16) is nets  # cached, not recast
+    assert inference_networks.networks_for(model, torch.bfloat16) is nets  # cached, not recast
     address = nets.student.convolutions()[2].weight.data_ptr()
     with torch.no_grad():
         model.student.convolutions()[2].weight.mul_(-1.0)  # an in-place update (as an optimiser step)
-    again = inference_weights.networks_for(model, torch.bfloat16)
+    again = inference_networks.networks_for(model, torch.bfloat16)
     assert again is nets and again.student.convolutions()[2].weight.data_ptr() == address  # refreshed in place
     torch.testing.assert_close(again.student.convolutions()[2].weight, model.student.convolutions()[2].weight.bfloat16())
     with torch.no_grad():  # the concatenated first layer follows too
         model.teacher.convolutions()[0].bias.add_(1.0)
-    again = inference_weights.networks_for(model, torch.bfloat16)
-    torch.testing.assert_close(again.first_bias[:128], model.teacher.convolutions()[0].bias.bfloat16())
+    again = inference_networks.networks_for(model, torch.bfloat16)
+    torch.testing.assert_close(again.first_layer[1][:128], model.teacher.convolutions()[0].bias.bfloat16())
     generation = again.generation
     model.student.convolutions()[1].weight = torch.nn.Parameter(model.student.convolutions()[1].weight.detach().clone())
-    rebuilt = inference_weights.networks_for(model, torch.bfloat16)
+    rebuilt = inference_networks.networks_for(model, torch.bfloat16)
     assert rebuilt.generation != generation  # new storage: rebuilt (and old CUDA graphs dropped)
 
 
 def test_same_dtype_on_cpu_uses_the_models_own_networks():
     model = random_model("cpu")
-    nets = inference_weights.networks_for(model, torch.float32)
+    nets = inference_networks.networks_for(model, torch.float32)
     assert not nets.owns_copies and nets.teacher is model.teacher and nets.autoencoder is model.autoencoder
 
 
@@ -131,17 +148,17 @@ def test_cuda_graph_replay_equals_eager(device, dtype):
     images = torch.rand(2, 3, 256, 256, device=device)
     eager = model.infer(images, dtype=dtype, cuda_graph=False)
     first = model.infer(images, dtype=dtype)  # captures
-    assert cuda_graph.captured_count(model) == 1
+    assert captured_count(model) == 1
     other = torch.rand(2, 3, 256, 256, device=device)
     second = model.infer(other, dtype=dtype)  # replays the same graph on new data
-    assert cuda_graph.captured_count(model) == 1
+    assert captured_count(model) == 1
     # Same kernels on the same data: equal up to any nondeterministic reduction order.
     torch.testing.assert_close(first.anomaly_map, eager.anomaly_map)
     torch.testing.assert_close(first.score, eager.score)
     torch.testing.assert_close(second.anomaly_map, model.infer(other, dtype=dtype, cuda_graph=False).anomaly_map)
     assert not torch.equal(first.anomaly_map, second.anomaly_map)  # the result returned first was not overwritten
     model.infer(torch.rand(1, 3, 256, 256, device=device), dtype=dtype)
-    assert cuda_graph.captured_count(model) == 2  # one graph per batch shape
+    assert captured_count(model) == 2  # one graph per batch shape
 
 
 @pytest.mark.parametrize("device", cuda_only)
@@ -162,7 +179,7 @@ def test_cuda_graph_follows_in_place_weight_updates(device):
 def test_default_dtype_on_cuda_is_bfloat16_when_supported(device):
     model = random_model(device)
     want = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    assert inference_weights.default_dtype(model) == want
+    assert inference_networks.default_dtype(model) == want
 
 
 @pytest.mark.parametrize("device", cuda_only)
@@ -196,9 +213,9 @@ def test_cuda_graphs_per_dtype_and_weight_generation(device):
     model.infer(x, dtype=torch.float32)
     model.infer(x, dtype=torch.bfloat16)
     model.infer(x, dtype=torch.float32)
-    assert cuda_graph.captured_count(model) == 2  # one per dtype; alternating does not recapture
+    assert captured_count(model) == 2  # one per dtype; alternating does not recapture
     conv = model.student.convolutions()[-1]
     conv.bias = torch.nn.Parameter(conv.bias.detach() + 0.5)  # new storage: a new weight generation
     got = model.infer(x, dtype=torch.float32)
-    assert cuda_graph.captured_count(model) == 2  # the float32 graph was replaced, the bfloat16 one kept
+    assert captured_count(model) == 2  # the float32 graph was replaced, the bfloat16 one kept
     torch.testing.assert_close(got.anomaly_map, model.reference_infer(x).anomaly_map, rtol=1e-2, atol=1e-3)

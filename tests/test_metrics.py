@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from efficientad_ext.metrics import au_pro, auroc, connected_components, image_auroc, pixel_auroc
+from efficientad_ext.evaluation.metrics import au_pro, auroc, connected_components, image_auroc, pixel_auroc
 
 try:
     from sklearn.metrics import roc_auc_score

@@ -10,7 +10,7 @@ import torch
 
 import efficientad_ext
 from efficientad_ext import EfficientAD, ModelConfig, ModelFileError, load_model, save_model
-from efficientad_ext.teacher_io import TeacherWeightsError, load_teacher_weights
+from efficientad_ext.formats.teacher_file import TeacherWeightsError, load_teacher_weights
 
 
 def random_model(arch="small", padded=False, size=(256, 256)) -> EfficientAD:

@@ -8,6 +8,17 @@ import torch.nn.functional as F
 from conftest import DEVICES, FLOAT_DTYPES
 from efficientad_ext import PDN, build_pdn, ops, reference
 
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 CUDA results are compared at float32 tolerances: TF32 off (cuDNN allows it by
+    default, and NCHW / NHWC may then pick engines ~1e-3 apart). tests/test_cuda_tf32.py tests
+    the TF32 path with its own tolerance. No effect on CPU tests."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
 # Convolutions run in oneDNN / cuDNN in both paths; half precision differs by rounding order.
 CONV_TOL = {
     torch.float64: dict(rtol=1e-9, atol=1e-10),
@@ -50,6 +61,19 @@ def test_conv2d_relu_pool_inputs_any_layout_no_bias(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pool", [True, False])
+def test_conv2d_relu_pool_split_halves_equal_the_full_layer(device, pool):
+    x = torch.randn(2, 3, 19, 18, device=device)
+    weight = torch.randn(24, 3, 4, 4, device=device) / 4
+    bias = torch.randn(24, device=device)
+    first, second = ops.conv2d_relu_pool_split(x, weight, bias, 3, True, pool, 1, 16)
+    whole = ops.conv2d_relu_pool(x, weight, bias, 3, True, pool, 1)
+    for half, want in ((first, whole[:, :16]), (second, whole[:, 16:])):
+        assert half.shape == want.shape and half.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(half, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["small", "medium"])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("out_channels", [384, 768])
@@ -86,30 +110,24 @@ def test_pdn_forward_bfloat16(device):
     torch.testing.assert_close(got.float(), expected, rtol=5e-2, atol=5e-2)
 
 
-def test_opcheck():
-    x = torch.randn(1, 3, 12, 12)
-    w = torch.randn(4, 3, 4, 4)
-    b = torch.randn(4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = torch.randn(1, 3, 12, 12, device=device)
+    w = torch.randn(4, 3, 4, 4, device=device)
+    b = torch.randn(4, device=device)
     torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool.default, (x, w, b, 3, True, True, 1))
     torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool.default, (x, w, None, 0, False, False, 0))
-    pdn = build_pdn("small", 8, False)
-    convs = pdn.convolutions()
-    args = (
-        torch.randn(1, 3, 40, 40),
-        [c.weight.detach() for c in convs],
-        [c.bias.detach() for c in convs],
-        [s.padding for s in pdn.specs],
-        [s.relu for s in pdn.specs],
-        [s.pool for s in pdn.specs],
-        [s.pool_padding for s in pdn.specs],
-    )
+    torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool_split.default, (x, w, b, 3, True, True, 1, 1))
+    torch.library.opcheck(torch.ops.efficientad.conv2d_relu_pool_split.default, (x, w, None, 1, True, False, 0, 3))
+    pdn = build_pdn("small", 8, False).to(device)
+    args = (torch.randn(1, 3, 40, 40, device=device), *pdn.layer_arguments())
     torch.library.opcheck(torch.ops.efficientad.pdn_forward.default, args)
 
 
 def test_torch_compile_fullgraph():
     pdn = build_pdn("small", 16, True).eval()
     x = torch.randn(1, 3, 48, 48)
-    compiled = torch.compile(lambda inp: ops.pdn_forward(inp, pdn) + 0.0, fullgraph=True)
+    compiled = torch.compile(lambda inp: ops.pdn_forward(inp, *pdn.layer_arguments()) + 0.0, fullgraph=True)
     torch.testing.assert_close(compiled(x), pdn.fused_forward(x))
     w = torch.randn(5, 3, 4, 4)
     layer = torch.compile(lambda inp: ops.conv2d_relu_pool(inp, w, None, 3, True, True, 1), fullgraph=True)
@@ -121,20 +139,20 @@ def test_torch_compile_fullgraph():
     [
         (dict(input=torch.randn(1, 4, 8, 8)), ValueError, "input must have 3 channels"),
         (dict(input=torch.randn(3, 8, 8)), ValueError, "input must have 4 dimensions"),
-        (dict(input=torch.randn(1, 3, 8, 8).double()), TypeError, "input must have the input's dtype|input must have the PDN's weights"),
+        (dict(input=torch.randn(1, 3, 8, 8).double()), TypeError, "input must have the first layer's weight's dtype"),
         (dict(input=torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)), TypeError, "input must be float16"),
-        (dict(input=torch.randn(1, 3, 20, 20)), ValueError, "too small for this PDN"),
+        (dict(input=torch.randn(1, 3, 20, 20)), ValueError, "too small for these layers"),
         (dict(input=torch.randn(0, 3, 64, 64)), ValueError, "input must not be empty"),
     ],
 )
 def test_pdn_forward_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
-        ops.pdn_forward(pdn=build_pdn("small", 384, False), **kwargs)
+        ops.pdn_forward(kwargs["input"], *build_pdn("small", 384, False).layer_arguments())
 
 
-def test_pdn_forward_needs_a_pdn():
-    with pytest.raises(TypeError, match="pdn must be an efficientad_ext.PDN"):
-        ops.pdn_forward(torch.randn(1, 3, 64, 64), torch.nn.Conv2d(3, 4, 3))
+def test_pdn_forward_needs_a_layer():
+    with pytest.raises(ValueError, match="weights must hold at least one layer"):
+        ops.pdn_forward(torch.randn(1, 3, 64, 64), [], [], [], [], [], [])
 
 
 @pytest.mark.parametrize(

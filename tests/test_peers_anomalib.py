@@ -2,7 +2,7 @@
 importable; CI installs it in its CUDA-torch venv, see .ci/run and .ci/peers-requirements.txt).
 
 The same seeded random weights, teacher mean/std and quantiles go into anomalib's model and,
-through :mod:`efficientad_ext.convert`, into ours; both run in eval mode, float32, on the CPU,
+through :mod:`efficientad_ext.formats.anomalib`, into ours; both run in eval mode, float32, on the CPU,
 on random images in [0, 1] at the model's image size (two per batch for S, one for M). Their anomaly maps, image
 scores and un-normalised maps (the ones the quantiles are computed from) must agree to
 float32 rounding: ``rtol=1e-4`` and ``atol`` = 5e-5 of the map's largest value. Measured worst
@@ -46,7 +46,7 @@ import pytest
 import torch
 
 from efficientad_ext import ops
-from efficientad_ext.convert import from_anomalib_state_dict, to_anomalib_state_dict
+from efficientad_ext.formats.anomalib import from_anomalib_state_dict, to_anomalib_state_dict
 
 ANOMALIB_MODULE = "anomalib.models.image.efficient_ad.torch_model"
 with warnings.catch_warnings():

@@ -92,8 +92,9 @@ def test_beyond_torch_limit_matches_numpy(device):
     del k
 
 
-def test_opcheck():
-    x = torch.randn(3, 50)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x = torch.randn(3, 50, device=device)
     torch.library.opcheck(torch.ops.efficientad.quantile.default, (x, [0.1, 0.9]))
 
 

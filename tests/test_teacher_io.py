@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from efficientad_ext import build_pdn
-from efficientad_ext.teacher_io import TeacherWeightsError, load_teacher_weights
+from efficientad_ext.formats.teacher_file import TeacherWeightsError, load_teacher_weights
 
 # anomalib 2.7.0's teacher convolutions: (in, out, kernel) in order conv1, conv2, ...
 ANOMALIB_TEACHER = {

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-import efficientad_ext.teachers as teachers
+import efficientad_ext.training.teacher_choice as teachers
 from efficientad_ext.pdn import build_pdn
-from efficientad_ext.teacher_io import load_teacher_weights
+from efficientad_ext.formats.teacher_file import load_teacher_weights
 
 
 def test_the_shipped_small_teacher_exists_loads_and_is_documented():

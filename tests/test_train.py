@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from efficientad_ext import EfficientAD, ModelConfig, load_model, ops
-from efficientad_ext.augment import color_jitter_one_of, penalty_transform
-from efficientad_ext.train import (
+from efficientad_ext.training.augment import color_jitter_one_of, penalty_transform
+from efficientad_ext.training.trainer import (
     ImageSource,
     TrainConfig,
     TrainStep,
@@ -113,7 +113,7 @@ def test_train_writes_calibrated_model_and_resume_is_exact(tmp_path):
     torch.testing.assert_close(q[:2], ops.quantile(st, [0.9, 0.995]))
     # Interrupted after 1 step, resumed to 2: identical weights.
     half = tmp_path / "c"
-    import efficientad_ext.train as tr
+    import efficientad_ext.training.trainer as tr
 
     original = tr.TrainStep.__call__
     calls = {"n": 0}
@@ -164,7 +164,7 @@ def test_batch_of_two_uses_per_sample_thresholds(monkeypatch):
         seen.append((teacher.shape[0], reduction))
         return original(teacher, student, p, reduction)
 
-    import efficientad_ext.train as tr
+    import efficientad_ext.training.trainer as tr
 
     monkeypatch.setattr(tr.ops, "hard_feature_loss", spy)
     model = EfficientAD()
@@ -191,7 +191,7 @@ def _labelled_samples(tmp_path):
 def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
     import json
 
-    from efficientad_ext.learning_curve import eval_steps
+    from efficientad_ext.training.learning_curve import eval_steps
 
     assert eval_steps(10, 4, (1, 3, 99)) == [1, 3, 4, 8]
     with pytest.raises(ValueError, match="eval_at"):
@@ -213,7 +213,7 @@ def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
     last = load_model(tmp_path / "curve" / "curve_models" / "model_step000003.safetensors")
     torch.testing.assert_close(last.quantiles, curved.quantiles)
     # Resuming from step 2 keeps the points up to 2 and recomputes step 3.
-    import efficientad_ext.train as tr
+    import efficientad_ext.training.trainer as tr
 
     original = tr.TrainStep.__call__
     calls = {"n": 0}
@@ -241,7 +241,7 @@ def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
 
 def test_penalty_images_are_resized_once_from_the_original(tmp_path):
     from efficientad_ext.data import load_image, resize_image
-    from efficientad_ext.train import penalty_batch
+    from efficientad_ext.training.trainer import penalty_batch
 
     paths = write_images(tmp_path / "pen", 2, size=(300, 280), seed=3)
     p = penalty_batch(paths, (64, 48), torch.Generator().manual_seed(0))

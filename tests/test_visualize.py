@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientad_ext.visualize import OUTLINE_COLOR, jet, mask_outline, save_heatmap_png
+from efficientad_ext.evaluation.visualize import OUTLINE_COLOR, jet, mask_outline, save_heatmap_png
 
 
 def read(path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""efficientad::winograd_conv2d (CPU) against the direct convolution (reference.conv2d_relu_pool).
+"""efficientad::winograd_conv2d (CPU) against the direct convolution (reference.winograd_conv2d).
 
 Tolerance: Winograd computes the same function with different rounding (transforms of
 float32 data in float32). Measured max |error| / max |output| is ~1e-6 to 5e-6 for the
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from efficientad_ext import reference
-from efficientad_ext.winograd import DEFAULT_TILE, prepare_weights, transform_matrices, winograd_conv2d
+from efficientad_ext._inference.winograd import DEFAULT_TILE, prepare_weights, transform_matrices
+from efficientad_ext.ops import winograd_conv2d
 
 REL_TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
 
@@ -50,7 +51,7 @@ def test_matches_direct_convolution(dtype, shape, c_out, k, padding, relu, pool,
     weight = torch.randn(c_out, shape[1], k, k, dtype=dtype) / (shape[1] * k * k) ** 0.5
     bias = torch.randn(c_out, dtype=dtype)
     got = winograd_conv2d(x, prepare_weights(weight, bias), padding, relu, pool, pool_padding)
-    expected = reference.conv2d_relu_pool(x.double(), weight.double(), bias.double(), padding, relu, pool, pool_padding)
+    expected = reference.winograd_conv2d(x.double(), weight.double(), bias.double(), padding, relu, pool, pool_padding)
     assert got.shape == expected.shape and got.dtype == dtype
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert _relative_error(got, expected) < REL_TOL[dtype]
@@ -61,7 +62,7 @@ def test_reads_a_channel_slice_and_nchw_input_and_no_bias(tile):
     both = torch.randn(2, 48, 14, 15).contiguous(memory_format=torch.channels_last)
     half = both[:, 16:]  # channel slice of a channels-last tensor: read in place
     weight = torch.randn(20, 32, 4, 4) / 16
-    expected = reference.conv2d_relu_pool(half.double(), weight.double(), None, 1, True, False, 0)
+    expected = reference.winograd_conv2d(half.double(), weight.double(), None, 1, True, False, 0)
     prepared = prepare_weights(weight, None, tile=tile)
     for x in (half, half.contiguous()):
         assert _relative_error(winograd_conv2d(x, prepared, 1, True), expected) < REL_TOL[torch.float32]
@@ -72,7 +73,7 @@ def test_a_large_batch_spans_several_tile_chunks():
     x = torch.randn(16, 64, 40, 40).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(64, 64, 3, 3) / 24
     bias = torch.randn(64)
-    expected = reference.conv2d_relu_pool(x.double(), weight.double(), bias.double(), 1, True, False, 0)
+    expected = reference.winograd_conv2d(x.double(), weight.double(), bias.double(), 1, True, False, 0)
     assert _relative_error(winograd_conv2d(x, prepare_weights(weight, bias), 1, True), expected) < REL_TOL[torch.float32]
 
 
@@ -90,3 +91,18 @@ def test_bad_arguments_are_named():
     with pytest.raises(RuntimeError, match="too small"):
         winograd_conv2d(torch.randn(1, 4, 2, 2), prepared)
     assert DEFAULT_TILE == {3: 4, 4: 3}
+
+
+def test_opcheck():
+    # CPU only: the op has no CUDA kernel (CUDA inference runs cuDNN's convolutions).
+    prepared = prepare_weights(torch.randn(6, 32, 3, 3), torch.randn(6))
+    x = torch.randn(1, 32, 9, 10).contiguous(memory_format=torch.channels_last)
+    args = (x, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf, 3, 1, True, True, 1)
+    torch.library.opcheck(torch.ops.efficientad.winograd_conv2d.default, args)
+
+
+def test_torch_compile_fullgraph():
+    prepared = prepare_weights(torch.randn(6, 32, 4, 4))
+    x = torch.randn(1, 32, 12, 12)
+    compiled = torch.compile(lambda inp: winograd_conv2d(inp, prepared, 0, True) + 0.0, fullgraph=True)
+    torch.testing.assert_close(compiled(x), winograd_conv2d(x, prepared, 0, True))

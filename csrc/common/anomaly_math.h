@@ -51,7 +51,7 @@ EAD_HD Acc nan_max(Acc a, Acc b) {
 // Coordinates are computed in the accumulation type, as ATen does (float for float maps).
 template <typename Acc>
 struct BilinearTap {
-  int64_t i0, i1;  // source indices (i1 == i0 at the last row/column)
+  int64_t i0, i1;  // source indices (i1 == i0 at the last row/column and for equal sizes)
   Acc w0, w1;      // weights, w0 + w1 == 1
 };
 
@@ -62,7 +62,9 @@ EAD_HD BilinearTap<Acc> bilinear_tap(int64_t dst, int64_t in_size, int64_t out_s
   if (src < Acc(0)) src = Acc(0);
   int64_t i0 = static_cast<int64_t>(src);
   if (i0 > in_size - 1) i0 = in_size - 1;
-  const int64_t i1 = i0 < in_size - 1 ? i0 + 1 : i0;
+  // Equal sizes: every weight w1 is exactly 0 and ATen copies that dimension; taking no second
+  // tap keeps a NaN pixel from reaching its neighbour through 0 * NaN (values are unchanged).
+  const int64_t i1 = (i0 < in_size - 1 && in_size != out_size) ? i0 + 1 : i0;
   const Acc w1 = src - static_cast<Acc>(i0);
   return {i0, i1, Acc(1) - w1, w1};
 }

@@ -1,8 +1,8 @@
-// Epilogue of a PDN convolution (the convolution itself, bias included, is done by
-// oneDNN / cuDNN): optional ReLU, then optional 2x2 average pooling (stride 2, zero padding
-// `pool_pad`, count_include_pad=True as nn.AvgPool2d's default: every window divides by 4,
-// padded zeros included). Fused so the un-pooled activation is read once and no separate
-// ReLU or pooling tensor is ever written.
+// Epilogue of a PDN convolution: optional bias (CUDA: the convolution runs without it; CPU:
+// oneDNN adds it inside the convolution and the epilogue gets bias 0), optional ReLU, then
+// optional 2x2 average pooling (stride 2, zero padding `pool_pad`, count_include_pad=True as
+// nn.AvgPool2d's default: every window divides by 4, padded zeros included). Fused so the
+// un-pooled activation is read once and no separate bias, ReLU or pooling tensor is written.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +14,12 @@ namespace efficientad {
 template <typename Acc>
 EAD_HD Acc maybe_relu(Acc v, bool relu) {
   return (relu && v < Acc(0)) ? Acc(0) : v;  // NaN stays NaN, as torch.relu
+}
+
+// One activation of the layer: bias added in the accumulation type, then the optional ReLU.
+template <typename Acc>
+EAD_HD Acc conv_activation(Acc conv, Acc bias, bool relu) {
+  return maybe_relu(conv + bias, relu);
 }
 
 // Output size of AvgPool2d(kernel 2, stride 2, padding pool_pad), floor mode.

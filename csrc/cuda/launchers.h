@@ -65,13 +65,22 @@ cudaError_t launch_anomaly_maps(const FeatureArgs<T>& f, const double* mean, con
                                 acc_t<T>* stats, acc_t<T>* combined, unsigned long long* keys,
                                 acc_t<T>* out, acc_t<T>* score, cudaStream_t stream);
 
-// ---- PDN epilogue on dense NHWC (channels-last) tensors.
+// ---- PDN epilogue on a dense NHWC (channels-last) convolution output y [B, H, W, C] (memory
+// order), computed without bias: out = pool?(relu?(y + bias)), written as two dense NHWC
+// tensors out0 [B, OH, OW, split] (channels [0, split)) and out1 [B, OH, OW, C - split]
+// (channels [split, C); null when split == C). Without pooling OH = H, OW = W and out0 may
+// be y (in place). bias: C values or null.
 template <typename T>
-cudaError_t launch_relu_inplace(T* data, int64_t n, cudaStream_t stream);
-// y: [B, H, W, C] in memory; out: [B, OH, OW, C] in memory.
+struct EpilogueArgs {
+  const T* y;
+  const T* bias;
+  T* out0;
+  T* out1;
+  int64_t B, C, H, W, out_h, out_w, split;
+  bool relu, pool;
+  int64_t pool_padding;
+};
 template <typename T>
-cudaError_t launch_relu_pool_nhwc(const T* y, T* out, int64_t B, int64_t C, int64_t H, int64_t W,
-                                  int64_t out_h, int64_t out_w, bool relu, int64_t pool_padding,
-                                  cudaStream_t stream);
+cudaError_t launch_conv_epilogue_nhwc(const EpilogueArgs<T>& args, cudaStream_t stream);
 
 }  // namespace efficientad::cuda

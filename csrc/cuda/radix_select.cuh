@@ -139,14 +139,27 @@ __global__ void __launch_bounds__(kHistThreads)
 }
 
 // Selects within the slots [slot_begin, slot_begin + slots) histogrammed by the launch before.
+//
+// Barrier invariant: every __syncthreads() below is reached by all threads of the block the
+// same number of times, because the only loop containing barriers runs over a block-uniform
+// count. That count comes from st.ndistinct[seg], which thread 0 itself rewrites in the
+// rebuild at the end of the segment; so it is read once, by thread 0, into shared memory
+// before barrier (A), and every thread takes it from there. No thread reads st.ndistinct[seg]
+// from global memory after (A), so the rewrite (after the slot loop in thread 0's program
+// order) cannot be seen early by a late warp, whether or not the slot loop is empty. Barrier
+// (B) ends the segment: the shared slot count, chunk sums and the rebuilt distinct/slot arrays
+// are not touched for the next segment until every thread is done with this one.
 __global__ void __launch_bounds__(kSelectThreads)
     radix_select_kernel(RadixState st, int64_t S, int shift, uint32_t bins, int slot_begin, int slots, bool rebuild) {
   __shared__ long long chunk_sum[kSelectThreads];
+  __shared__ int sh_slot_end;
   const int64_t R = st.nranks;
   const uint32_t width = (bins + kSelectThreads - 1) / kSelectThreads;  // bins per chunk
   const uint32_t nchunks = (bins + width - 1) / width;
   for (int64_t seg = blockIdx.x; seg < S; seg += gridDim.x) {
-    const int slot_end = min(st.ndistinct[seg], slot_begin + slots);
+    if (threadIdx.x == 0) sh_slot_end = min(st.ndistinct[seg], slot_begin + slots);
+    __syncthreads();  // (A)
+    const int slot_end = sh_slot_end;  // block-uniform
     unsigned long long* hist = st.hist + seg * st.hist_slots * kMaxBins;
     uint64_t* prefix = st.prefix + seg * R;
     int64_t* rank = st.rank + seg * R;
@@ -158,7 +171,7 @@ __global__ void __launch_bounds__(kSelectThreads)
         for (uint32_t b = c * width; b < min(bins, (c + 1) * width); ++b) sum += static_cast<long long>(h[b]);
         chunk_sum[c] = sum;
       }
-      __syncthreads();
+      __syncthreads();  // chunk sums complete
       for (int64_t r = threadIdx.x; r < R; r += blockDim.x) {
         if (slot[r] != s) continue;
         int64_t in_chunk = 0, in_bucket = 0;
@@ -168,6 +181,8 @@ __global__ void __launch_bounds__(kSelectThreads)
         prefix[r] |= uint64_t(digit) << shift;
         rank[r] = in_bucket;
       }
+      // Before the next slot overwrites chunk_sum, and before thread 0's rebuild reads
+      // prefix[] / rewrites slot[] that other threads used above.
       __syncthreads();
     }
     for (int64_t b = threadIdx.x; b < int64_t(max(0, slot_end - slot_begin)) * kMaxBins; b += blockDim.x) hist[b] = 0;
@@ -177,9 +192,9 @@ __global__ void __launch_bounds__(kSelectThreads)
         if (r == 0 || prefix[r] != prefix[r - 1]) st.distinct[seg * R + n++] = prefix[r];
         slot[r] = n - 1;
       }
-      st.ndistinct[seg] = n;
+      st.ndistinct[seg] = n;  // read again only by later kernels (stream order) or after (A)
     }
-    __syncthreads();
+    __syncthreads();  // (B)
   }
 }
 

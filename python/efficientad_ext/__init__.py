@@ -2,7 +2,9 @@
 
 Importing the package loads the compiled kernels, which registers the operators
 ``torch.ops.efficientad.*``; :mod:`efficientad_ext.ops` holds their typed wrappers and
-:mod:`efficientad_ext.reference` their plain-PyTorch references.
+:mod:`efficientad_ext.reference` their plain-PyTorch references. The functions of
+:mod:`efficientad_ext.api` (``train``, ``evaluate``, ``distill``, ``load``, ``infer``) are
+what the ``efficientad`` command line calls.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from ._loader import build_info, load_library
 load_library()
 
 from . import ops, reference  # noqa: E402  (ops need the library loaded)
-from .api import infer, load  # noqa: E402
+from ._inference import InferenceOptions  # noqa: E402
+from .api import distill, evaluate, infer, load, train  # noqa: E402
 from .autoencoder import Autoencoder  # noqa: E402
-from .checkpoint import ModelFileError, load_model, save_model  # noqa: E402
+from .formats.model_file import ModelFileError, load_model, save_model  # noqa: E402
 from .model import EfficientAD, InferenceResult, ModelConfig  # noqa: E402
 from .pdn import PDN, PDN_ARCHITECTURES, build_pdn  # noqa: E402
 
@@ -22,16 +25,20 @@ __all__ = [
     "PDN_ARCHITECTURES",
     "Autoencoder",
     "EfficientAD",
+    "InferenceOptions",
     "InferenceResult",
     "ModelConfig",
     "ModelFileError",
     "build_info",
     "build_pdn",
+    "distill",
+    "evaluate",
     "infer",
     "load",
     "load_model",
     "ops",
     "reference",
     "save_model",
+    "train",
 ]
 __version__ = "0.1.0"

@@ -1,20 +1,36 @@
-"""The inference API: ``efficientad_ext.load(path)`` then ``efficientad_ext.infer(batch)``."""
+"""The Python API: every command of the ``efficientad`` CLI is one typed function here, and the
+CLI only parses arguments and calls them.
+
+``load(path)`` then ``infer(batch)``; ``train(dataset_root, out_dir)``,
+``evaluate(model, dataset_root, out_dir)`` and ``distill(images, out_dir)``.
+"""
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .checkpoint import load_model
-from .model import EfficientAD, InferenceResult
+from .formats.model_file import load_model
+from .model import EfficientAD, InferenceResult, ModelConfig
 
+if TYPE_CHECKING:
+    from .distillation.distiller import DistillConfig
+    from .pdn import PDN
+    from .training.trainer import TrainConfig
+
+PathLike = str | os.PathLike[str]
 _current: EfficientAD | None = None
 
 
-def load(path: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> EfficientAD:
+def default_device() -> str:
+    """``"cuda"`` when a GPU is usable, else ``"cpu"``: the device every function defaults to."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load(path: PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> EfficientAD:
     """Loads a model file and makes it the default model of :func:`infer`. ``device`` and
     ``dtype`` (e.g. ``"cuda"``, ``torch.bfloat16``) move it after loading."""
     global _current
@@ -41,3 +57,92 @@ def infer(
     if not isinstance(model, EfficientAD):
         raise TypeError(f"model must be an efficientad_ext.EfficientAD, got {type(model).__name__}")
     return model.infer(batch, dtype=dtype, cuda_graph=cuda_graph)
+
+
+def train(
+    dataset_root: PathLike,
+    out_dir: PathLike,
+    model_config: ModelConfig | None = None,
+    config: TrainConfig | None = None,
+    *,
+    teacher: PathLike | None = None,
+    device: str | torch.device | None = None,
+    resume: bool = False,
+    eval_dataset: PathLike | None = None,
+) -> EfficientAD:
+    """Trains a model (Algorithm 1) on the normal images of a dataset; writes
+    ``out_dir/model.safetensors``, ``training.json`` and the resumable training state.
+
+    Args:
+        dataset_root: an MVTec AD / LOCO / VisA folder or a plain folder of normal images
+            (:func:`efficientad_ext.data.open_dataset`). Its own validation split (MVTec LOCO)
+            calibrates the map quantiles; otherwise a seeded hold-out of
+            ``config.validation_fraction`` of the training images does.
+        out_dir: output folder.
+        model_config: architecture, padding and image size (default EfficientAD-S, 256x256).
+        config: Algorithm 1's hyper-parameters (default: the paper's).
+        teacher: ``None``/"default" (the shipped teacher), "random", or a weight file.
+        device: default :func:`default_device`.
+        resume: continue from ``out_dir/train_state.safetensors``, bit for bit.
+        eval_dataset: a labelled dataset for a learning curve at ``config.eval_every`` /
+            ``config.eval_at`` (``out_dir/curve.json``, ``curve.png``).
+    """
+    from .data import open_dataset
+    from .training.trainer import TrainConfig
+    from .training.trainer import train as train_on_images
+
+    config = config or TrainConfig()
+    splits = open_dataset(dataset_root)
+    curve_samples = None
+    if eval_dataset is not None:
+        curve_samples = open_dataset(eval_dataset).test
+        if not curve_samples:
+            raise ValueError(f"eval dataset {eval_dataset} has no test images (expected <dataset>/test/<type>/...)")
+        if not (config.eval_every or config.eval_at):
+            raise ValueError("a learning curve (eval dataset) needs eval_every N or eval_at steps (--eval-every / --eval-at)")
+    validation = [s.path for s in splits.validation] or None
+    return train_on_images([s.path for s in splits.train], out_dir, model_config, config, validation_images=validation,
+                           teacher=teacher, device=device or default_device(), resume=resume, curve_samples=curve_samples)
+
+
+def evaluate(
+    model: EfficientAD | PathLike,
+    dataset_root: PathLike,
+    out_dir: PathLike | None = None,
+    *,
+    batch_size: int = 8,
+    write_images: bool = True,
+    skip_corrupt: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Image AUROC, pixel AUROC and AU-PRO of ``model`` (or a model file) on the test split of
+    a dataset; with ``out_dir``, writes ``metrics.json`` and (``write_images``) one heatmap PNG
+    per test image. Returns the metrics dict (see :func:`efficientad_ext.evaluation.evaluator.evaluate`)."""
+    from .data import open_dataset
+    from .evaluation.evaluator import evaluate as evaluate_samples
+
+    if not isinstance(model, EfficientAD):
+        model = load_model(model, device=device or default_device())
+    splits = open_dataset(dataset_root)
+    if not splits.test:
+        raise ValueError(f"{dataset_root} has no test images (expected <dataset>/test/<type>/...)")
+    return evaluate_samples(model, splits.test, out_dir, batch_size, write_images=write_images, skip_corrupt=skip_corrupt)
+
+
+def distill(
+    images: PathLike | Sequence[PathLike],
+    out_dir: PathLike,
+    config: DistillConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    resume: bool = False,
+    save_dtype: torch.dtype = torch.float32,
+    command: str | None = None,
+) -> PDN:
+    """Distils a PDN teacher (Algorithm 3) from a folder (or list) of ImageNet-like images;
+    writes ``out_dir/teacher.safetensors`` (use it with ``train(..., teacher=path)``) and
+    ``distill.json``. See :func:`efficientad_ext.distillation.distiller.distill`."""
+    from .distillation.distiller import distill as distill_teacher
+
+    return distill_teacher(images, out_dir, config, device=device or default_device(), resume=resume,
+                           save_dtype=save_dtype, command=command)

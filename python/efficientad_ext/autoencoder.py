@@ -2,6 +2,8 @@
 input size so that 256x256 and larger inputs (320, 512, non-square) all work."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -10,6 +12,27 @@ def decoder_sizes(size: int) -> list[int]:
     """Bilinear upsampling targets of the decoder for an input side of ``size`` pixels
     (3, 8, 15, 32, 63, 127 at 256, as in the paper)."""
     return [size // 64 - 1, size // 32, size // 16 - 1, size // 8, size // 4 - 1, size // 2 - 1]
+
+
+def run_autoencoder(
+    x: Tensor,
+    output_size: tuple[int, int],
+    encoder: Callable[[Tensor], Tensor],
+    decoder_stages: Sequence[Callable[[Tensor], Tensor]],
+    head: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """The autoencoder's forward, given its three parts as callables: the module's own
+    (:meth:`Autoencoder.forward`) or the CPU engine's planned layers. The decoder stages are
+    applied after bilinear upsampling to :func:`decoder_sizes`; the head after the upsampling
+    to ``output_size``, the PDN's feature size."""
+    height, width = x.shape[-2:]
+    if height < 256 or width < 256:
+        raise ValueError(f"the autoencoder needs images of at least 256x256, got {height}x{width}")
+    code = encoder(x)
+    for stage, sh, sw in zip(decoder_stages, decoder_sizes(height), decoder_sizes(width)):
+        code = stage(F.interpolate(code, size=(sh, sw), mode="bilinear", align_corners=False))
+    code = F.interpolate(code, size=tuple(output_size), mode="bilinear", align_corners=False)
+    return head(code)
 
 
 class Autoencoder(nn.Module):
@@ -34,11 +57,4 @@ class Autoencoder(nn.Module):
 
     def forward(self, x: Tensor, output_size: tuple[int, int]) -> Tensor:
         """x: [B, 3, H, W] with H, W >= 256; output_size: the PDN's feature size (h, w)."""
-        height, width = x.shape[-2:]
-        if height < 256 or width < 256:
-            raise ValueError(f"the autoencoder needs images of at least 256x256, got {height}x{width}")
-        code = self.encoder(x)
-        for stage, sh, sw in zip(self.decoder_stages, decoder_sizes(height), decoder_sizes(width)):
-            code = stage(F.interpolate(code, size=(sh, sw), mode="bilinear", align_corners=False))
-        code = F.interpolate(code, size=tuple(output_size), mode="bilinear", align_corners=False)
-        return self.head(code)
+        return run_autoencoder(x, output_size, self.encoder, self.decoder_stages, self.head)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import os
 import sys
@@ -20,7 +18,7 @@ def _device(name: str | None) -> str:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .training.trainer import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M (default small)")
@@ -58,7 +56,7 @@ def _model_config(args):
 
 
 def _train_config(args):
-    from .train import TrainConfig
+    from .training.trainer import TrainConfig
 
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -69,26 +67,13 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from .data import open_dataset
-    from .train import train
-
-    splits = open_dataset(args.dataset)
-    validation = [s.path for s in splits.validation] or None
-    config = _train_config(args)
-    curve_samples = None
-    if args.eval_dataset is not None:
-        curve_samples = open_dataset(args.eval_dataset).test
-        if not curve_samples:
-            raise SystemExit(f"--eval-dataset {args.eval_dataset} has no test images (expected <dataset>/test/<type>/...)")
-        if not (config.eval_every or config.eval_at):
-            raise SystemExit("--eval-dataset needs --eval-every N or --eval-at S1,S2,...")
+    from .api import train
     from .distributed import process_group, rank_device
 
     device = rank_device(_device(args.device))  # issue 17: under torchrun, data-parallel over its ranks
     with process_group(device) as env:
-        train([s.path for s in splits.train], args.out, _model_config(args), config,
-              validation_images=validation, teacher=args.teacher, device=device, resume=args.resume,
-              curve_samples=curve_samples)
+        train(args.dataset, args.out, _model_config(args), _train_config(args), teacher=args.teacher,
+              device=device, resume=args.resume, eval_dataset=args.eval_dataset)
     if env is None or env.is_main:
         print(f"model written to {Path(args.out) / 'model.safetensors'}")
     return 0
@@ -120,7 +105,8 @@ def _default_distill_images() -> Path | None:
 
 
 def cmd_distill(args) -> int:
-    from .distill import DistillConfig, distill
+    from .api import distill
+    from .distillation.distiller import DistillConfig
 
     images = args.images or _default_distill_images()
     if images is None:
@@ -134,22 +120,24 @@ def cmd_distill(args) -> int:
         time_limit_s=args.time_limit * 60 if args.time_limit else None, skip_corrupt=args.skip_corrupt,
     )
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.save_dtype]
-    distill(images, args.out, config, device=_device(args.device), resume=args.resume, save_dtype=dtype,
+    distill(images, args.out, config, device=args.device, resume=args.resume, save_dtype=dtype,
             command="efficientad " + " ".join(args.argv))
     print(f"teacher written to {Path(args.out) / 'teacher.safetensors'} (use it with `efficientad train --teacher ...`)")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_model
-    from .data import open_dataset
-    from .evaluate import evaluate, format_summary
+    from .api import evaluate
+    from .evaluation.evaluator import format_summary
 
-    model = load_model(args.model, device=_device(args.device))
-    splits = open_dataset(args.dataset)
-    if not splits.test:
-        raise SystemExit(f"{args.dataset} has no test images (expected <dataset>/test/<type>/...)")
-    result = evaluate(model, splits.test, args.out, args.batch_size, write_images=not args.no_images, skip_corrupt=args.skip_corrupt)
+    from .formats.run_record import RunRecord
+    from .formats.stale_files import remove_stale_temp_files, subfolders
+
+    remove_stale_temp_files([args.out, *subfolders(Path(args.out) / "images")])
+    record = RunRecord(args.out, "eval", args.model).start()
+    result = evaluate(args.model, args.dataset, args.out, batch_size=args.batch_size, write_images=not args.no_images,
+                      skip_corrupt=args.skip_corrupt, device=args.device)
+    record.finish(images=result["images"], anomalous=result["anomalous"])  # the last write: the run is complete
     print(format_summary(result))
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
     return 0
@@ -160,31 +148,17 @@ def cmd_infer(args) -> int:
 
     if torchrun_env() is not None:  # issue 17: under torchrun, sharded and resumable (sharded_infer.py)
         return cmd_infer_sharded(args)
-    from .checkpoint import load_model
-    from .data import Sample, list_images
-    from .evaluate import predict
-    from .files import write_text_atomically
+    from .data import list_images
+    from .evaluation.infer_folder import infer_folder
+    from .formats.model_file import load_model
 
     model = load_model(args.model, device=_device(args.device))
     paths = list_images(args.images)
     if not paths:
         raise SystemExit(f"no images found in {args.images}")
-    samples = [Sample(path=p, label=0, defect_type="images", mask_path=None) for p in paths]
-    dataset, maps, scores = predict(model, samples, args.batch_size, args.skip_corrupt)
     out = Path(args.out)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "score"])
-    for s, v in zip(dataset.samples, scores):
-        writer.writerow([str(s.path), f"{float(v):.6g}"])
-    write_text_atomically(out / "scores.csv", buf.getvalue())
-    if not args.no_images:
-        from .visualize import save_heatmap_png
-
-        vmax = float(maps.max())
-        for i, s in enumerate(dataset.samples):
-            save_heatmap_png(dataset[i]["image"], maps[i], out / "heatmaps" / f"{Path(s.path).stem}.png", vmin=0.0, vmax=vmax)
-    print(f"{len(dataset.samples)} images scored: {out / 'scores.csv'}")
+    n = infer_folder(model, paths, out, args.model, args.batch_size, args.skip_corrupt, write_images=not args.no_images)
+    print(f"{n} images scored: {out / 'scores.csv'}")
     return 0
 
 
@@ -205,38 +179,34 @@ def cmd_infer_sharded(args) -> int:
 
 def cmd_demo(args) -> int:
     """The built-in main job: synthetic dataset -> train -> evaluate -> heatmaps -> metrics."""
-    from .checkpoint import load_model
-    from .data import open_dataset
-    from .evaluate import evaluate, format_summary
-    from .model import ModelConfig
+    from .api import evaluate, train
+    from .evaluation.evaluator import format_summary
     from .synthetic import make_synthetic_dataset
-    from .train import TrainConfig, train
+    from .training.trainer import TrainConfig
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="efficientad-demo-"))
     data = make_synthetic_dataset(out / "dataset", seed=args.seed)
     print(f"synthetic dataset (procedural textures with scratches, spots and missing patches): {data}")
-    splits = open_dataset(data)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, checkpoint_every=max(args.steps // 2, 1),
                          log_every=max(args.steps // 10, 1))
-    device = _device(args.device)
-    train([s.path for s in splits.train], out / "model", ModelConfig(), config, device=device)
-    model = load_model(out / "model" / "model.safetensors", device=device)
-    result = evaluate(model, splits.test, out / "eval", write_images=True)
+    train(data, out / "model", config=config, device=args.device)
+    result = evaluate(out / "model" / "model.safetensors", data, out / "eval", write_images=True, device=args.device)
     print(format_summary(result))
     print(f"heatmaps: {out / 'eval' / 'images'}; metrics: {out / 'eval' / 'metrics.json'}; model: {out / 'model' / 'model.safetensors'}")
     return 0
 
 
 def cmd_selfcheck(args) -> int:
-    from .__main__ import selfcheck
+    from .selfcheck import selfcheck
 
-    return selfcheck(["--device", _device(args.device)])
+    ok = selfcheck(arch=args.arch, batch=args.batch, size=args.size, repeats=args.repeats, device=args.device)
+    return 0 if ok else 1
 
 
 def cmd_convert(args) -> int:
     """anomalib 2.7.0 EfficientAdModel state dict <-> our model file (see convert.py)."""
-    from .checkpoint import load_model, save_model
-    from .convert import convert_anomalib_file, save_anomalib_state_dict
+    from .formats.model_file import load_model, save_model
+    from .formats.anomalib import convert_anomalib_file, save_anomalib_state_dict
 
     if args.source == "anomalib":
         size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
@@ -275,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_all)
 
     p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
-    from .distill import DistillConfig
+    from .distillation.distiller import DistillConfig
 
     d = DistillConfig()
     p.add_argument("--images", type=Path, help="folder of distillation images (default: $EFFICIENTAD_DATA/imagenet-samples "
@@ -305,26 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("eval", help="evaluate a model on a dataset's test set (metrics + heatmap PNGs)")
-    p.add_argument("model", type=Path)
-    p.add_argument("dataset", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-images", action="store_true", help="metrics only, no PNGs")
-    p.add_argument("--skip-corrupt", action="store_true")
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("infer", help="score a folder of images (scores.csv + heatmaps)")
-    p.add_argument("model", type=Path)
-    p.add_argument("images", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-images", action="store_true")
-    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (under torchrun always: listed in corrupt.csv)")
-    p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_infer)
+    for name, images, func, help_text in (
+        ("eval", "dataset", cmd_eval, "evaluate a model on a dataset's test set (metrics + heatmap PNGs)"),
+        ("infer", "images", cmd_infer, "score a folder of images (scores.csv + heatmaps)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("model", type=Path)
+        p.add_argument(images, type=Path)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
+        if name == "infer":  # issue 17
+            p.add_argument("--skip-corrupt", action="store_true",
+                           help="skip unreadable images (under torchrun always: listed in corrupt.csv)")
+            p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
+        else:
+            p.add_argument("--skip-corrupt", action="store_true")
+        p.add_argument("--device")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps")
     p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")
@@ -335,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("selfcheck", help="check the installation: fused ops vs plain torch, with timings")
-    p.add_argument("--device")
+    p.add_argument("--arch", choices=["small", "medium"], default="small")
+    p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (>= 256)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per path; the median is reported")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=cmd_selfcheck)
 
     p = sub.add_parser("convert", help="convert between anomalib's EfficientAd state dict and our model file")
@@ -362,13 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if (args.verbose or args.command in ("train", "demo", "distill", "train-all"))
                         and (env is None or env.is_main) else logging.WARNING,
                         format=("" if env is None else f"[rank {env.rank}] ") + "%(levelname)s %(name)s: %(message)s")
-    from .checkpoint import ModelFileError
+    from .formats.model_file import ModelFileError
     from .data import ImageError
 
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ImageError, ModelFileError) as e:
+    except ModelFileError as e:  # one line, whatever the underlying reader said
+        print(f"efficientad {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImageError) as e:
         print(f"efficientad {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # a diverging run: the cause is the settings, not a bug
+        print(f"efficientad {args.command}: error: {e}. The last checkpoint in --out is from before the divergence; "
+              "try a lower --lr or another --seed", file=sys.stderr)
         return 2
 
 

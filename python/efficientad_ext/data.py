@@ -27,6 +27,7 @@ __all__ = [
     "DatasetSplits",
     "ImageDataset",
     "ImageError",
+    "NonBinaryMaskWarning",
     "Sample",
     "image_folder",
     "list_images",
@@ -35,6 +36,7 @@ __all__ = [
     "mvtec_ad",
     "mvtec_loco",
     "open_dataset",
+    "pil_to_float_array",
     "resize_image",
     "resize_mask",
     "visa",
@@ -56,6 +58,10 @@ class ImageError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Loading and resizing
+
+
+class NonBinaryMaskWarning(UserWarning):
+    """A ground-truth mask with values other than 0 and one maximum (binarised: nonzero is anomalous)."""
 
 
 def _open_decoded(path: PathLike) -> Image.Image:
@@ -108,6 +114,18 @@ def _to_float_array(img: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def pil_to_float_array(img: Image.Image, name: str) -> np.ndarray:
+    """[H, W, 3] float32 in [0, 1] from an in-memory PIL image, by the conversion
+    :func:`load_image` applies to files (so ``infer([pil, ...])`` and the CLI agree, 16-bit
+    modes included). ``name`` labels errors. Raises :class:`ImageError`."""
+    try:
+        return _to_float_array(img, Path(name))
+    except (OSError, ValueError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(Path(name), f"cannot convert PIL mode {img.mode!r} to RGB ({e})") from None
+
+
 def load_image(path: PathLike) -> Tensor:
     """Decode an image file into a float32 ``[3, H, W]`` RGB tensor in ``[0, 1]``.
 
@@ -144,6 +162,15 @@ def _mask_array(path: Path) -> np.ndarray:
             a = np.asarray(img)
         except (OSError, ValueError) as e:
             raise ImageError(path, f"cannot read mask pixels of PIL mode {mode!r} ({e})") from None
+    if a.size and a.dtype != bool:
+        # Binary: every value is 0 or the mask's maximum (0/255, 0/1, white on black). Anything
+        # else (JPEG noise, soft edges, a colour image) is binarised by the documented rule,
+        # with a warning, because the result may not be what the mask's author meant.
+        top = a.max()
+        if not ((a == 0) | (a == top)).all():
+            warnings.warn(
+                f"{path}: mask is not binary (values other than 0 and {top}); binarised by the rule "
+                "'nonzero in any channel is anomalous'", NonBinaryMaskWarning, stacklevel=2)
     if a.ndim == 3:
         a = (a != 0).any(axis=2)
     return a != 0
@@ -151,7 +178,8 @@ def _mask_array(path: Path) -> np.ndarray:
 
 def load_mask(path: PathLike) -> Tensor:
     """Decode a ground-truth mask into a bool ``[1, H, W]`` tensor: nonzero pixels (in any
-    colour channel; alpha ignored) are anomalous.
+    colour channel; alpha ignored) are anomalous. A mask that is not binary (values other
+    than 0 and its maximum) is binarised by the same rule with a :class:`NonBinaryMaskWarning`.
 
     ``path`` may also be a folder of mask images (MVTec LOCO's ``ground_truth/<type>/<stem>/``
     with ``000.png``, ``001.png``, ...): the result is their union; they must share one size.

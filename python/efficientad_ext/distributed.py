@@ -211,7 +211,7 @@ class DataParallel:
     # -- once per run
 
     def teacher_channel_stats(self, model, source) -> tuple[Tensor, Tensor]:
-        from .train import teacher_channel_stats
+        from .training.trainer import teacher_channel_stats
 
         def reduce(total: Tensor, total_sq: Tensor, count: int):
             packed = torch.cat([total, total_sq, total.new_tensor([float(count)])])
@@ -269,8 +269,9 @@ class DataParallel:
                    size: tuple[int, int]) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
         """This rank's images, penalty images and jitter draws of the next global batch, from
         the draws one process makes for the whole batch, in its order (module docstring)."""
-        from .augment import draw_color_jitter, draw_grayscale
-        from .train import penalty_batch, to_unit_float
+        from .training.augment import draw_color_jitter, draw_grayscale
+        from .training.images import to_unit_float
+        from .training.trainer import penalty_batch
 
         b, share = self.config.batch_size, self.share
         idx = torch.randint(len(source), (b,), generator=generator)[share].tolist()

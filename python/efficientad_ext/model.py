@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cuda_graph as cuda_graphs
-from . import cpu_inference, inference_weights, ops
+from . import _inference, ops
+from ._inference import InferenceOptions, InferenceResult
+from .input_checks import check_float_range
 from .autoencoder import Autoencoder
 from .pdn import PDN, PDN_ARCHITECTURES
-from .pdn_pair import teacher_student_forward
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,13 +62,6 @@ class ModelConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-class InferenceResult(NamedTuple):
-    """``anomaly_map`` [B, 1, H, W] at the input resolution and ``score`` [B]."""
-
-    anomaly_map: Tensor
-    score: Tensor
-
-
 @dataclass
 class TrainingRecord:
     """What produced a model (stored with it)."""
@@ -81,7 +74,9 @@ class TrainingRecord:
 
 class EfficientAD(nn.Module):
     """Teacher PDN (frozen), student PDN (2x the teacher's channels), autoencoder, the teacher's
-    per-channel mean/std and the four map-normalisation quantiles."""
+    per-channel mean/std and the four map-normalisation quantiles.
+
+    ``inference_options`` (:class:`InferenceOptions`) chooses how :meth:`infer` runs."""
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -99,6 +94,7 @@ class EfficientAD(nn.Module):
         self.register_buffer("image_std", torch.tensor(self.config.image_std).view(1, 3, 1, 1))
         self.calibrated = False
         self.record = TrainingRecord()
+        self.inference_options = InferenceOptions()
 
     # ------------------------------------------------------------------ geometry
 
@@ -125,7 +121,8 @@ class EfficientAD(nn.Module):
         """Converts a batch to the normalised network input [B, 3, H, W] on the model's
         device and dtype, resized to ``config.image_size``. Returns it and the input's (H, W).
 
-        Accepts a float tensor in [0, 1] or a uint8 tensor, [B, 3, H, W] or [B, H, W, 3]
+        Accepts a float tensor in [0, 1] (see :mod:`efficientad_ext.input_checks` for the
+        tolerance) or a uint8 tensor, [B, 3, H, W] or [B, H, W, 3]
         ([B, 1, H, W] / [B, H, W, 1] grayscale is replicated to RGB; a single image without
         the batch dimension is accepted too), or a list of PIL images or numpy arrays of one size.
         """
@@ -161,30 +158,12 @@ class EfficientAD(nn.Module):
         ``dtype``: the networks' compute dtype (``torch.float32``, ``torch.bfloat16``, ...,
         or its name); ``None``: bfloat16 on a CUDA GPU that supports it (float32 models),
         else the model's dtype. Images are normalised in the model's dtype first; the weights
-        are cast once and cached (:mod:`efficientad_ext.inference_weights`); maps and scores
-        are accumulated in float32 whatever the compute dtype. ``cuda_graph``: replay a CUDA
-        graph captured for this batch shape (:mod:`efficientad_ext.cuda_graph`) when the
-        batch is a tensor on the model's CUDA device; ``False`` always runs eagerly.
+        are cast once and cached (:mod:`efficientad_ext._inference`); maps and scores are
+        accumulated in float32 whatever the compute dtype. ``cuda_graph``: replay a CUDA graph
+        captured for this batch shape when the batch is a tensor on the model's CUDA device;
+        ``False`` always runs eagerly.
         """
-        nets = inference_weights.networks_for(self, inference_weights.resolve_dtype(self, dtype))
-        if cuda_graph and cuda_graphs.usable(self, batch):
-            return cuda_graphs.run_graphed(self, batch, nets.dtype, nets.generation, lambda b: self._infer_with(b, nets))
-        return self._infer_with(batch, nets)
-
-    def _infer_with(self, batch: Tensor | Sequence[Any], nets: inference_weights.InferenceNetworks) -> InferenceResult:
-        x, in_size = self.prepare(batch)
-        x = x.to(nets.dtype)
-        if cpu_inference.applies(x.device, nets.dtype):  # Winograd convolutions, weights transformed once
-            teacher, student, autoencoder = cpu_inference.forward(
-                self, nets.teacher, nets.student, nets.autoencoder, x, self.feature_size
-            )
-        else:
-            teacher, student = teacher_student_forward(x, nets.teacher, nets.student, nets.first_weight, nets.first_bias)
-            autoencoder = nets.autoencoder(x, self.feature_size)
-        out = ops.anomaly_maps(
-            teacher, self.teacher_mean, self.teacher_std, student, autoencoder, self.quantiles, in_size, self.map_border
-        )
-        return InferenceResult(out.anomaly_map, out.score)
+        return _inference.infer(self, batch, dtype, cuda_graph)
 
     @torch.no_grad()
     def raw_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -238,10 +217,8 @@ def _batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
         if x.numel() == 0:
             raise ValueError(f"batch must not be empty, got shape {tuple(batch.shape)}")
         if x.is_floating_point() and x.device.type == "cpu":
-            # Cheap on the CPU (no device sync): catch 0-255 floats instead of returning garbage.
-            hi = float(x.amax())
-            if hi > 1.5:
-                raise ValueError(f"float images must be in [0, 1], got values up to {hi:g}: divide by 255 or pass uint8")
+            # Cheap on the CPU (no device sync): catch 0-255 or normalised floats instead of returning garbage.
+            check_float_range(x, "batch")
         return x
     if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) > 0:
         images = [_image_tensor(item, i) for i, item in enumerate(batch)]
@@ -254,8 +231,10 @@ def _batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
 
 def _image_tensor(item: Any, index: int) -> Tensor:
     """[3, H, W] float in [0, 1] from a PIL image or a numpy array (HWC/HW, uint8 or float)."""
-    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image
-        item = np.asarray(item.convert("RGB"))
+    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image: the CLI's conversion (16-bit, float, palette modes)
+        from .data import pil_to_float_array
+
+        item = pil_to_float_array(item, f"batch[{index}]")
     if isinstance(item, Tensor):
         item = item.detach().cpu().numpy()
     if not isinstance(item, np.ndarray):
@@ -265,6 +244,8 @@ def _image_tensor(item: Any, index: int) -> Tensor:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise ValueError(f"batch[{index}] must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"batch[{index}] must not be empty, got shape {a.shape}")
     a = a[:, :, :3]
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
@@ -272,8 +253,7 @@ def _image_tensor(item: Any, index: int) -> Tensor:
         t = torch.tensor(a).permute(2, 0, 1).float() / 255.0
     elif np.issubdtype(a.dtype, np.floating):
         t = torch.tensor(a, dtype=torch.float32).permute(2, 0, 1)
-        if float(t.max()) > 1.5:
-            raise ValueError(f"batch[{index}]: float images must be in [0, 1], got values up to {float(t.max()):g}")
+        check_float_range(t, f"batch[{index}]")
     else:
         raise TypeError(f"batch[{index}] must be uint8 or float, got {a.dtype}")
     return t

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from .layer_args import check_layer_args, check_output_size
 
 if TYPE_CHECKING:
-    from .pdn import PDN
+    from ._inference.winograd import WinogradWeights
 
 _ops = torch.ops.efficientad
 
@@ -299,6 +300,7 @@ def conv2d_relu_pool(
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if pool and pool_padding not in (0, 1):
         raise ValueError(f"pool_padding must be 0 or 1, got {pool_padding!r}")
+    check_layer_args(padding, weight.shape[2:], pool, pool_padding)
     out_h = input.shape[2] + 2 * padding - weight.shape[2] + 1
     out_w = input.shape[3] + 2 * padding - weight.shape[3] + 1
     if out_h <= 0 or out_w <= 0 or (pool and min(out_h, out_w) + 2 * pool_padding < 2):
@@ -310,64 +312,122 @@ def conv2d_relu_pool(
     return _ops.conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding)
 
 
-def _pooled(n: int, pool_padding: int) -> int:
-    return (n + 2 * pool_padding - 2) // 2 + 1
+def conv2d_relu_pool_split(
+    input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool, pool: bool, pool_padding: int, split: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`conv2d_relu_pool` with all of ``weight``'s output channels, returned as two dense
+    channels-last tensors: channels ``[0, split)`` and ``[split, C_out)`` (the teacher and student
+    first layers as one convolution, with no channel-slice copies after it). Inference only."""
+    if not 0 < split < weight.shape[0]:
+        raise ValueError(f"split must be in [1, {weight.shape[0] - 1}] (both halves non-empty), got {split!r}")
+    _checks.inference_only("conv2d_relu_pool_split", input=input, weight=weight, bias=bias)
+    return _ops.conv2d_relu_pool_split(input, weight, bias, padding, relu, pool, pool_padding, split)
 
 
 @torch.library.register_fake("efficientad::conv2d_relu_pool")
 def _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding):
-    h = input.shape[2] + 2 * padding - weight.shape[2] + 1
-    w = input.shape[3] + 2 * padding - weight.shape[3] + 1
-    if pool:
-        h, w = _pooled(h, pool_padding), _pooled(w, pool_padding)
+    h = conv_output_size(input.shape[2], weight.shape[2], padding, pool, pool_padding)
+    w = conv_output_size(input.shape[3], weight.shape[3], padding, pool, pool_padding)
     return input.new_empty((input.shape[0], weight.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
+
+
+def conv_output_size(size: int, kernel_size: int, padding: int, pool: bool = False, pool_padding: int = 0) -> int:
+    """Output side of a stride-1 convolution, then (``pool``) a 2x2 stride-2 average pooling."""
+    size = size + 2 * padding - kernel_size + 1
+    return (size + 2 * pool_padding - 2) // 2 + 1 if pool else size
+
+
+@torch.library.register_fake("efficientad::conv2d_relu_pool_split")
+def _conv2d_relu_pool_split_fake(input, weight, bias, padding, relu, pool, pool_padding, split):
+    b, c, h, w = _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding).shape
+    cl = torch.channels_last
+    return input.new_empty((b, split, h, w)).contiguous(memory_format=cl), input.new_empty((b, c - split, h, w)).contiguous(memory_format=cl)
 
 
 @torch.library.register_fake("efficientad::pdn_forward")
 def _pdn_forward_fake(input, weights, biases, paddings, relus, pools, pool_paddings):
     h, w = input.shape[2], input.shape[3]
     for weight, padding, pool, pool_padding in zip(weights, paddings, pools, pool_paddings):
-        h = h + 2 * padding - weight.shape[2] + 1
-        w = w + 2 * padding - weight.shape[3] + 1
-        if pool:
-            h, w = _pooled(h, pool_padding), _pooled(w, pool_padding)
+        h = conv_output_size(h, weight.shape[2], padding, pool, pool_padding)
+        w = conv_output_size(w, weight.shape[3], padding, pool, pool_padding)
     out = input.new_empty((input.shape[0], weights[-1].shape[0], h, w))
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def pdn_forward(input: Tensor, pdn: PDN) -> Tensor:
-    """Runs ``pdn`` (a :class:`efficientad_ext.PDN`) on ``input`` [B, 3, H, W] through the fused
-    per-layer kernels, in one op call. Inference only (no gradient flows to the PDN's
-    parameters); returns a channels-last tensor equal to ``pdn(input)``. ``input`` must have
-    the PDN's dtype and device."""
-    from .pdn import PDN
-
-    if not isinstance(pdn, PDN):
-        raise TypeError(f"pdn must be an efficientad_ext.PDN, got {type(pdn).__name__}")
+def pdn_forward(
+    input: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor | None],
+    paddings: Sequence[int],
+    relus: Sequence[bool],
+    pools: Sequence[bool],
+    pool_paddings: Sequence[int],
+) -> Tensor:
+    """A stack of :func:`conv2d_relu_pool` layers in one op call (a PDN: see
+    :meth:`efficientad_ext.PDN.fused_forward`, which passes its layers). One entry per layer
+    in every list; ``input`` [B, C_in, H, W] is made channels-last once and every layer keeps
+    that layout. Inference only; returns a channels-last tensor."""
     _checks.floating(input, "input")
-    _checks.rank(input, 4, "input", "[B, 3, H, W]")
+    _checks.rank(input, 4, "input", "[B, C, H, W]")
     _checks.nonempty(input, "input")
-    convs = pdn.convolutions()
-    _checks.same_dtype(convs[0].weight, "the PDN's weights", input=input)
-    _checks.same_device(convs[0].weight, "the PDN's weights", input=input)
-    if input.shape[1] != convs[0].in_channels:
-        raise ValueError(f"input must have {convs[0].in_channels} channels (RGB), got shape {tuple(input.shape)}")
-    out_h, out_w = pdn.output_size(input.shape[2], input.shape[3])
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"input image size {tuple(input.shape[2:])} is too small for this PDN (its output would be empty)")
+    if not weights:
+        raise ValueError("weights must hold at least one layer")
+    _checks.same_dtype(weights[0], "the first layer's weight", input=input)
+    _checks.same_device(weights[0], "the first layer's weight", input=input)
+    if input.shape[1] != weights[0].shape[1]:
+        raise ValueError(f"input must have {weights[0].shape[1]} channels, got shape {tuple(input.shape)}")
+    h, w = input.shape[2], input.shape[3]
+    for weight, padding, pool, pool_padding in zip(weights, paddings, pools, pool_paddings):
+        h = conv_output_size(h, weight.shape[2], padding, pool, pool_padding)
+        w = conv_output_size(w, weight.shape[3], padding, pool, pool_padding)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"input image size {tuple(input.shape[2:])} is too small for these layers (the output would be empty)")
     _checks.inference_only("pdn_forward", input=input)
-    return _ops.pdn_forward(input, *pdn_layer_arguments(convs, pdn.specs))
+    return _ops.pdn_forward(input, list(weights), list(biases), list(paddings), list(relus), list(pools), list(pool_paddings))
 
 
-def pdn_layer_arguments(convs, specs) -> tuple[list, list, list, list, list, list]:
-    """``pdn_forward``'s per-layer arguments (weights, biases, paddings, relus, pools,
-    pool paddings) for these convolutions and their specs. The module's parameters always
-    require grad; the op is inference-only by definition, so they are detached."""
-    return (
-        [c.weight.detach() for c in convs],
-        [None if c.bias is None else c.bias.detach() for c in convs],
-        [s.padding for s in specs],
-        [s.relu for s in specs],
-        [s.pool for s in specs],
-        [s.pool_padding for s in specs],
+# ----------------------------------------------------------------------------- Winograd
+
+
+def winograd_conv2d(
+    input: Tensor, prepared: WinogradWeights, padding: int = 0, relu: bool = False, pool: bool = False, pool_padding: int = 0
+) -> Tensor:
+    """``avg_pool2d(relu(conv2d(input, w, b, padding)))`` (ReLU and pooling optional) by
+    Winograd's minimal filtering, for float32/float64 CPU inference.
+
+    Args:
+        input: [B, C_in, H, W] float32/float64 on the CPU (any strides with unit channel
+            stride are read in place, e.g. a channel slice of a channels-last tensor).
+        prepared: ``w`` and ``b`` transformed once by
+            :func:`efficientad_ext._inference.winograd.prepare_weights`.
+        padding, relu, pool, pool_padding: as :func:`conv2d_relu_pool`.
+
+    Returns:
+        A channels-last tensor equal to :func:`efficientad_ext.reference.winograd_conv2d` up to
+        rounding (~1e-6 of the output's magnitude in float32).
+    """
+    _checks.floating(input, "input")
+    _checks.rank(input, 4, "input", "[B, C, H, W]")
+    _checks.nonempty(input, "input")
+    if input.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"input must be float32 or float64 for winograd_conv2d, got {input.dtype}")
+    _checks.same_dtype(input, "input", weight_tf=prepared.weight_tf)
+    if input.device.type != "cpu" or prepared.weight_tf.device.type != "cpu":
+        raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
+    if input.shape[1] != prepared.weight_tf.shape[1]:
+        raise ValueError(f"input must have {prepared.weight_tf.shape[1]} channels, got shape {tuple(input.shape)}")
+    check_layer_args(padding, (prepared.kernel_size, prepared.kernel_size), pool, pool_padding)
+    check_output_size(input.shape[2:], (prepared.kernel_size, prepared.kernel_size), padding, pool, pool_padding)
+    _checks.inference_only("winograd_conv2d", input=input)
+    return _ops.winograd_conv2d(
+        input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,
+        prepared.kernel_size, padding, relu, pool, pool_padding,
     )
+
+
+@torch.library.register_fake("efficientad::winograd_conv2d")
+def _winograd_conv2d_fake(input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding):
+    h = conv_output_size(input.shape[2], kernel_size, padding, pool, pool_padding)
+    w = conv_output_size(input.shape[3], kernel_size, padding, pool, pool_padding)
+    out = input.new_empty((input.shape[0], weight_tf.shape[2], h, w))
+    return out.contiguous(memory_format=torch.channels_last)

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from . import ops
+
 PDN_ARCHITECTURES = ("small", "medium")
 Architecture = Literal["small", "medium"]
 
@@ -80,20 +82,30 @@ class PDN(nn.Sequential):
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the feature map for an input of height x width."""
-        for spec in self.specs:
-            height = height + 2 * spec.padding - spec.kernel_size + 1
-            width = width + 2 * spec.padding - spec.kernel_size + 1
-            if spec.pool:
-                height = (height + 2 * spec.pool_padding - 2) // 2 + 1
-                width = (width + 2 * spec.pool_padding - 2) // 2 + 1
+        for s in self.specs:
+            height = ops.conv_output_size(height, s.kernel_size, s.padding, s.pool, s.pool_padding)
+            width = ops.conv_output_size(width, s.kernel_size, s.padding, s.pool, s.pool_padding)
         return height, width
 
-    @torch.no_grad()
-    def fused_forward(self, x: Tensor) -> Tensor:
-        """Inference through the fused op; returns a channels-last tensor equal to ``self(x)``."""
-        from .ops import pdn_forward
+    def layer_arguments(self, first: int = 0) -> tuple[list, list, list, list, list, list]:
+        """:func:`efficientad_ext.ops.pdn_forward`'s per-layer lists (weights, biases, paddings,
+        relus, pools, pool paddings) of the layers from index ``first`` on. The parameters are
+        detached: the op is inference-only by definition."""
+        convs, specs = self.convolutions()[first:], self.specs[first:]
+        return (
+            [c.weight.detach() for c in convs],
+            [None if c.bias is None else c.bias.detach() for c in convs],
+            [s.padding for s in specs],
+            [s.relu for s in specs],
+            [s.pool for s in specs],
+            [s.pool_padding for s in specs],
+        )
 
-        return pdn_forward(x, self)
+    @torch.no_grad()
+    def fused_forward(self, x: Tensor, first: int = 0) -> Tensor:
+        """Inference through the fused ``pdn_forward`` op (the layers from index ``first`` on);
+        returns a channels-last tensor equal to ``self(x)`` (``first=0``)."""
+        return ops.pdn_forward(x, *self.layer_arguments(first))
 
 
 def build_pdn(arch: Architecture = "small", out_channels: int = 384, padded: bool = False) -> PDN:

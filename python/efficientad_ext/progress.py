@@ -1,4 +1,5 @@
-"""A dependency-free progress line: step, loss terms, steps/s and ETA."""
+"""Progress of long loops (training steps, images): tqdm's bar on a terminal; in a log (no
+terminal) the same line every ``every`` steps, so a log stays readable."""
 from __future__ import annotations
 
 import sys
@@ -14,34 +15,30 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Redraws one line on a terminal; prints a line every ``every`` steps otherwise (logs)."""
+    """``update(step, **terms)`` after each step; ``close()`` at the end."""
 
     def __init__(self, total: int, start: int = 0, label: str = "train", stream: TextIO | None = None, every: int = 50,
                  unit: str = "steps") -> None:
-        self.total, self.start, self.label, self.unit = total, start, label, unit
+        from tqdm import tqdm
+
+        self.total, self.start, self.label, self.unit, self.every = total, start, label, unit, every
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.every = every
         self.t0 = time.perf_counter()
-        self._last_draw = 0.0
+        self._format = tqdm.format_meter
+        self.bar = tqdm(total=total, initial=start, desc=label, unit=unit, file=self.stream, dynamic_ncols=True) if self.tty else None
 
     def update(self, step: int, **terms: float) -> None:
-        now = time.perf_counter()
-        done = step - self.start
-        rate = done / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        parts = "".join(f"{k} {v:.4g} " for k, v in terms.items())
-        line = f"{self.label} {step}/{self.total} | {parts}| {rate:.2f} {self.unit}/s | ETA {format_duration(eta)}"
-        if self.tty:
-            if now - self._last_draw > 0.2 or step == self.total:
-                self.stream.write("\r" + line.ljust(120))
-                self.stream.flush()
-                self._last_draw = now
+        postfix = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
+        if self.bar is not None:
+            self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(step - self.bar.n)
         elif step % self.every == 0 or step == self.total:
+            line = self._format(step, self.total, time.perf_counter() - self.t0, prefix=self.label, unit=self.unit,
+                                initial=self.start, postfix=postfix or None, ncols=0)
             self.stream.write(line + "\n")
             self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()

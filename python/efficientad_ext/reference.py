@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .pdn import PDN
-
 
 def _acc(t: Tensor) -> Tensor:
     return t.double() if t.dtype == torch.float64 else t.float()
@@ -101,6 +99,15 @@ def conv2d_relu_pool(
     return y
 
 
-def pdn_forward(input: Tensor, pdn: PDN) -> Tensor:
-    """The plain ``torch.nn`` PDN."""
-    return pdn(input)
+def winograd_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    padding: int = 0,
+    relu: bool = False,
+    pool: bool = False,
+    pool_padding: int = 0,
+) -> Tensor:
+    """What ``winograd_conv2d`` computes from the untransformed ``weight``: the direct
+    convolution (:func:`conv2d_relu_pool`), channels-last as the op returns it."""
+    return conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding).contiguous(memory_format=torch.channels_last)

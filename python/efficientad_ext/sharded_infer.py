@@ -16,11 +16,13 @@ Invariants:
 * **Merge.** After a barrier rank 0 writes ``OUT/scores.csv`` (columns ``path,score``, the
   score as ``%.6g``: the one-process ``infer``'s file) in input order, and ``corrupt.csv``
   (``path,error``), both atomically.
-* **Heatmaps** (unless ``--no-images``) use one colour scale for the whole folder, as one
-  process does: ``vmax`` = the largest map value over all images, known only after the merge,
-  so they are a second pass over each rank's share of the images whose PNG is missing. The
-  scale in use is kept in ``OUT/heatmaps/.vmax``; when a re-run changes it, the old PNGs are
-  deleted first, so no PNG on another scale survives a preemption.
+* **Heatmaps** (unless ``--no-images``) use the one-process ``infer``'s fixed colour scale,
+  map values [0, :data:`~efficientad_ext.evaluation.infer_folder.HEATMAP_VMAX`] (see
+  :mod:`efficientad_ext.evaluation.infer_folder`), so a PNG is the same whichever rank or run
+  drew it. They are a second pass, after the merge, over each rank's share of the scored images
+  whose PNG is missing. The scale in use is kept in ``OUT/heatmaps/.vmax``; when a re-run finds
+  another one there (a folder written on an older scale), the old PNGs are deleted first, so no
+  PNG on another scale survives.
 * Scores do not depend on how images are batched (the networks treat each image alone),
   so the merged file equals the one-process file bit for bit.
 """
@@ -39,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from .data import ImageError, list_images, load_image, resize_image
-from .files import write_text_atomically
+from .formats.atomic import write_text_atomically
 
 log = logging.getLogger("efficientad_ext.sharded_infer")
 
@@ -134,7 +136,7 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     """Scores ``images`` (a folder) with the model file ``model_path`` on this rank's share;
     see the module docstring. Every rank of the initialised process group must call it (one
     process without a group scores everything). Returns this rank's view of the job."""
-    from .checkpoint import load_model
+    from .formats.model_file import load_model
 
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
@@ -195,10 +197,11 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
 
 
 def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int, rank: int, world: int) -> None:
-    """The second pass: heatmap PNGs on the folder's one colour scale (module docstring)."""
-    from .visualize import save_heatmap_png
+    """The second pass: heatmap PNGs on the fixed colour scale (module docstring)."""
+    from .evaluation.infer_folder import HEATMAP_VMAX
+    from .evaluation.visualize import save_heatmap_png
 
-    vmax = max(float(r["map_max"]) for r in rows.values() if not r["error"])
+    vmax = HEATMAP_VMAX  # the plain ``infer`` path's fixed scale, not the folder's maximum
     folder = out / "heatmaps"
     marker = folder / VMAX_FILE
     if rank == 0:

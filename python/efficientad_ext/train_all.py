@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .files import write_text_atomically
+from .formats.atomic import write_text_atomically
 
 log = logging.getLogger("efficientad_ext.train_all")
 
@@ -64,10 +64,10 @@ def assign(sizes: Sequence[int], world_size: int) -> list[list[int]]:
 
 
 def _train_one(category: Path, out: Path, model_config, config, teacher, device, evaluate_test: bool, rank: int) -> dict[str, Any]:
-    from .checkpoint import load_model
+    from .formats.model_file import load_model
     from .data import open_dataset
-    from .evaluate import evaluate
-    from .train import STATE_FILE, train
+    from .evaluation.evaluator import evaluate
+    from .training.trainer import STATE_FILE, train
 
     splits = open_dataset(category)
     row: dict[str, Any] = {"category": category.name, "rank": rank, "device": str(device), "train_images": len(splits.train)}

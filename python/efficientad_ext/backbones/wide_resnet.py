@@ -11,7 +11,7 @@ import os
 
 from torch import Tensor, nn
 
-from ._weights import load_strict, read_state_dict
+from ..formats.state_dict import load_strict, read_state_dict
 
 
 class Bottleneck(nn.Module):

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from .data import ImageDataset, Sample
-from .files import write_text_atomically
+from ..data import ImageDataset, Sample
+from ..formats.atomic import write_text_atomically
 from .metrics import au_pro, image_auroc, pixel_auroc
-from .model import EfficientAD
-from .progress import Progress
+from ..model import EfficientAD
+from ..progress import Progress
 
 log = logging.getLogger("efficientad_ext.evaluate")
 

@@ -4,7 +4,10 @@ Tensors: the weights of teacher, student and autoencoder (``teacher.*``, ``stude
 ``autoencoder.*``), ``teacher_mean``, ``teacher_std`` and ``quantiles``. Metadata (JSON in the
 safetensors header): format name and version, the :class:`ModelConfig` (architecture, padding,
 image size, input normalisation), whether the quantiles were calibrated, and how the model
-was trained. No pickle anywhere: loading a file cannot run code.
+was trained, and an integrity digest of all of it (:mod:`efficientad_ext.integrity`). No
+pickle anywhere: loading a file cannot run code. Loading checks the digest, parses every
+metadata field with its type and range and refuses values a model cannot work with
+(:mod:`efficientad_ext.metadata_schema`).
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .files import write_atomically
-from .model import EfficientAD, ModelConfig, TrainingRecord
+from . import integrity, metadata_schema
+from .atomic import write_atomically
+from .state_dict import key_mismatch, shape_mismatch
+from ..model import EfficientAD, ModelConfig, TrainingRecord
 
 FORMAT_NAME = "efficientad_ext.model"
 FORMAT_VERSION = 1
@@ -27,7 +32,8 @@ class ModelFileError(ValueError):
 
 
 def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
-    """Writes ``model`` to ``path`` (a .safetensors file) atomically."""
+    """Writes ``model`` to ``path`` (a .safetensors file) atomically, with its integrity
+    digest. Raises ValueError, writing nothing, for values the loader would refuse."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -43,15 +49,22 @@ def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
         "calibrated": json.dumps(bool(model.calibrated)),
         "training": json.dumps(asdict(model.record)),
     }
+    try:  # never write a file that load_model would refuse
+        metadata_schema.parse_model_metadata(metadata)
+        metadata_schema.check_model_values(tensors)
+    except metadata_schema.FieldError as e:
+        raise ValueError(f"cannot save the model to {path}: {e}") from None
+    metadata = integrity.with_digest(tensors, metadata)
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> EfficientAD:
-    """Reads a model file written by :func:`save_model`; checks format, version and every
-    tensor's name and shape. Raises :class:`ModelFileError` (or FileNotFoundError) with the
-    file's path and what is wrong."""
+    """Reads a model file written by :func:`save_model`; checks format, version, the integrity
+    digest (a file without one loads after one warning), every metadata field's type and
+    range, every tensor's name, shape and values. Raises :class:`ModelFileError` (or
+    FileNotFoundError) with the file's path and what is wrong."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -70,28 +83,32 @@ def load_model(
         raise ModelFileError(
             f"{path} has model format version {version}, this efficientad_ext reads version {FORMAT_VERSION}"
         )
+    integrity.verify(tensors, metadata, source=str(path), error=ModelFileError)
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["config"]))
-        calibrated = bool(json.loads(metadata.get("calibrated", "false")))
-        record = TrainingRecord(**json.loads(metadata.get("training", "{}")))
-    except (KeyError, TypeError, ValueError) as e:
+        config, calibrated, record = metadata_schema.parse_model_metadata(metadata)
+    except metadata_schema.FieldError as e:
         raise ModelFileError(f"{path} has corrupt metadata: {e}") from None
 
-    model = EfficientAD(config)
+    try:
+        model = EfficientAD(config)
+    except (RuntimeError, TypeError, ValueError) as e:  # ranges checked above; kept as a backstop
+        raise ModelFileError(f"{path}: cannot build the model its config {config} describes: {e}") from None
     expected = {f"{p}.{k}": v for p in ("teacher", "student", "autoencoder") for k, v in getattr(model, p).state_dict().items()}
     for name in ("teacher_mean", "teacher_std", "quantiles"):
         expected[name] = getattr(model, name)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing, unexpected = key_mismatch(expected, tensors)
     if missing or unexpected:
         raise ModelFileError(f"{path} does not match its own config {config}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise ModelFileError(
-                f"{path}: tensor {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)} for {config}"
-            )
-        if not value.is_floating_point():
-            raise ModelFileError(f"{path}: tensor {name} has dtype {value.dtype}, expected floating point")
+    name = shape_mismatch({k: v.shape for k, v in expected.items()}, tensors)
+    if name is not None:
+        raise ModelFileError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(expected[name].shape)} for {config}")
+    name = next((k for k, v in tensors.items() if not v.is_floating_point()), None)
+    if name is not None:
+        raise ModelFileError(f"{path}: tensor {name} has dtype {tensors[name].dtype}, expected floating point")
+    try:
+        metadata_schema.check_model_values(tensors)
+    except metadata_schema.FieldError as e:
+        raise ModelFileError(f"{path}: {e}") from None
     with torch.no_grad():
         for prefix in ("teacher", "student", "autoencoder"):
             getattr(model, prefix).load_state_dict(

@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 
 from . import anomalib_layout as layout
-from .files import write_atomically
-from .model import IMAGENET_MEAN, IMAGENET_STD, EfficientAD, ModelConfig, TrainingRecord
+from .atomic import write_atomically
+from .state_dict import key_mismatch, shape_mismatch
+from ..model import IMAGENET_MEAN, IMAGENET_STD, EfficientAD, ModelConfig, TrainingRecord
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +135,18 @@ def from_anomalib_state_dict(
     channels = state[f"teacher.conv{len(layout.PDN_CONV_INDICES[arch])}.weight"].shape[0]  # the last convolution's
     config = ModelConfig(arch=arch, padded=bool(padded), image_size=tuple(image_size), teacher_channels=int(channels))
     expected = _expected_shapes(config)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    missing, unexpected = key_mismatch(expected, state)
     if missing or unexpected:
         raise ConversionError(
             f"not an anomalib {arch} EfficientAdModel state dict with {channels} teacher channels: "
             f"missing keys {missing[:6]}, unexpected keys {unexpected[:6]}"
         )
-    for key, shape in expected.items():
-        if tuple(state[key].shape) != shape:
-            raise ConversionError(f"{key} has shape {tuple(state[key].shape)}, expected {shape} for {arch} with {channels} channels")
-        if not state[key].is_floating_point():
-            raise ConversionError(f"{key} has dtype {state[key].dtype}, expected floating point")
+    key = shape_mismatch(expected, {k: state[k] for k in expected})
+    if key is not None:
+        raise ConversionError(f"{key} has shape {tuple(state[key].shape)}, expected {expected[key]} for {arch} with {channels} channels")
+    key = next((k for k in expected if not state[k].is_floating_point()), None)
+    if key is not None:
+        raise ConversionError(f"{key} has dtype {state[key].dtype}, expected floating point")
 
     model = EfficientAD(config)
     with torch.no_grad():

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # (arch, output channels) -> file in WEIGHTS_DIR
 SHIPPED_TEACHERS = {("small", 384): "teacher_small.safetensors"}
 RANDOM = "random"

@@ -1,4 +1,4 @@
-"""Anomaly detection metrics, exact (no threshold sampling, no binning), numpy only.
+"""Anomaly detection metrics, exact (no threshold sampling, no binning), numpy and scipy.
 
 - :func:`auroc` / :func:`image_auroc` / :func:`pixel_auroc`: area under the ROC curve as the
   Mann-Whitney statistic with mid-ranks (ties count one half), i.e. the trapezoidal area of
@@ -6,8 +6,8 @@
 - :func:`au_pro`: normalised area under the per-region-overlap curve up to a false positive
   rate limit, the MVTec AD definition (Bergmann et al., IJCV 2021; ``compute_pro`` of the
   official evaluation code), with exact FPRs and interpolation at the limit.
-- :func:`connected_components`: 8-connected labelling of binary masks (as
-  ``scipy.ndimage.label`` with a 3x3 structure), used by :func:`au_pro`.
+- :func:`connected_components`: 8-connected labelling of binary masks, each image on its own
+  (``scipy.ndimage.label``), used by :func:`au_pro`.
 
 Inputs may be numpy arrays or torch tensors (any device; copied to host memory). Scores
 must not contain NaN (a ``ValueError`` says so); infinities are fine.
@@ -50,25 +50,26 @@ def _scores(x: Any, name: str) -> np.ndarray:
     return a
 
 
-def _labels(x: Any, name: str) -> np.ndarray:
+def _binary(x: Any, name: str, zero_one: bool) -> np.ndarray:
+    """A bool array: bool as is; numbers as ``!= 0`` (``zero_one``: only 0 and 1 allowed)."""
     a = _to_numpy(x, name)
     if a.dtype == np.bool_:
         return a
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"{name} must be bool or 0/1 numbers, got dtype {a.dtype}")
+        expected = "bool or 0/1 numbers" if zero_one else "bool or numeric (nonzero = anomalous)"
+        raise TypeError(f"{name} must be {expected}, got dtype {a.dtype}")
     b = a != 0
-    if not (b | (a == 0)).all() or not (a[b] == 1).all():
+    if zero_one and (not (b | (a == 0)).all() or not (a[b] == 1).all()):
         raise ValueError(f"{name} must contain only 0 and 1, got values {np.unique(a)[:10].tolist()}")
     return b
 
 
+def _labels(x: Any, name: str) -> np.ndarray:
+    return _binary(x, name, zero_one=True)
+
+
 def _masks(x: Any, name: str) -> np.ndarray:
-    a = _to_numpy(x, name)
-    if a.dtype == np.bool_:
-        return a
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"{name} must be bool or numeric (nonzero = anomalous), got dtype {a.dtype}")
-    return a != 0
+    return _binary(x, name, zero_one=False)
 
 
 def _mann_whitney_auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -136,54 +137,15 @@ def pixel_auroc(maps: Any, masks: Any) -> float:
     return _mann_whitney_auc(a[m], a[~m])
 
 
-def _component_roots(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected components of the True pixels of ``m`` ``[N, H, W]`` (no connection
-    across images). Returns ``(fg, root)``: the flat indices of the True pixels in raster
-    order and, for each, the position (into ``fg``) of its component's first pixel."""
-    fg = np.flatnonzero(m)
-    n = fg.size
-    itype = np.int32 if n < 2**31 - 1 else np.int64
-    if n == 0:
-        return fg, np.zeros(0, itype)
-    idx = np.full(m.shape, -1, dtype=itype)
-    idx.reshape(-1)[fg] = np.arange(n, dtype=itype)
-    # Horizontal runs first: a pixel whose left neighbour is set joins that run (its root is
-    # the run's first pixel), which leaves only the row-to-row edges for union-find.
-    has_left = np.zeros(m.shape, dtype=bool)
-    has_left[:, :, 1:] = m[:, :, 1:] & m[:, :, :-1]
-    is_start = ~has_left.reshape(-1)[fg]
-    starts = np.flatnonzero(is_start).astype(itype)
-    parent = starts[np.cumsum(is_start) - 1]
-    us, vs = [], []
-    for a_sl, b_sl in (
-        ((slice(None), slice(None, -1), slice(None)), (slice(None), slice(1, None), slice(None))),  # down
-        ((slice(None), slice(None, -1), slice(None, -1)), (slice(None), slice(1, None), slice(1, None))),  # down-right
-        ((slice(None), slice(None, -1), slice(1, None)), (slice(None), slice(1, None), slice(None, -1))),  # down-left
-    ):
-        both = m[a_sl] & m[b_sl]
-        us.append(idx[a_sl][both])
-        vs.append(idx[b_sl][both])
-    u = np.concatenate(us)
-    v = np.concatenate(vs)
-    # Union-find by rounds: every node points at its root (stars); hook each root that has
-    # an edge to another tree onto the smallest such root (always larger index -> smaller,
-    # so no cycles), then compress by pointer jumping until stars again; edges inside one
-    # tree stay inside it and are dropped.
-    while u.size:
-        pu = parent[u]
-        pv = parent[v]
-        keep = pu != pv
-        if not keep.all():
-            u, v, pu, pv = u[keep], v[keep], pu[keep], pv[keep]
-            if not u.size:
-                break
-        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
-        while True:
-            pp = parent[parent]
-            if np.array_equal(pp, parent):
-                break
-            parent = pp
-    return fg, parent
+def _stack_labels(m: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of the True pixels of ``m`` [N, H, W], never across images:
+    labels 1..k over the whole stack in raster order of each component's first pixel."""
+    from scipy import ndimage
+
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # the 3x3 neighbourhood within one image only
+    labels, count = ndimage.label(m, structure=structure)
+    return labels, int(count)
 
 
 def connected_components(masks: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -197,19 +159,12 @@ def connected_components(masks: Any) -> tuple[np.ndarray, np.ndarray]:
     raw = _masks(masks, "masks")
     single = raw.ndim == 2
     m = _as_nhw(raw, "masks")
-    fg, parent = _component_roots(m)
-    labels = np.zeros(m.shape, dtype=np.int32)
-    n_img = m.shape[0]
-    hw = m.shape[1] * m.shape[2]
-    if fg.size == 0:
-        counts = np.zeros(n_img, dtype=np.int64)
-    else:
-        roots = np.flatnonzero(parent == np.arange(fg.size))  # ascending = raster order
-        root_img = fg[roots] // hw
-        first = np.searchsorted(root_img, root_img, side="left")
-        root_label = (np.arange(roots.size) - first + 1).astype(np.int32)
-        labels.reshape(-1)[fg] = root_label[np.searchsorted(roots, parent)]
-        counts = np.bincount(root_img, minlength=n_img).astype(np.int64)
+    labels, _ = _stack_labels(m)
+    # Stack labels are consecutive image after image: subtract each image's first label - 1.
+    per_image_max = labels.reshape(m.shape[0], -1).max(axis=1, initial=0) if m.size else np.zeros(m.shape[0], np.int64)
+    counts = np.diff(np.maximum.accumulate(np.concatenate([[0], per_image_max]))).astype(np.int64)
+    offsets = (np.cumsum(counts) - counts).astype(labels.dtype)
+    labels = np.where(labels > 0, labels - offsets[:, None, None], 0).astype(np.int32)
     if single:
         return labels[0], counts[0]
     return labels.reshape(raw.shape), counts
@@ -239,9 +194,10 @@ def au_pro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     m = _as_nhw(_masks(masks, "masks"), "masks")
     if a.shape != m.shape:
         raise ValueError(f"maps and masks must have the same shape, got {a.shape} and {m.shape}")
-    fg, parent = _component_roots(m)
-    sizes = np.bincount(parent, minlength=fg.size)
-    n_regions = int(np.count_nonzero(sizes))
+    labels, n_regions = _stack_labels(m)
+    flat_labels = labels.reshape(-1)
+    fg = np.flatnonzero(flat_labels)
+    sizes = np.bincount(flat_labels[fg], minlength=n_regions + 1)
     if n_regions == 0:
         raise ValueError("AU-PRO needs at least one anomalous region, but all masks are empty")
     n_normal = m.size - fg.size
@@ -257,7 +213,7 @@ def au_pro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     # pixel, and only the top ~fpr_limit of the normal pixels need sorting.
     flat = a.reshape(-1)
     pos = flat[fg]
-    w = 1.0 / sizes[parent]
+    w = 1.0 / sizes[flat_labels[fg]]
     neg = flat[~m.reshape(-1)]
     q = int(np.floor(limit * n_normal))  # descending position of the normal pixel at the limit
     if q < n_normal:

@@ -42,13 +42,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .augment import grayscale
-from .data import list_images
+from ..data import list_images
+from ..formats.atomic import write_text_atomically
+from ..formats.stale_files import remove_stale_temp_files
+from ..formats.teacher_file import save_teacher
+from ..pdn import PDN, build_pdn
+from ..progress import Progress, format_duration
+from ..training.augment import grayscale
+from ..training.driver import run_steps
+from ..training.images import ImageSource, split_holdout, to_unit_float
+from ..training.state import read_state, restore_optimizer_and_rng, save_state
 from .extractors import EXTRACTORS, RawFeatureExtractor, RawMoments, TargetHead, build_extractor
-from .files import write_atomically, write_text_atomically
-from .pdn import PDN, build_pdn
-from .progress import Progress, format_duration
-from .train import ImageSource
 
 log = logging.getLogger("efficientad_ext.distill")
 
@@ -147,10 +151,6 @@ def machine_description() -> str:
     return desc
 
 
-def _to_unit(images_uint8: Tensor, device: torch.device) -> Tensor:
-    return images_uint8.to(device, non_blocking=True).float().div_(255.0)
-
-
 def _gray3(x: Tensor) -> Tensor:
     return grayscale(x).expand(-1, 3, -1, -1)
 
@@ -176,7 +176,7 @@ class DistillTargets:
         """Targets of the colour version of every image of ``source``, float16 on the CPU."""
         out = []
         for i in range(0, len(source), batch_size):
-            x = _to_unit(source.get(range(i, min(i + batch_size, len(source)))), self.device)
+            x = to_unit_float(source.get(range(i, min(i + batch_size, len(source)))), self.device)
             out.append(self.compute(x).half().cpu())
         return torch.cat(out)
 
@@ -196,7 +196,7 @@ def estimate_moments(extractor: RawFeatureExtractor, source: ImageSource, sample
     progress = Progress(samples, label="feature statistics", every=max(1, samples // 10 // batch_size * batch_size), unit="images")
     for i in range(0, samples, batch_size):
         idx = order[i : i + batch_size]
-        x = _to_unit(source.get(idx), device)
+        x = to_unit_float(source.get(idx), device)
         g = torch.tensor(gray[i : i + batch_size], device=device).view(-1, 1, 1, 1)
         x = torch.where(g, _gray3(x), x)
         if next(extractor.parameters()).is_contiguous(memory_format=torch.channels_last):
@@ -263,7 +263,7 @@ def holdout_loss(teacher: PDN, images_256: Tensor, targets: Tensor, image_mean: 
     teacher.eval()
     total, n = 0.0, 0
     for i in range(0, images_256.shape[0], batch_size):
-        x = (_to_unit(images_256[i : i + batch_size], image_mean.device) - image_mean) / image_std
+        x = (to_unit_float(images_256[i : i + batch_size], image_mean.device) - image_mean) / image_std
         t = targets[i : i + batch_size].to(x.device).float()
         total += float(((teacher(x) - t) ** 2).sum())
         n += t.numel()
@@ -272,54 +272,29 @@ def holdout_loss(teacher: PDN, images_256: Tensor, targets: Tensor, image_mean: 
 
 
 def _split_holdout(paths: Sequence[Path], holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
-    paths = sorted(Path(p) for p in paths)
     if holdout >= len(paths):
         raise ValueError(f"holdout_images ({holdout}) must be smaller than the number of distillation images ({len(paths)})")
-    perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
-    held = sorted(paths[i] for i in perm[:holdout])
-    return [p for p in paths if p not in set(held)], held
+    return split_holdout(paths, holdout, seed + 7919)
+
+
+_STATE_KIND = "distill_state"
 
 
 def _save_state(path: Path, teacher: PDN, head: TargetHead, step_fn: DistillStep, generator: torch.Generator,
                 step: int, record: DistillRecord, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"teacher.{k}": v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}
-    tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
-    opt = step_fn.optimizer.state_dict()
-    for idx, state in opt["state"].items():
-        for k, v in state.items():
-            tensors[f"optim.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    tensors["rng.generator"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    metadata = {"format": "efficientad_ext.distill_state", "format_version": "1", "step": str(step),
-                "param_groups": json.dumps(opt["param_groups"]), "meta": json.dumps(meta),
-                "record": json.dumps(asdict(record))}
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_state(path, _STATE_KIND, step, {"teacher": teacher, "head": head}, step_fn.optimizer, generator,
+               metadata={"meta": json.dumps(meta), "record": json.dumps(asdict(record))})
 
 
 def _load_state(path: Path, teacher: PDN, step_fn: DistillStep, generator: torch.Generator, device: torch.device
                 ) -> tuple[int, TargetHead, dict[str, Any], dict[str, Any]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != "efficientad_ext.distill_state" or metadata.get("format_version") != "1":
-            raise ValueError(f"{path} is not an efficientad_ext distillation state (format {metadata.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    teacher.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")}, strict=True)
-    head_sd = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
+    saved = read_state(path, _STATE_KIND, "distillation state")
+    teacher.load_state_dict(saved.module_state("teacher"), strict=True)
+    head_sd = saved.module_state("head")
     head = TargetHead(head_sd["conv.weight"].shape[1], head_sd["conv.weight"].shape[0])
     head.load_state_dict(head_sd, strict=True)
-    state: dict[int, dict[str, Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v.to(device) if name != "step" else v
-    step_fn.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch"])
-    return int(metadata["step"]), head, json.loads(metadata["meta"]), json.loads(metadata["record"])
+    restore_optimizer_and_rng(saved, step_fn.optimizer, generator, device)
+    return saved.step, head, json.loads(saved.metadata["meta"]), json.loads(saved.metadata["record"])
 
 
 # Settings that may change when a run is resumed: none alters what a step computes. (Algorithm 3
@@ -332,15 +307,203 @@ def _run_identity(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "config": config}
 
 
-def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: DistillRecord, dtype: torch.dtype = torch.float32) -> Path:
-    """Writes the teacher's weights (``dtype``) and the run's record (metadata) as safetensors,
-    atomically. The file loads with ``--teacher`` / :func:`load_teacher_weights`."""
-    from safetensors.torch import save_file
+@dataclass
+class _Run:
+    """Everything one call of :func:`distill` sets up before its first step."""
 
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in teacher.state_dict().items()}
-    metadata = {"format": "efficientad_ext.teacher", "format_version": "1", "arch": teacher.arch,
-                "out_channels": str(teacher.out_channels), "record": json.dumps(asdict(record))}
-    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    config: DistillConfig
+    out_dir: Path
+    device: torch.device
+    generator: torch.Generator
+    src_t: ImageSource  # training images at the teacher's 256x256
+    src_e: ImageSource  # the same images at the extractor's 512x512
+    held_paths: list[Path]
+    extractor: RawFeatureExtractor
+    teacher: PDN
+    image_mean: Tensor
+    image_std: Tensor
+    step_fn: DistillStep
+    record: DistillRecord
+    meta: dict[str, Any]  # what a resumed run must agree on (JSON form)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE_FILE
+
+
+def _image_paths(images) -> tuple[list[Path], str]:
+    if isinstance(images, (str, os.PathLike)):
+        folder = Path(images)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"distillation image folder not found: {folder}")
+        paths, desc = list_images(folder), str(folder)
+    else:
+        paths, desc = [Path(p) for p in images], f"{len(images)} listed images"
+    if len(paths) < 2:
+        raise ValueError(f"distillation needs at least 2 images, got {len(paths)} from {desc}")
+    return paths, desc
+
+
+def _setup(images, out_dir, config: DistillConfig, device: torch.device, command: str | None) -> _Run:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files([out_dir])  # left by a run killed in this folder
+    paths, images_desc = _image_paths(images)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_paths, held_paths = _split_holdout(paths, config.holdout_images, config.seed)
+    log.info("distillation images: %d for training, %d held out", len(train_paths), len(held_paths))
+    src_t = ImageSource(train_paths, (TEACHER_SIZE, TEACHER_SIZE), config.max_preload_bytes, config.skip_corrupt)
+    size_e = (config.extractor_size, config.extractor_size)
+    src_e = ImageSource(src_t.paths, size_e, config.max_preload_bytes, config.skip_corrupt)
+    extractor = build_extractor(config.extractor, config.extractor_weights, config.extractor_size).to(device)
+    teacher = build_pdn(config.arch, config.out_channels, padded=True).to(device)
+    if config.channels_last:  # depthwise convolutions are ~3x faster channels-last on CPU (oneDNN)
+        extractor = extractor.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last)
+    image_mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    image_std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    meta = json.loads(json.dumps({"config": asdict(config), "images": images_desc, "train_images": len(src_t)}))
+    record = DistillRecord(config=asdict(config), images=images_desc, train_images=len(src_t), holdout_images=len(held_paths),
+                           machine=machine_description(), torch_version=torch.__version__,
+                           command=command if command is not None else " ".join(sys.argv))
+    return _Run(config, out_dir, device, generator, src_t, src_e, held_paths, extractor, teacher, image_mean, image_std,
+                DistillStep(teacher, config, image_mean, image_std), record, meta)
+
+
+def _resume_or_start(run: _Run, resume: bool) -> tuple[int, TargetHead]:
+    """The step to start from and Psi's target head: the saved state's (``resume``), else
+    step 0 with the head fitted to fresh feature statistics (Algorithm 3, lines 1-4)."""
+    cfg = run.config
+    if not resume:
+        stats_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        moments = estimate_moments(run.extractor, run.src_e, cfg.stat_samples, cfg.p_grayscale, stats_gen, run.device)
+        return 0, TargetHead.fit(run.extractor, moments, cfg.out_channels)
+    if not run.state_path.is_file():
+        raise FileNotFoundError(f"cannot resume: no distillation state at {run.state_path}")
+    step, head, saved, saved_record = _load_state(run.state_path, run.teacher, run.step_fn, run.generator, run.device)
+    if _run_identity(saved) != _run_identity(run.meta):
+        raise ValueError(f"cannot resume {run.state_path}: it was started with {_run_identity(saved)}, "
+                         f"this run has {_run_identity(run.meta)}")
+    record = run.record
+    record.steps_done, record.seconds = saved_record["steps_done"], saved_record["seconds"]
+    record.loss_history = [tuple(x) for x in saved_record["loss_history"]]
+    record.holdout_history = [tuple(x) for x in saved_record["holdout_history"]]
+    log.info("resuming at step %d of %d", step, cfg.steps)
+    return step, head
+
+
+def _target_cache(run: _Run, targets: DistillTargets) -> Tensor | None:
+    """Psi's targets of the colour version of every training image, when they fit the budget."""
+    bytes_per_target = run.config.out_channels * (run.config.extractor_size // run.extractor.stride) ** 2 * 2
+    needed = len(run.src_e) * bytes_per_target
+    if needed > run.config.target_cache_bytes:
+        log.info("Psi targets computed per step (cache would need %.1f GB)", needed / 1e9)
+        return None
+    t0 = time.perf_counter()
+    cache = targets.compute_all(run.src_e)
+    log.info("cached Psi targets of %d images (%.1f GB) in %s", len(run.src_e), cache.numel() * 2 / 1e9,
+             format_duration(time.perf_counter() - t0))
+    return cache
+
+
+def _holdout_evaluator(run: _Run, targets: DistillTargets):
+    """A function that appends the teacher's held-out loss at a step to the record (a no-op
+    without held-out images)."""
+    if not run.held_paths:
+        return lambda step: None
+    cfg = run.config
+    held_src_t = ImageSource(run.held_paths, (TEACHER_SIZE, TEACHER_SIZE), cfg.max_preload_bytes, cfg.skip_corrupt)
+    held_t = held_src_t.get(range(len(held_src_t)))
+    size_e = (cfg.extractor_size, cfg.extractor_size)
+    held_targets = targets.compute_all(ImageSource(held_src_t.paths, size_e, cfg.max_preload_bytes, cfg.skip_corrupt))
+
+    def evaluate(step: int) -> None:
+        value = holdout_loss(run.teacher, held_t, held_targets, run.image_mean, run.image_std)
+        run.record.holdout_history.append((step, value))
+        run.record.holdout_loss = value
+        log.info("step %d: held-out loss %.4f", step, value)
+
+    return evaluate
+
+
+def _step_function(run: _Run, targets: DistillTargets, cache: Tensor | None):
+    """One step of Algorithm 3 (lines 5-17): draw images, grayscale and crops from the run's
+    generator, fetch or compute Psi's targets, update the teacher; returns ``{"loss": ...}``."""
+    cfg, device, generator = run.config, run.device, run.generator
+    grid = cfg.extractor_size // run.extractor.stride
+
+    def one_step(step: int) -> dict[str, float]:
+        idx = torch.randint(len(run.src_t), (cfg.batch_size,), generator=generator).tolist()
+        gray = torch.rand(cfg.batch_size, generator=generator) < cfg.p_grayscale
+        crops = None
+        if cfg.crop_size is not None:
+            last = grid - cfg.crop_size // PDN_STRIDE
+            crops = torch.randint(last + 1, (cfg.batch_size, 2), generator=generator).tolist()
+        x = to_unit_float(run.src_t.get(idx), device)
+        g = gray.to(device).view(-1, 1, 1, 1)
+        x = torch.where(g, _gray3(x), x)
+        if cache is not None:
+            y = cache[idx].to(device).float()
+            if bool(gray.any()):
+                gi = gray.nonzero().flatten().tolist()
+                y[gi] = targets.compute(_gray3(to_unit_float(run.src_e.get([idx[i] for i in gi]), device)))
+        else:
+            xe = to_unit_float(run.src_e.get(idx), device)
+            y = targets.compute(torch.where(g, _gray3(xe), xe))
+        return {"loss": run.step_fn(x, y, crops)}
+
+    return one_step
+
+
+def _loop(run: _Run, step: int, head: TargetHead, resume: bool) -> int:
+    """Distils until ``config.steps`` or the time limit; returns the steps done."""
+    cfg, record = run.config, run.record
+    targets = DistillTargets(run.extractor, head, run.device)
+    one_step = _step_function(run, targets, _target_cache(run, targets))
+    evaluate = _holdout_evaluator(run, targets)
+    if not resume:
+        evaluate(step)
+    run.teacher.train()
+    t0, seconds_before = time.perf_counter(), record.seconds
+    window: list[float] = []
+
+    def out_of_time(done: int) -> bool:
+        if cfg.time_limit_s is None or seconds_before + time.perf_counter() - t0 < cfg.time_limit_s:
+            return False
+        log.warning("time limit of %.0f s reached after %d of %d steps", cfg.time_limit_s, done, cfg.steps)
+        return True
+
+    def after_step(done: int, terms: dict[str, float]) -> None:
+        window.append(terms["loss"])
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            record.final_loss = sum(window) / len(window)
+            record.loss_history.append((done, record.final_loss))
+            window.clear()
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            evaluate(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            record.steps_done = done
+            record.seconds = round(seconds_before + time.perf_counter() - t0, 2)
+            _save_state(run.state_path, run.teacher, head, run.step_fn, run.generator, done, record, run.meta)
+
+    progress = Progress(cfg.steps, start=step, label="distill", every=cfg.log_every)
+    step, _ = run_steps("distillation", step, cfg.steps, one_step, after_step, progress, out_of_time)
+    if not record.holdout_history or record.holdout_history[-1][0] != step:
+        evaluate(step)  # the record always ends with the final teacher's held-out loss
+    record.steps_done = step
+    record.seconds = round(seconds_before + time.perf_counter() - t0, 2)
+    return step
+
+
+def _finalise(run: _Run, step: int, save_dtype: torch.dtype) -> PDN:
+    """Writes the teacher file and ``distill.json``."""
+    run.teacher.eval()
+    save_teacher(run.teacher, run.out_dir / TEACHER_FILE, run.record, save_dtype)
+    write_text_atomically(run.out_dir / RECORD_FILE, json.dumps(asdict(run.record), indent=2))
+    log.info("distilled %d steps in %s; held-out loss %.4f; teacher written to %s", step, format_duration(run.record.seconds),
+             run.record.holdout_loss, run.out_dir / TEACHER_FILE)
+    return run.teacher
 
 
 def distill(
@@ -365,136 +528,7 @@ def distill(
         save_dtype: dtype of the written teacher weights (float16 halves the file).
         command: the command line to record (default: ``sys.argv``).
     """
-    config = config or DistillConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    if isinstance(images, (str, os.PathLike)):
-        folder = Path(images)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"distillation image folder not found: {folder}")
-        paths = list_images(folder)
-        images_desc = str(folder)
-    else:
-        paths = [Path(p) for p in images]
-        images_desc = f"{len(paths)} listed images"
-    if len(paths) < 2:
-        raise ValueError(f"distillation needs at least 2 images, got {len(paths)} from {images_desc}")
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_paths, held_paths = _split_holdout(paths, config.holdout_images, config.seed)
-    log.info("distillation images: %d for training, %d held out", len(train_paths), len(held_paths))
-
-    size_t, size_e = (TEACHER_SIZE, TEACHER_SIZE), (config.extractor_size, config.extractor_size)
-    src_t = ImageSource(train_paths, size_t, config.max_preload_bytes, config.skip_corrupt)
-    src_e = ImageSource(src_t.paths, size_e, config.max_preload_bytes, config.skip_corrupt)
-    extractor = build_extractor(config.extractor, config.extractor_weights, config.extractor_size).to(device)
-    if config.channels_last:  # depthwise convolutions are ~3x faster channels-last on CPU (oneDNN)
-        extractor = extractor.to(memory_format=torch.channels_last)
-    teacher = build_pdn(config.arch, config.out_channels, padded=True).to(device)
-    if config.channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    image_mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    image_std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    step_fn = DistillStep(teacher, config, image_mean, image_std)
-    meta = json.loads(json.dumps({"config": asdict(config), "images": images_desc, "train_images": len(src_t)}))
-    record = DistillRecord(config=asdict(config), images=images_desc, train_images=len(src_t), holdout_images=len(held_paths),
-                           machine=machine_description(), torch_version=torch.__version__,
-                           command=command if command is not None else " ".join(sys.argv))
-    state_path = out_dir / STATE_FILE
-
-    step = 0
-    if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"cannot resume: no distillation state at {state_path}")
-        step, head, saved, saved_record = _load_state(state_path, teacher, step_fn, generator, device)
-        if _run_identity(saved) != _run_identity(meta):
-            raise ValueError(f"cannot resume {state_path}: it was started with {_run_identity(saved)}, "
-                             f"this run has {_run_identity(meta)}")
-        record.steps_done, record.seconds = saved_record["steps_done"], saved_record["seconds"]
-        record.loss_history = [tuple(x) for x in saved_record["loss_history"]]
-        record.holdout_history = [tuple(x) for x in saved_record["holdout_history"]]
-        log.info("resuming at step %d of %d", step, config.steps)
-    else:
-        stats_gen = torch.Generator().manual_seed(config.seed + 1)
-        moments = estimate_moments(extractor, src_e, config.stat_samples, config.p_grayscale, stats_gen, device)
-        head = TargetHead.fit(extractor, moments, config.out_channels)
-    targets = DistillTargets(extractor, head, device)
-
-    bytes_per_target = config.out_channels * (config.extractor_size // extractor.stride) ** 2 * 2
-    cache: Tensor | None = None
-    if len(src_e) * bytes_per_target <= config.target_cache_bytes:
-        t0 = time.perf_counter()
-        cache = targets.compute_all(src_e)
-        log.info("cached Psi targets of %d images (%.1f GB) in %s", len(src_e), cache.numel() * 2 / 1e9,
-                 format_duration(time.perf_counter() - t0))
-    else:
-        log.info("Psi targets computed per step (cache would need %.1f GB)", len(src_e) * bytes_per_target / 1e9)
-    held_t = held_targets = None
-    if held_paths:
-        held_src_t = ImageSource(held_paths, size_t, config.max_preload_bytes, config.skip_corrupt)
-        held_t = held_src_t.get(range(len(held_src_t)))
-        held_targets = targets.compute_all(ImageSource(held_src_t.paths, size_e, config.max_preload_bytes, config.skip_corrupt))
-
-    def evaluate() -> None:
-        if held_t is not None:
-            value = holdout_loss(teacher, held_t, held_targets, image_mean, image_std)
-            record.holdout_history.append((step, value))
-            record.holdout_loss = value
-            log.info("step %d: held-out loss %.4f", step, value)
-
-    if not resume:
-        evaluate()
-    teacher.train()
-    grid = config.extractor_size // extractor.stride
-    progress = Progress(config.steps, start=step, label="distill", every=config.log_every)
-    t0, seconds_before = time.perf_counter(), record.seconds
-    window: list[float] = []
-    while step < config.steps:
-        if config.time_limit_s is not None and seconds_before + time.perf_counter() - t0 >= config.time_limit_s:
-            log.warning("time limit of %.0f s reached after %d of %d steps", config.time_limit_s, step, config.steps)
-            break
-        idx = torch.randint(len(src_t), (config.batch_size,), generator=generator).tolist()
-        gray = torch.rand(config.batch_size, generator=generator) < config.p_grayscale
-        crops = None
-        if config.crop_size is not None:
-            last = grid - config.crop_size // PDN_STRIDE
-            crops = torch.randint(last + 1, (config.batch_size, 2), generator=generator).tolist()
-        x = _to_unit(src_t.get(idx), device)
-        g = gray.to(device).view(-1, 1, 1, 1)
-        x = torch.where(g, _gray3(x), x)
-        if cache is not None:
-            y = cache[idx].to(device).float()
-            if bool(gray.any()):
-                gi = gray.nonzero().flatten().tolist()
-                y[gi] = targets.compute(_gray3(_to_unit(src_e.get([idx[i] for i in gi]), device)))
-        else:
-            xe = _to_unit(src_e.get(idx), device)
-            y = targets.compute(torch.where(g, _gray3(xe), xe))
-        loss = step_fn(x, y, crops)
-        step += 1
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"distillation diverged at step {step} (loss {loss})")
-        window.append(loss)
-        progress.update(step, loss=loss)
-        if step % config.log_every == 0 or step == config.steps:
-            record.final_loss = sum(window) / len(window)
-            record.loss_history.append((step, record.final_loss))
-            window = []
-        if step % config.eval_every == 0 or step == config.steps:
-            evaluate()
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            record.steps_done = step
-            record.seconds = round(seconds_before + time.perf_counter() - t0, 2)
-            _save_state(state_path, teacher, head, step_fn, generator, step, record, meta)
-    progress.close()
-    if not record.holdout_history or record.holdout_history[-1][0] != step:
-        evaluate()  # the record always ends with the final teacher's held-out loss
-    record.steps_done = step
-    record.seconds = round(seconds_before + time.perf_counter() - t0, 2)
-    teacher.eval()
-    save_teacher(teacher, out_dir / TEACHER_FILE, record, save_dtype)
-    write_text_atomically(out_dir / RECORD_FILE, json.dumps(asdict(record), indent=2))
-    log.info("distilled %d steps in %s; held-out loss %.4f; teacher written to %s", step, format_duration(record.seconds),
-             record.holdout_loss, out_dir / TEACHER_FILE)
-    return teacher
+    run = _setup(images, out_dir, config or DistillConfig(), torch.device(device), command)
+    step, head = _resume_or_start(run, resume)
+    step = _loop(run, step, head, resume)
+    return _finalise(run, step, save_dtype)

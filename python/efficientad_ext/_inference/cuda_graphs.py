@@ -8,7 +8,7 @@ and replays it with one launch.
 Invariants:
 
 * One graph per key ``(shape, dtype and device of the batch, compute dtype, generation of the
-  cached inference networks)``; at most :data:`MAX_GRAPHS` are kept (least recently used
+  cached inference networks, inference options)``; at most :data:`MAX_GRAPHS` are kept (least recently used
   dropped first), each with its own static input buffer and memory pool.
 * The graph reads the batch from its static input buffer: every call copies the batch into it
   (a device-to-device copy, stream-ordered) and replays; the outputs are cloned out of the
@@ -17,8 +17,7 @@ Invariants:
   host metadata only; copy, replay and clone are enqueued on the current stream.
 * The first call of a key warms ``infer`` up on a side stream (cuDNN picks its algorithms
   and workspaces there, outside the capture), then captures; it costs a few eager runs.
-* The weights the graph reads are the cached inference copies
-  (:mod:`efficientad_ext.inference_weights`): refreshed in place when the model's parameters
+* The weights the graph reads are the cached inference copies (:mod:`.networks`): refreshed in place when the model's parameters
   change in place; a new generation (new storage) makes old graphs unreachable.
 """
 from __future__ import annotations
@@ -31,14 +30,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .result import InferenceResult
+
 if TYPE_CHECKING:
-    from .model import EfficientAD, InferenceResult
+    from ..model import EfficientAD
+    from .options import InferenceOptions
 
 MAX_GRAPHS = 8
 WARMUP_RUNS = 2
-_CACHE_ATTR = "_cuda_graphs"
 
-GraphKey = tuple[tuple[int, ...], torch.dtype, torch.device, torch.dtype, int]
+GraphKey = tuple[tuple[int, ...], torch.dtype, torch.device, torch.dtype, int, "InferenceOptions"]
 
 
 @dataclass
@@ -63,20 +64,6 @@ def usable(model: EfficientAD, batch: object) -> bool:
     )
 
 
-def _cache(model: EfficientAD) -> OrderedDict[GraphKey, CapturedInfer]:
-    return model.__dict__.setdefault(_CACHE_ATTR, OrderedDict())
-
-
-def clear(model: EfficientAD) -> None:
-    """Drops every captured graph of ``model`` (and frees their memory pools)."""
-    model.__dict__.pop(_CACHE_ATTR, None)
-
-
-def captured_count(model: EfficientAD) -> int:
-    """How many graphs ``model`` currently keeps (for tests and diagnostics)."""
-    return len(_cache(model))
-
-
 def _capture(run: Callable[[Tensor], InferenceResult], batch: Tensor) -> CapturedInfer:
     static_input = torch.empty_like(batch, memory_format=torch.contiguous_format)
     static_input.copy_(batch)
@@ -93,28 +80,30 @@ def _capture(run: Callable[[Tensor], InferenceResult], batch: Tensor) -> Capture
 
 
 def run_graphed(
-    model: EfficientAD, batch: Tensor, compute_dtype: torch.dtype, generation: int, run: Callable[[Tensor], InferenceResult]
+    graphs: OrderedDict[GraphKey, CapturedInfer],
+    batch: Tensor,
+    compute_dtype: torch.dtype,
+    generation: int,
+    options: InferenceOptions,
+    run: Callable[[Tensor], InferenceResult],
 ) -> InferenceResult:
-    """``run(batch)`` through the graph of this key (captured on first use).
+    """``run(batch)`` through the graph of this key in ``graphs`` (captured on first use).
 
-    ``run`` is the eager ``infer`` body for this compute dtype; ``generation`` identifies the
-    inference-weight copies it reads (a new generation invalidates older graphs)."""
-    from .model import InferenceResult
-
-    cache = _cache(model)
-    key: GraphKey = (tuple(batch.shape), batch.dtype, batch.device, compute_dtype, generation)
-    captured = cache.get(key)
+    ``run`` is the eager ``infer`` body for this compute dtype and these options;
+    ``generation`` identifies the weight copies it reads (a new one invalidates older graphs)."""
+    key: GraphKey = (tuple(batch.shape), batch.dtype, batch.device, compute_dtype, generation, options)
+    captured = graphs.get(key)
     if captured is None:
         # Graphs of this compute dtype that read an older generation of the weight copies
         # are unreachable now (other dtypes have their own copies and generations).
-        for stale in [k for k in cache if k[3] == compute_dtype and k[4] != generation]:
-            del cache[stale]
+        for stale in [k for k in graphs if k[3] == compute_dtype and k[4] != generation]:
+            del graphs[stale]
         captured = _capture(run, batch)
-        cache[key] = captured
-        while len(cache) > MAX_GRAPHS:
-            cache.popitem(last=False)
+        graphs[key] = captured
+        while len(graphs) > MAX_GRAPHS:
+            graphs.popitem(last=False)
     else:
-        cache.move_to_end(key)
+        graphs.move_to_end(key)
         captured.static_input.copy_(batch)
     captured.graph.replay()
     return InferenceResult(captured.static_map.clone(), captured.static_score.clone())

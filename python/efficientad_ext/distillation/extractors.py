@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import load_mobilenet_v2, load_wide_resnet101_trunk
+from ..backbones import load_mobilenet_v2, load_wide_resnet101_trunk
 
 EXTRACTORS = ("mobilenet_v2", "wide_resnet101_2")
 ExtractorName = Literal["mobilenet_v2", "wide_resnet101_2"]

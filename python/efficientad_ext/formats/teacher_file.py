@@ -14,14 +14,18 @@ Every tensor's name and shape is checked against the PDN; anything else is a cle
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor
 
-from . import anomalib_layout
-from .pdn import PDN
+from ..pdn import PDN
+from . import anomalib_layout, integrity
+from .atomic import write_atomically
+from .state_dict import key_mismatch, read_state_dict, shape_mismatch
 
 ACCEPTED_LAYOUTS = (
     "a PDN state dict with nn.Sequential keys (0.weight, 0.bias, 3.weight, ...: ours, nelson1425/EfficientAD's), "
@@ -30,38 +34,32 @@ ACCEPTED_LAYOUTS = (
 )
 
 
+# Formats we write that can hold a teacher; they carry an integrity digest.
+OUR_FORMATS = ("efficientad_ext.teacher", "efficientad_ext.model")
+
+
 class TeacherWeightsError(ValueError):
     """Teacher weights that do not fit; the message names the file and the mismatch."""
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+def _verify_our_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Teacher and model files we write carry an integrity digest: check it (files of other
+    tools carry none of ours and are only checked for names and shapes)."""
+    if path.suffix != ".safetensors":
+        return
+    from safetensors import safe_open
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError) as e:
-            raise TeacherWeightsError(f"{path} is not a readable safetensors file: {e}") from None
-    if path.suffix in (".pth", ".pt", ".ckpt"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  (torch raises many types for a bad file)
-            raise TeacherWeightsError(f"{path} could not be read as a weights-only torch file: {e}") from None
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-            raise TeacherWeightsError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__})")
-        return dict(obj)
-    raise TeacherWeightsError(f"{path}: unsupported teacher file type {path.suffix!r} (expected .safetensors, .pth or .pt)")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") in OUR_FORMATS:
+        integrity.verify(tensors, metadata, source=str(path), error=TeacherWeightsError)
 
 
 def load_teacher_weights(pdn: PDN, path: str | os.PathLike[str]) -> None:
     """Loads teacher weights from ``path`` into ``pdn`` in place (strict names and shapes)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher weights not found: {path}")
-    state = _read_state_dict(path)
+    state = read_state_dict(path, TeacherWeightsError, "teacher", torch_suffixes=(".pth", ".pt", ".ckpt"))
+    _verify_our_file(path, state)
     for prefix in ("model.teacher.", "teacher."):
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -75,17 +73,29 @@ def load_teacher_weights(pdn: PDN, path: str | os.PathLike[str]) -> None:
         state = {ours: state[theirs] for theirs, ours in key_map.items()}
         file_key = {ours: theirs for theirs, ours in key_map.items()}
     expected = pdn.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    missing, unexpected = key_mismatch(expected, state)
     if missing or unexpected:
         raise TeacherWeightsError(
             f"{path} does not match a {pdn.arch} PDN with {pdn.out_channels} output channels: "
             f"missing {missing[:6]}, unexpected {unexpected[:6]}. Accepted: {ACCEPTED_LAYOUTS}"
         )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise TeacherWeightsError(
-                f"{path}: {file_key[k]} has shape {tuple(v.shape)}, a {pdn.arch} PDN with {pdn.out_channels} outputs "
-                f"needs {tuple(expected[k].shape)}"
-            )
+    k = shape_mismatch({name: v.shape for name, v in expected.items()}, state)
+    if k is not None:
+        raise TeacherWeightsError(
+            f"{path}: {file_key[k]} has shape {tuple(state[k].shape)}, a {pdn.arch} PDN with {pdn.out_channels} outputs "
+            f"needs {tuple(expected[k].shape)}"
+        )
     with torch.no_grad():
         pdn.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: Any, dtype: torch.dtype = torch.float32) -> Path:
+    """Writes the teacher's weights (``dtype``) and a run's record (a dataclass, stored as JSON
+    metadata) as safetensors, atomically. The file loads with :func:`load_teacher_weights`."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in teacher.state_dict().items()}
+    metadata = {"format": "efficientad_ext.teacher", "format_version": "1", "arch": teacher.arch,
+                "out_channels": str(teacher.out_channels), "record": json.dumps(asdict(record))}
+    metadata = integrity.with_digest(tensors, metadata)
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -1,4 +1,4 @@
-"""Winograd convolutions for CPU inference (``efficientad::winograd_conv2d``).
+"""The weight transform of ``efficientad::winograd_conv2d`` (the op: :func:`efficientad_ext.ops.winograd_conv2d`).
 
 On CPUs without fast low-precision arithmetic (AVX2 only: bfloat16 convolutions fall back to
 a slow ATen path there, ~10x slower than float32), the PDNs' float32 convolutions already run
@@ -23,9 +23,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from . import _checks
-
-_ops = torch.ops.efficientad
+from .. import _checks
 
 # Interpolation points per (m, r): small magnitudes keep the transforms well conditioned.
 _POINTS: dict[tuple[int, int], tuple[Fraction, ...]] = {
@@ -99,7 +97,8 @@ def transform_matrices(m: int, r: int) -> tuple[tuple[tuple[Fraction, ...], ...]
 
 @dataclass(frozen=True)
 class WinogradWeights:
-    """One convolution prepared for :func:`winograd_conv2d` (transformed once, reused)."""
+    """One convolution prepared for :func:`efficientad_ext.ops.winograd_conv2d` (transformed
+    once, reused)."""
 
     weight_tf: Tensor  # [a*a, C_in, C_out]
     bias: Tensor | None
@@ -135,36 +134,3 @@ def prepare_weights(weight: Tensor, bias: Tensor | None = None, tile: int | None
         as_tensor(at),
         r,
     )
-
-
-def winograd_conv2d(
-    input: Tensor, prepared: WinogradWeights, padding: int = 0, relu: bool = False, pool: bool = False, pool_padding: int = 0
-) -> Tensor:
-    """``avg_pool2d(relu(conv2d(input, w, b, padding)))`` (ReLU and pooling optional) by
-    Winograd, for float32/float64 CPU inference; ``prepared`` from :func:`prepare_weights`.
-    Returns a channels-last tensor."""
-    _checks.floating(input, "input")
-    _checks.rank(input, 4, "input", "[B, C, H, W]")
-    _checks.nonempty(input, "input")
-    if input.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"input must be float32 or float64 for winograd_conv2d, got {input.dtype}")
-    _checks.same_dtype(input, "input", weight_tf=prepared.weight_tf)
-    if input.device.type != "cpu" or prepared.weight_tf.device.type != "cpu":
-        raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
-    if input.shape[1] != prepared.weight_tf.shape[1]:
-        raise ValueError(f"input must have {prepared.weight_tf.shape[1]} channels, got shape {tuple(input.shape)}")
-    _checks.inference_only("winograd_conv2d", input=input)
-    return _ops.winograd_conv2d(
-        input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,
-        prepared.kernel_size, padding, relu, pool, pool_padding,
-    )
-
-
-@torch.library.register_fake("efficientad::winograd_conv2d")
-def _winograd_conv2d_fake(input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding):
-    h = input.shape[2] + 2 * padding - kernel_size + 1
-    w = input.shape[3] + 2 * padding - kernel_size + 1
-    if pool:
-        h, w = (h + 2 * pool_padding - 2) // 2 + 1, (w + 2 * pool_padding - 2) // 2 + 1
-    out = input.new_empty((input.shape[0], weight_tf.shape[2], h, w))
-    return out.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,55 @@
+"""Algorithm 2 for one batch: prepare the input, run the three networks, fuse the maps.
+
+:func:`infer` picks, in this order: the cached networks in the compute dtype
+(:mod:`.networks`), CUDA-graph replay for a batch already on the model's GPU
+(:mod:`.cuda_graphs`), the CPU Winograd plan (:mod:`.cpu_winograd`) or the fused
+``pdn_forward`` PDNs with the one-convolution first layer (:mod:`.teacher_student`); then the
+fused ``anomaly_maps`` op. The model is used through its public attributes only, so this
+package imports nothing from :mod:`efficientad_ext.model`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from . import autoencoder_cuda, cpu_winograd, cuda_graphs
+from .networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
+from .result import InferenceResult
+from .teacher_student import teacher_student_forward
+
+if TYPE_CHECKING:
+    from ..model import EfficientAD
+    from .options import InferenceOptions
+
+
+@torch.no_grad()
+def infer(model: EfficientAD, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None, cuda_graph: bool) -> InferenceResult:
+    """The body of :meth:`EfficientAD.infer` (see there for the arguments)."""
+    nets = networks_for(model, resolve_dtype(model, dtype))
+    options = model.inference_options
+    if cuda_graph and cuda_graphs.usable(model, batch):
+        graphs = cache_of(model).graphs
+        return cuda_graphs.run_graphed(graphs, batch, nets.dtype, nets.generation, options, lambda b: _eager(model, b, nets, options))
+    return _eager(model, batch, nets, options)
+
+
+def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNetworks, options: InferenceOptions) -> InferenceResult:
+    x, in_size = model.prepare(batch)
+    x = x.to(nets.dtype)
+    if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
+        teacher, student, autoencoder = cpu_winograd.plan_for(nets).forward(x, model.feature_size)
+    else:
+        fuse = options.fuses_first_layer(x.device.type)
+        # The autoencoder's CUDA options (side stream, cuDNN fusion; off by default): autoencoder_cuda.
+        teacher, student, autoencoder = autoencoder_cuda.forward_with_pdns(
+            lambda: teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer),
+            nets.autoencoder, x, model.feature_size,
+        )
+    out = ops.anomaly_maps(
+        teacher, model.teacher_mean, model.teacher_std, student, autoencoder, model.quantiles, in_size, model.map_border
+    )
+    return InferenceResult(out.anomaly_map, out.score)

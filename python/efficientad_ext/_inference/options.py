@@ -1,0 +1,45 @@
+"""How ``EfficientAD.infer`` runs: the one switchboard of the inference engine.
+
+Each model owns an :class:`InferenceOptions` (``model.inference_options``); change it with
+``model.inference_options = dataclasses.replace(model.inference_options, ...)``. Options are
+part of the CUDA-graph key, so a graph captured under other options is never replayed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+WINOGRAD_ENV = "EFFICIENTAD_CPU_WINOGRAD"
+
+
+def winograd_from_environment() -> bool:
+    """``EFFICIENTAD_CPU_WINOGRAD`` (default on; 0/false/no/off turn it off), read when an
+    options object is created without an explicit ``cpu_winograd``."""
+    return os.environ.get(WINOGRAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Choices that change speed, never the function computed (up to float rounding).
+
+    ``cpu_winograd``: float32/float64 CPU inference runs the 3x3/4x4 convolutions by Winograd
+    (:mod:`efficientad_ext._inference.cpu_winograd`); off: oneDNN direct convolutions.
+    ``fuse_first_layer``: device types ("cpu", "cuda") on which the teacher's and student's
+    first layers run as one convolution (:mod:`efficientad_ext._inference.teacher_student`).
+    Default CUDA only: on 2 CPU cores it measured no faster (separate/one-conv time 0.92-1.03),
+    the split halves cost a copy each; on CUDA it saves a launch and a read of the image.
+    """
+
+    cpu_winograd: bool = field(default_factory=winograd_from_environment)
+    fuse_first_layer: frozenset[str] = frozenset({"cuda"})
+
+    def __post_init__(self) -> None:
+        devices = frozenset(self.fuse_first_layer)
+        unknown = devices - {"cpu", "cuda"}
+        if unknown:
+            raise ValueError(f"fuse_first_layer takes device types 'cpu' and 'cuda', got {sorted(unknown)}")
+        object.__setattr__(self, "fuse_first_layer", devices)
+        object.__setattr__(self, "cpu_winograd", bool(self.cpu_winograd))
+
+    def fuses_first_layer(self, device_type: str) -> bool:
+        return device_type in self.fuse_first_layer

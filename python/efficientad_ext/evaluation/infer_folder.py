@@ -1,0 +1,76 @@
+"""``efficientad infer`` over a folder: scores.csv, heatmaps and run.json in memory that does
+not grow with the folder.
+
+Each batch's maps are turned into heatmap PNGs and dropped before the next batch; only the
+scores (one float per image) are kept until the end. So the heatmaps cannot be scaled by the
+folder's maximum; they use a fixed rule instead: the colour scale spans map values
+[0, :data:`HEATMAP_VMAX`]. A calibrated model's maps are normalised so that the 99.5% quantile
+of normal validation pixels (its q_b) maps to 0.1 (``0.1 (m - q_a) / (q_b - q_a)``, both
+halves summed with weight 0.5), so 0.1 — the upper end of normal — is drawn mid-scale (green)
+and twice that saturates (red); the same value has the same colour in every image and every
+run of one model. (Uncalibrated models' maps follow the same scale without that meaning.)
+
+Order of writes, each atomic: ``run.json`` (``running``), heatmaps batch by batch,
+``scores.csv``, ``run.json`` (``complete``); see :mod:`efficientad_ext.run_record`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..data import ImageDataset, Sample
+from ..formats.atomic import write_text_atomically
+from ..model import EfficientAD
+from ..progress import Progress
+from ..formats.run_record import RunRecord
+from ..formats.stale_files import remove_stale_temp_files
+
+HEATMAP_VMAX = 0.2
+
+
+@torch.no_grad()
+def infer_folder(
+    model: EfficientAD,
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    batch_size: int = 8,
+    skip_corrupt: bool = False,
+    write_images: bool = True,
+) -> int:
+    """Scores ``paths`` into ``out_dir/scores.csv`` (and ``heatmaps/<stem>.png``); returns
+    the number of images scored. Memory is one batch of maps whatever the number of images."""
+    out = Path(out_dir)
+    remove_stale_temp_files([out, out / "heatmaps"])
+    record = RunRecord(out, "infer", model_path).start()
+    samples = [Sample(path=Path(p), label=0, defect_type="images", mask_path=None) for p in paths]
+    dataset = ImageDataset(samples, model.config.image_size, skip_corrupt=skip_corrupt)
+    scores: list[float] = []
+    progress = Progress(len(dataset), label="infer", every=max(1, len(dataset) // 10), unit="images")
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        result = model.infer(torch.stack([it["image"] for it in items]), dtype=torch.float32)
+        maps = result.anomaly_map[:, 0].float().cpu()
+        scores.extend(float(v) for v in result.score.float().cpu())
+        if write_images:
+            from .visualize import save_heatmap_png
+
+            for item, m in zip(items, maps):
+                stem = Path(item["path"]).stem
+                save_heatmap_png(item["image"], m, out / "heatmaps" / f"{stem}.png", vmin=0.0, vmax=HEATMAP_VMAX)
+        progress.update(start + len(items))
+    progress.close()
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "score"])
+    for s, v in zip(dataset.samples, scores):
+        writer.writerow([str(s.path), f"{v:.6g}"])
+    write_text_atomically(out / "scores.csv", buf.getvalue())
+    record.finish(images=len(paths), scored=len(scores), skipped=len(dataset.skipped),
+                  heatmaps=len(scores) if write_images else 0)
+    return len(scores)

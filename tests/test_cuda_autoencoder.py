@@ -1,0 +1,103 @@
+"""efficientad_ext._inference.autoencoder_cuda (issue 18, item 6): the autoencoder with cuDNN's fused
+conv + bias + ReLU, and on a second stream at batch 1, both behind switches that are off by
+default. The structure check runs on the CPU; everything else needs a CUDA device."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import CUDA
+from efficientad_ext import Autoencoder, EfficientAD, ModelConfig
+from efficientad_ext._inference import autoencoder_cuda
+from efficientad_ext._inference import networks as inference_networks
+
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device")]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def unfused(x, conv):
+    return F.relu(conv(x))
+
+
+def test_fused_forward_mirrors_the_module():
+    # Same stages in the same order as Autoencoder.forward: with an unfused conv_relu the
+    # result is bit-identical (guards the mirror against changes to the module).
+    ae = Autoencoder(16).eval()
+    x = torch.randn(1, 3, 256, 272)
+    with torch.no_grad():
+        want = ae(x, (56, 60))
+        got = autoencoder_cuda.fused_forward(ae, x, (56, 60), conv_relu=unfused)
+    assert torch.equal(got, want)
+    pairs = []
+    autoencoder_cuda.run_sequential(ae.encoder, x, lambda t, c: pairs.append(c) or unfused(t, c))
+    assert len(pairs) == 5  # the five stride-2 Conv2d + ReLU pairs; the 8x8 conv stays unfused
+
+
+def test_switches_are_off_by_default_and_ignored_on_cpu(monkeypatch):
+    ae = Autoencoder(8).eval()
+    x = torch.randn(1, 3, 256, 256)
+    calls = []
+    with torch.no_grad():
+        want = ae(x, (56, 56))
+        for env in ({}, {"EFFICIENTAD_AE_SIDE_STREAM": "1", "EFFICIENTAD_CUDNN_FUSION": "1"}):
+            for k, v in env.items():
+                monkeypatch.setenv(k, v)
+            t, s, a = autoencoder_cuda.forward_with_pdns(lambda: calls.append(1) or (x, x), ae, x, (56, 56))
+            assert torch.equal(a, want) and t is x and s is x
+    assert calls == [1, 1]
+
+
+def random_model(device, channels=384):
+    model = EfficientAD(ModelConfig(arch="small", teacher_channels=channels)).eval()
+    with torch.no_grad():
+        model.teacher_mean.normal_(0, 0.1)
+        model.teacher_std.uniform_(0.5, 1.5)
+        model.quantiles.copy_(torch.tensor([0.01, 0.05, 0.02, 0.06]))
+    return model.to(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda)])
+def test_cudnn_fused_autoencoder_matches(device, dtype):
+    ae = Autoencoder(64).to(device=device, dtype=dtype).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 256, 256, device=device, dtype=dtype)
+    with torch.no_grad():
+        want = copy.deepcopy(ae).double()(x.double(), (56, 56))
+        got = autoencoder_cuda.fused_forward(ae, x, (56, 56))
+    scale = float(want.abs().max())
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("switch", ["EFFICIENTAD_AE_SIDE_STREAM", "EFFICIENTAD_CUDNN_FUSION"])
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda)])
+def test_infer_with_switch_equals_default(device, graph, switch, monkeypatch):
+    model = random_model(device)
+    images = torch.rand(1, 3, 256, 256, device=device)
+    want = model.infer(images, dtype=torch.bfloat16, cuda_graph=False)
+    inference_networks.clear(model)
+    monkeypatch.setenv(switch, "1")
+    got = model.infer(images, dtype=torch.bfloat16, cuda_graph=graph)
+    again = model.infer(torch.rand(1, 3, 256, 256, device=device), dtype=torch.bfloat16, cuda_graph=graph)
+    assert again.anomaly_map.shape == got.anomaly_map.shape
+    # The side stream runs the same kernels (only their order changes); fused cuDNN kernels and
+    # graph replays may pick other algorithms, which round differently in bf16.
+    tol = dict(rtol=1e-5, atol=1e-6) if switch == "EFFICIENTAD_AE_SIDE_STREAM" and not graph else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got.anomaly_map, want.anomaly_map, **tol)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model.infer(images, dtype=torch.bfloat16, cuda_graph=graph)  # no host sync with the switch on
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
