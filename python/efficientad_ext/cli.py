@@ -68,10 +68,31 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     from .api import train
+    from .distributed import process_group, rank_device
 
-    train(args.dataset, args.out, _model_config(args), _train_config(args), teacher=args.teacher,
-          device=args.device, resume=args.resume, eval_dataset=args.eval_dataset)
-    print(f"model written to {Path(args.out) / 'model.safetensors'}")
+    device = rank_device(_device(args.device))  # issue 17: under torchrun, data-parallel over its ranks
+    with process_group(device) as env:
+        train(args.dataset, args.out, _model_config(args), _train_config(args), teacher=args.teacher,
+              device=device, resume=args.resume, eval_dataset=args.eval_dataset)
+    if env is None or env.is_main:
+        print(f"model written to {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
+def cmd_train_all(args) -> int:
+    """issue 17: one model per category of an MVTec-style root, one per rank (train_all.py)."""
+    from .distributed import process_group, rank_device
+    from .train_all import format_table, train_all
+
+    device = rank_device(_device(args.device))
+    # gloo even on GPUs: the ranks only meet at the end (a barrier), after hours of training.
+    with process_group(device, backend="gloo", timeout_s=7 * 24 * 3600.0) as env:
+        rows = train_all(args.root, args.out, _model_config(args), _train_config(args), teacher=args.teacher, device=device,
+                         evaluate_test=not args.no_eval)
+    if env is None or env.is_main:
+        print(format_table(rows))
+        print(f"summary: {Path(args.out) / 'summary.csv'}")
+        return 0 if all(r.get("status") == "ok" for r in rows) else 1
     return 0
 
 
@@ -123,6 +144,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_infer(args) -> int:
+    from .distributed import torchrun_env
+
+    if torchrun_env() is not None:  # issue 17: under torchrun, sharded and resumable (sharded_infer.py)
+        return cmd_infer_sharded(args)
     from .data import list_images
     from .evaluation.infer_folder import infer_folder
     from .formats.model_file import load_model
@@ -134,6 +159,21 @@ def cmd_infer(args) -> int:
     out = Path(args.out)
     n = infer_folder(model, paths, out, args.model, args.batch_size, args.skip_corrupt, write_images=not args.no_images)
     print(f"{n} images scored: {out / 'scores.csv'}")
+    return 0
+
+
+def cmd_infer_sharded(args) -> int:
+    from .distributed import process_group, rank_device
+    from .sharded_infer import sharded_infer
+
+    device = rank_device(_device(args.device))
+    with process_group(device) as env:
+        r = sharded_infer(args.model, args.images, args.out, device=device, batch_size=args.batch_size, workers=args.workers,
+                          write_images=not args.no_images)
+    if env.is_main:
+        out = Path(args.out)
+        print(f"{r.scored} images scored ({r.skipped} already scored before this run, {r.corrupt} corrupt: "
+              f"{out / 'corrupt.csv'}) by {env.world_size} rank(s) in {r.seconds:.1f} s: {out / 'scores.csv'}")
     return 0
 
 
@@ -197,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-all", help="train one model per category of an MVTec-style root (under torchrun: one per rank)")
+    p.add_argument("root", type=Path, help="folder of category folders, each with train/good (e.g. the MVTec AD root)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: one subfolder per category, summary.csv / summary.json")
+    p.add_argument("--no-eval", action="store_true", help="do not evaluate each category's test set")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train_all)
+
     p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
     from .distillation.distiller import DistillConfig
 
@@ -238,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
-        p.add_argument("--skip-corrupt", action="store_true")
+        if name == "infer":  # issue 17
+            p.add_argument("--skip-corrupt", action="store_true",
+                           help="skip unreadable images (under torchrun always: listed in corrupt.csv)")
+            p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
+        else:
+            p.add_argument("--skip-corrupt", action="store_true")
         p.add_argument("--device")
         p.set_defaults(func=func)
 
@@ -276,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded by commands that keep provenance (distill)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command in ("train", "demo", "distill") else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from .distributed import torchrun_env
+
+    env = torchrun_env()  # issue 17: under torchrun, only rank 0 logs progress; every rank warns
+    logging.basicConfig(level=logging.INFO if (args.verbose or args.command in ("train", "demo", "distill", "train-all"))
+                        and (env is None or env.is_main) else logging.WARNING,
+                        format=("" if env is None else f"[rank {env.rank}] ") + "%(levelname)s %(name)s: %(message)s")
     from .formats.model_file import ModelFileError
     from .data import ImageError
 

@@ -25,11 +25,23 @@ def blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
     return (factor * x + (1 - factor) * other).clamp_(0, 1)
 
 
-def color_jitter_one_of(x: Tensor, generator: torch.Generator, low: float = 0.8, high: float = 1.2) -> Tensor:
-    """Per image, one of brightness / contrast / saturation with factor ~ U(low, high)."""
-    b = x.shape[0]
+def draw_color_jitter(b: int, generator: torch.Generator, low: float = 0.8, high: float = 1.2) -> tuple[Tensor, Tensor]:
+    """The random draws of :func:`color_jitter_one_of` for ``b`` images, in its order: the kind
+    (0 brightness, 1 contrast, 2 saturation) [b] and the factor [b]."""
     kind = torch.randint(0, 3, (b,), generator=generator)
-    factor = (torch.rand(b, generator=generator) * (high - low) + low).to(x.device, x.dtype).view(b, 1, 1, 1)
+    return kind, torch.rand(b, generator=generator) * (high - low) + low
+
+
+def color_jitter_one_of(x: Tensor, generator: torch.Generator, low: float = 0.8, high: float = 1.2, *,
+                        draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Per image, one of brightness / contrast / saturation with factor ~ U(low, high).
+
+    ``draws``: (kind, factor) from :func:`draw_color_jitter` made beforehand (data-parallel
+    training draws them for the whole global batch and passes each rank its share); then
+    ``generator`` is not used."""
+    b = x.shape[0]
+    kind, factor = draws if draws is not None else draw_color_jitter(b, generator, low, high)
+    factor = factor.to(x.device, x.dtype).view(b, 1, 1, 1)
     gray = grayscale(x)
     brightness = blend(x, torch.zeros_like(x), factor)
     contrast = blend(x, gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), factor)
@@ -38,15 +50,24 @@ def color_jitter_one_of(x: Tensor, generator: torch.Generator, low: float = 0.8,
     return torch.where(k == 0, brightness, torch.where(k == 1, contrast, saturation))
 
 
-def penalty_transform(x: Tensor, size: tuple[int, int], generator: torch.Generator, p_gray: float = 0.3) -> Tensor:
+def draw_grayscale(b: int, generator: torch.Generator, p_gray: float = 0.3) -> Tensor:
+    """The random draw of :func:`penalty_transform` for ``b`` images: which become grayscale, bool [b]."""
+    return torch.rand(b, generator=generator) < p_gray
+
+
+def penalty_transform(x: Tensor, size: tuple[int, int], generator: torch.Generator, p_gray: float = 0.3, *,
+                      gray: Tensor | None = None) -> Tensor:
     """Resize([B,3,h,w] -> 2*size) -> RandomGrayscale(p_gray) -> CenterCrop(size).
 
     Give ``x`` at the images' original size (one image) or already resized from the original
-    to 2*size (a batch of images of different sizes; then no second resize happens)."""
+    to 2*size (a batch of images of different sizes; then no second resize happens).
+    ``gray``: the grayscale draw from :func:`draw_grayscale` made beforehand (then ``generator``
+    is not used)."""
     h, w = size
     if tuple(x.shape[-2:]) != (2 * h, 2 * w):
         x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False, antialias=True)
-    gray_mask = (torch.rand(x.shape[0], generator=generator) < p_gray).to(x.device).view(-1, 1, 1, 1)
+    gray = draw_grayscale(x.shape[0], generator, p_gray) if gray is None else gray
+    gray_mask = gray.to(x.device).view(-1, 1, 1, 1)
     x = torch.where(gray_mask, grayscale(x).expand_as(x), x)
     top, left = (2 * h - h) // 2, (2 * w - w) // 2
     return x[:, :, top : top + h, left : left + w]

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .. import ops
 from ..data import Sample, list_images, load_image, resize_image
+from ..distributed import DataParallel
 from ..formats.atomic import write_text_atomically
 from ..formats.stale_files import remove_stale_temp_files
 from ..formats.model_file import save_model
@@ -101,28 +102,36 @@ class TrainConfig:
         return self.lr * (self.lr_drop_factor if step >= int(self.lr_drop_at * self.steps) else 1.0)
 
 
-def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator) -> Tensor:
+def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator, gray: Tensor | None = None) -> Tensor:
     """Penalty images P (Algorithm 1, line 14): each original image resized straight to twice
-    ``size`` (never through ``size`` first), random grayscale, centre crop; float [B, 3, *size]."""
+    ``size`` (never through ``size`` first), random grayscale, centre crop; float [B, 3, *size].
+    ``gray``: the grayscale draw made beforehand (see :func:`augment.penalty_transform`)."""
     h, w = size
     raw = torch.stack([resize_image(load_image(p), (2 * h, 2 * w)) for p in paths])
-    return penalty_transform(raw, size, generator)
+    return penalty_transform(raw, size, generator, gray=gray)
 
 
 @torch.no_grad()
-def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: int = 8) -> tuple[Tensor, Tensor]:
+def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: int = 8, *,
+                          indices: Sequence[int] | None = None, reduce=None) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of the teacher's output over all images of ``source``, in one
-    streaming pass with float64 sums (memory independent of the number of images)."""
+    streaming pass with float64 sums (memory independent of the number of images).
+
+    Data-parallel training (distributed.py) passes this rank's ``indices`` and a ``reduce``
+    that sums (total, total_sq, count) over the ranks before the mean and std are taken."""
     c = model.config.teacher_channels
     total = torch.zeros(c, dtype=torch.float64, device=model.device)
     total_sq = torch.zeros(c, dtype=torch.float64, device=model.device)
     count = 0
-    for start in range(0, len(source), batch_size):
-        x = to_unit_float(source.get(range(start, min(start + batch_size, len(source)))), model.device)
+    order = list(range(len(source))) if indices is None else list(indices)
+    for start in range(0, len(order), batch_size):
+        x = to_unit_float(source.get(order[start : start + batch_size]), model.device)
         t = model.teacher.fused_forward(model.normalize(x)).double()
         total += t.sum(dim=(0, 2, 3))
         total_sq += (t * t).sum(dim=(0, 2, 3))
         count += t.shape[0] * t.shape[2] * t.shape[3]
+    if reduce is not None:
+        total, total_sq, count = reduce(total, total_sq, count)
     mean = total / count
     var = (total_sq / count - mean * mean).clamp_min(0)
     return mean.float(), var.sqrt().float()
@@ -135,22 +144,27 @@ class TrainStep:
         self.model, self.config, self.generator = model, config, generator
         params = list(model.student.parameters()) + list(model.autoencoder.parameters())
         self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        # The modules the step runs; data-parallel training replaces them by their
+        # DistributedDataParallel wrappers (same parameters, gradients averaged over ranks).
+        self.student, self.autoencoder = model.student, model.autoencoder
 
-    def __call__(self, step: int, images: Tensor, penalty: Tensor | None) -> dict[str, float]:
-        """images: float [B, 3, H, W] in [0, 1]; penalty: the same for ImageNet images or None."""
+    def __call__(self, step: int, images: Tensor, penalty: Tensor | None, *,
+                 jitter: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+        """images: float [B, 3, H, W] in [0, 1]; penalty: the same for ImageNet images or None;
+        jitter: the autoencoder branch's augmentation draws made beforehand (else drawn here)."""
         model, cfg = self.model, self.config
         c = model.config.teacher_channels
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
         b = images.shape[0]
-        augmented = color_jitter_one_of(images, self.generator)
+        augmented = color_jitter_one_of(images, self.generator, draws=jitter)
         x = model.normalize(torch.cat([images, augmented]))
         mean, std = model.teacher_mean.view(1, c, 1, 1), model.teacher_std.view(1, c, 1, 1)
         with torch.no_grad():
             teacher = (model.teacher(x) - mean) / std
         student_in = x if penalty is None else torch.cat([x, model.normalize(penalty)])
-        student = model.student(student_in)
-        ae = model.autoencoder(x[b:], model.feature_size)
+        student = self.student(student_in)
+        ae = self.autoencoder(x[b:], model.feature_size)
 
         hard = ops.hard_feature_loss(teacher[:b], student[:b, :c], cfg.p_hard, cfg.reduction)
         pen = (student[2 * b :, :c] ** 2).mean() if penalty is not None else student.new_zeros(())
@@ -183,9 +197,11 @@ def map_quantiles(model: EfficientAD, source: ImageSource, low: float, high: flo
 _STATE_KIND = "train_state"
 
 
-def _save_state(path: Path, model: EfficientAD, stepper: TrainStep, step: int, meta: dict[str, Any]) -> None:
+def _save_state(path: Path, model: EfficientAD, stepper: TrainStep, step: int, meta: dict[str, Any],
+                extra: dict[str, Tensor] | None = None) -> None:
     modules = {f"model.{name}": getattr(model, name) for name in ("teacher", "student", "autoencoder")}
     stats = {f"model.{name}": getattr(model, name) for name in ("teacher_mean", "teacher_std")}
+    stats.update(extra or {})  # data-parallel training: every rank's RNG state (distributed.py)
     save_state(path, _STATE_KIND, step, modules, stepper.optimizer, stepper.generator, stats, {"meta": json.dumps(meta)})
 
 
@@ -218,6 +234,7 @@ class _Run:
     record: TrainingRecord
     stepper: TrainStep
     meta: dict[str, Any]  # what a resumed run must agree on (JSON form)
+    dp: DataParallel | None = None  # issue 17: None in one process; else this rank's view of the run
 
     @property
     def state_path(self) -> Path:
@@ -226,8 +243,16 @@ class _Run:
     def calibrate(self) -> None:
         """The map quantiles over the validation images (Algorithm 1, lines 28-33)."""
         cfg = self.config
-        self.model.quantiles.copy_(map_quantiles(self.model, self.val_source, cfg.quantile_low, cfg.quantile_high))
+        quantiles = lambda: map_quantiles(self.model, self.val_source, cfg.quantile_low, cfg.quantile_high)  # noqa: E731
+        # issue 17: data-parallel, rank 0 computes them (exact: all pixels) and broadcasts.
+        self.model.quantiles.copy_(quantiles() if self.dp is None else self.dp.on_main_then_broadcast(quantiles))
         self.model.calibrated = True
+
+    def save_state(self, step: int) -> None:
+        if self.dp is None:
+            _save_state(self.state_path, self.model, self.stepper, step, self.meta)
+        else:  # issue 17: every rank's RNG state gathered (a collective), rank 0 writes
+            self.dp.save_state(lambda extra: _save_state(self.state_path, self.model, self.stepper, step, self.meta, extra))
 
 
 def _image_sources(train_images, validation_images, model_config: ModelConfig, config: TrainConfig):
@@ -256,7 +281,7 @@ def _penalty_paths(config: TrainConfig) -> list[Path]:
 
 
 def _setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig, validation_images, teacher,
-           device: torch.device) -> _Run:
+           device: torch.device, dp: DataParallel | None = None) -> _Run:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files([out_dir, out_dir / "curve_models"])  # left by a run killed in this folder
@@ -274,7 +299,8 @@ def _setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig
     record = TrainingRecord(steps=config.steps, teacher=choice.description, penalty_images=str(config.penalty_dir or "none"))
     # JSON round trip so the comparison on resume sees lists where the config has tuples.
     meta = json.loads(json.dumps({"train_config": asdict(config), "model_config": model_config.to_dict(), "teacher": record.teacher}))
-    return _Run(model, config, out_dir, device, source, val_source, n_val, penalty_paths, record, TrainStep(model, config, generator), meta)
+    return _Run(model, config, out_dir, device, source, val_source, n_val, penalty_paths, record, TrainStep(model, config, generator),
+                meta, dp)
 
 
 def _resume_or_start(run: _Run, resume: bool) -> int:
@@ -282,7 +308,7 @@ def _resume_or_start(run: _Run, resume: bool) -> int:
     model = run.model
     if not resume:
         model.teacher.eval()
-        mean, std = teacher_channel_stats(model, run.source)
+        mean, std = teacher_channel_stats(model, run.source) if run.dp is None else run.dp.teacher_channel_stats(model, run.source)
         model.teacher_mean.copy_(mean)
         model.teacher_std.copy_(std)
         return 0
@@ -320,6 +346,16 @@ def _curve_point(run: _Run, curve_samples: Sequence[Sample], step: int) -> dict[
     return metrics
 
 
+def _step(run: _Run, step: int) -> dict[str, float]:
+    """One optimisation step on the next batch; its loss terms."""
+    if run.dp is None:
+        return run.stepper(step, *_batch(run))
+    # issue 17: this rank's share of the global batch (the same draws, sliced), and the global
+    # batch's losses, the same on every rank.
+    images, penalty, jitter = run.dp.draw_share(run.stepper.generator, run.source, run.penalty_paths, run.model.config.image_size)
+    return run.dp.mean_terms(run.stepper(step, images, penalty, jitter=jitter))
+
+
 def _batch(run: _Run) -> tuple[Tensor, Tensor | None]:
     """One step's training images and penalty images, drawn from the run's generator."""
     cfg, size, generator = run.config, run.model.config.image_size, run.stepper.generator
@@ -342,12 +378,13 @@ def _loop(run: _Run, step: int, curve: LearningCurve | None, curve_samples) -> t
 
     def after_step(done: int, terms: dict[str, float]) -> None:
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _save_state(run.state_path, model, run.stepper, done, run.meta)
+            run.save_state(done)
         if curve is not None and curve.due(done):
             timer.exclude(lambda: curve.add(done, timer.seconds(), terms, lambda: _curve_point(run, curve_samples, done)))
 
-    progress = Progress(cfg.steps, start=step, every=cfg.log_every)
-    done, terms = run_steps("training", step, cfg.steps, lambda s: run.stepper(s, *_batch(run)), after_step, progress)
+    stream = None if run.dp is None else run.dp.progress_stream()  # issue 17: rank 0's progress only
+    progress = Progress(cfg.steps, start=step, every=cfg.log_every, stream=stream)
+    done, terms = run_steps("training", step, cfg.steps, lambda s: _step(run, s), after_step, progress)
     return done, terms, timer.seconds()
 
 
@@ -369,9 +406,12 @@ def _finalise(run: _Run, start_step: int, step: int, terms: dict[str, float], se
         "device": str(run.device),
         "train_config": asdict(run.config),
     }
+    if run.dp is not None:  # issue 17: the run's ranks in the record; only rank 0 writes files
+        record.extra["data_parallel"] = run.dp.describe()
     model.record = record
-    save_model(model, run.out_dir / MODEL_FILE)
-    write_text_atomically(run.out_dir / "training.json", json.dumps(asdict(record), indent=2))
+    if run.dp is None or run.dp.is_main:
+        save_model(model, run.out_dir / MODEL_FILE)
+        write_text_atomically(run.out_dir / "training.json", json.dumps(asdict(record), indent=2))
     log.info("trained %d steps in %s; model written to %s", step - start_step, format_duration(seconds), run.out_dir / MODEL_FILE)
     return model
 
@@ -387,6 +427,7 @@ def train(
     device: str | torch.device = "cpu",
     resume: bool = False,
     curve_samples: Sequence[Sample] | None = None,
+    data_parallel: bool | None = None,
 ) -> EfficientAD:
     """Trains an EfficientAD model (Algorithm 1) on a list of images and writes
     ``out_dir/model.safetensors`` (:func:`efficientad_ext.train` takes a dataset folder).
@@ -407,10 +448,17 @@ def train(
         curve_samples: a labelled test set for the learning curve, evaluated at the steps of
             ``config.eval_every`` / ``config.eval_at`` into ``out_dir/curve.json`` (and
             ``curve.png``); the quantiles of each point come from the validation images.
+        data_parallel: train data-parallel over the ranks of the initialised
+            ``torch.distributed`` process group (see :mod:`efficientad_ext.distributed`);
+            None: when one with more than one rank is initialised.
     """
     model_config, config = model_config or ModelConfig(), config or TrainConfig()
-    run = _setup(train_images, out_dir, model_config, config, validation_images, teacher, torch.device(device))
+    # issue 17: None in one process; else this rank's view of the data-parallel run.
+    dp = DataParallel.create(config, device, data_parallel, curve=curve_samples is not None)
+    run = _setup(train_images, out_dir, model_config, config, validation_images, teacher, torch.device(device), dp)
     start_step = _resume_or_start(run, resume)
     curve = _learning_curve(run, curve_samples, start_step, resume)
+    if dp is not None:  # issue 17: DDP wrappers, this rank's own RNG stream (restored on resume)
+        dp.start(run.stepper, run.state_path if resume else None)
     step, terms, seconds = _loop(run, start_step, curve, curve_samples)
     return _finalise(run, start_step, step, terms, seconds)
