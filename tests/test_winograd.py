@@ -88,7 +88,7 @@ def test_bad_arguments_are_named():
         prepare_weights(torch.randn(8, 4, 5, 5))
     with pytest.raises(ValueError, match="square"):
         prepare_weights(torch.randn(8, 4, 3, 4))
-    with pytest.raises(RuntimeError, match="too small"):
+    with pytest.raises(ValueError, match="too small"):
         winograd_conv2d(torch.randn(1, 4, 2, 2), prepared)
     assert DEFAULT_TILE == {3: 4, 4: 3}
 
