@@ -1,6 +1,8 @@
 """Training (Algorithm 1): losses, statistics, quantiles, checkpoints, exact resume, errors."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,29 @@ def write_images(folder, n, size=(256, 256), seed=0):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(p)
         paths.append(p)
     return paths
+
+
+@contextlib.contextmanager
+def interrupt_training_after(steps: int):
+    """Runs the block with a KeyboardInterrupt raised instead of training step ``steps + 1``
+    (as a Ctrl-C there would), and expects it to propagate out of the block."""
+    import efficientad_ext.training.trainer as tr
+
+    original = tr.TrainStep.__call__
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        if calls["n"] == steps:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    tr.TrainStep.__call__ = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        tr.TrainStep.__call__ = original
 
 
 def test_config_schedule_and_reduction():
@@ -113,23 +138,8 @@ def test_train_writes_calibrated_model_and_resume_is_exact(tmp_path):
     torch.testing.assert_close(q[:2], ops.quantile(st, [0.9, 0.995]))
     # Interrupted after 1 step, resumed to 2: identical weights.
     half = tmp_path / "c"
-    import efficientad_ext.training.trainer as tr
-
-    original = tr.TrainStep.__call__
-    calls = {"n": 0}
-
-    def interrupted(self, *args, **kwargs):
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(self, *args, **kwargs)
-
-    tr.TrainStep.__call__ = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(paths, half, config=cfg)
-    finally:
-        tr.TrainStep.__call__ = original
+    with interrupt_training_after(1):
+        train(paths, half, config=cfg)
     assert (half / "train_state.safetensors").is_file() and not (half / "model.safetensors").exists()
     resumed = train(paths, half, config=cfg, resume=True)
     for a, b in zip(straight.student.state_dict().values(), resumed.student.state_dict().values()):
@@ -219,23 +229,8 @@ def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
     last = load_model(tmp_path / "curve" / "curve_models" / "model_step000003.safetensors")
     torch.testing.assert_close(last.quantiles, curved.quantiles)
     # Resuming from step 2 keeps the points up to 2 and recomputes step 3.
-    import efficientad_ext.training.trainer as tr
-
-    original = tr.TrainStep.__call__
-    calls = {"n": 0}
-
-    def interrupted(self, *args, **kwargs):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(self, *args, **kwargs)
-
-    tr.TrainStep.__call__ = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(paths, tmp_path / "half", config=cfg, curve_samples=samples)
-    finally:
-        tr.TrainStep.__call__ = original
+    with interrupt_training_after(2):
+        train(paths, tmp_path / "half", config=cfg, curve_samples=samples)
     assert [p["step"] for p in json.loads((tmp_path / "half" / "curve.json").read_text())["points"]] == [1]
     train(paths, tmp_path / "half", config=cfg, curve_samples=samples, resume=True)
     resumed = json.loads((tmp_path / "half" / "curve.json").read_text())["points"]
