@@ -32,6 +32,17 @@ OUT_TOL = {
 }
 
 
+@pytest.fixture
+def no_tf32():
+    """TF32 off for the test: float32 CUDA results are compared at float32 tolerances, and cuDNN
+    allows TF32 by default, where NCHW and NHWC may pick engines about 1e-3 apart.
+    tests/test_cuda_tf32.py tests the TF32 path with its own tolerance. No effect on the CPU."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     # A fresh but reproducible random stream per test, derived from the test id (crc32, not

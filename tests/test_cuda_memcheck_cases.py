@@ -18,11 +18,8 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA dev
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+def _float32_cuda_without_tf32(no_tf32):
+    """float32 CUDA results are compared at float32 tolerances (conftest.no_tf32)."""
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

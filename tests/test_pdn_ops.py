@@ -10,14 +10,9 @@ from efficientad_ext import PDN, build_pdn, ops, reference
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32():
-    """float32 CUDA results are compared at float32 tolerances: TF32 off (cuDNN allows it by
-    default, and NCHW / NHWC may then pick engines ~1e-3 apart). tests/test_cuda_tf32.py tests
-    the TF32 path with its own tolerance. No effect on CPU tests."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+def _float32_cuda_without_tf32(no_tf32):
+    """float32 CUDA results are compared at float32 tolerances (conftest.no_tf32)."""
+
 
 # Convolutions run in oneDNN / cuDNN in both paths; half precision differs by rounding order.
 CONV_TOL = {
