@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.precision import describe_cpu
+
 HERE = Path(__file__).resolve().parent
 TOOL = HERE.parent.parent / "shared" / "tools" / "anomalib_train_loop.py"
 
@@ -105,11 +108,8 @@ def main(argv=None) -> int:
             runs.append({"side": side, "seed": seed, "steps": args.steps, **r})
             print(f"    image AUROC {r['image_auroc']:.4f}", flush=True)
             result = {"dataset": str(args.dataset), "teacher": str(teacher.name), "threads": args.threads,
-                      "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__, "runs": runs}
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            os.replace(tmp, args.out)
+                      "machine": f"{platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}", "torch": torch.__version__, "runs": runs}
+            write_text_atomically(args.out, json.dumps(result, indent=2))
     return 0
 
 

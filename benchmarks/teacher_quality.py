@@ -31,19 +31,12 @@ import torch.nn.functional as F
 
 from efficientad_ext.data import load_image, open_dataset, resize_image
 from efficientad_ext.evaluation.metrics import image_auroc
+from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.pdn import build_pdn
+from efficientad_ext.precision import describe_cpu
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")
-    return " ".join(f for f in keep if f in flags) or "none of avx2/avx512/amx"
 
 
 def make_extractor(name: str):
@@ -166,16 +159,13 @@ def main(argv=None) -> int:
                      "std": float(t.std()) if len(aurocs) > 1 else 0.0, "seconds": round(time.perf_counter() - t0, 1)})
     result = {"dataset": str(args.dataset), "bank_images": args.bank_images, "bank_size": args.bank_size,
               "seeds": args.seeds, "test_images": len(test), "anomalous": int(labels.sum()),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {cpu_flags()}",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
     print("| extractor | image AUROC (mean ± std over seeds) | per seed |\n|---|---:|---|")
     for r in rows:
         print(f"| {r['label']} | {r['mean']:.4f} ± {r['std']:.4f} | {', '.join(f'{v:.4f}' for v in r['image_auroc_per_seed'])} |")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+        write_text_atomically(args.out, json.dumps(result, indent=2))
     return 0
 
 

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from efficientad_ext import EfficientAD, ModelConfig, ModelFileError, load_model, save_model
+from corruption_probe import tiny_model
 from efficientad_ext.formats import integrity
 from efficientad_ext.cli import main
 from efficientad_ext.formats.integrity import UnverifiedFileWarning
@@ -19,15 +20,7 @@ from efficientad_ext.pdn import build_pdn
 from efficientad_ext.formats.teacher_file import TeacherWeightsError, load_teacher_weights
 
 
-def small_model(channels: int = 8) -> EfficientAD:
-    torch.manual_seed(0)
-    model = EfficientAD(ModelConfig(teacher_channels=channels)).eval()
-    with torch.no_grad():
-        model.teacher_mean.normal_(0, 0.1)
-        model.teacher_std.uniform_(0.5, 1.5)
-        model.quantiles.copy_(torch.tensor([0.01, 0.05, 0.02, 0.06]))
-    model.calibrated = True
-    return model
+small_model = tiny_model  # the same tiny calibrated model the corruption probe uses
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
