@@ -8,10 +8,12 @@ do by default.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
@@ -76,6 +78,32 @@ class PDN(nn.Sequential):
             if spec.pool:
                 modules.append(nn.AvgPool2d(2, stride=2, padding=spec.pool_padding))
         super().__init__(*modules)
+
+    def forward(self, x: Tensor, heads: Sequence[tuple[int, int, int]] | None = None) -> Tensor | tuple[Tensor, ...]:
+        """The network on ``x``; with ``heads``, only the output channels each part of the batch needs.
+
+        ``heads``: ``(images, first_channel, end_channel)`` per consecutive group of the batch
+        (the counts sum to the batch size). Every layer but the last runs on the whole batch; the
+        last convolution runs once per group with only its output channels' weights, and a tuple
+        of the groups' outputs is returned. Training uses it (Algorithm 1 reads the student's
+        first C channels of the image and penalty outputs and its last C of the augmented
+        image's): the unused half of the last layer is never computed, forwards or backwards,
+        and the gradients equal the full layer's, whose unused channels would get zero. The last
+        module of every PDN is a convolution without ReLU or pooling (Tables 6/7).
+        """
+        if heads is None:
+            return super().forward(x)
+        *body, last = self
+        if sum(n for n, _, _ in heads) != x.shape[0]:
+            raise ValueError(f"heads cover {sum(n for n, _, _ in heads)} images, the batch has {x.shape[0]}")
+        for module in body:
+            x = module(x)
+        outputs, start = [], 0
+        for n, c0, c1 in heads:
+            bias = None if last.bias is None else last.bias[c0:c1]
+            outputs.append(F.conv2d(x[start : start + n], last.weight[c0:c1], bias, padding=last.padding))
+            start += n
+        return tuple(outputs)
 
     def convolutions(self) -> list[nn.Conv2d]:
         return [m for m in self if isinstance(m, nn.Conv2d)]

@@ -38,6 +38,7 @@ from ..formats.stale_files import remove_stale_temp_files
 from ..formats.model_file import save_model
 from ..formats.teacher_file import load_teacher_weights
 from ..model import EfficientAD, ModelConfig, TrainingRecord
+from ..precision import PRECISIONS, autocast, describe_cpu, resolve_precision
 from ..progress import Progress, format_duration
 from .augment import color_jitter_one_of, penalty_transform
 from .driver import LoopTimer, run_steps
@@ -73,6 +74,8 @@ class TrainConfig:
     log_every: int = 50
     skip_corrupt: bool = False
     max_preload_bytes: int = 4 * 2**30
+    teacher_cache_bytes: int = 4 * 2**30  # TeacherCache when it fits (0: never cache)
+    precision: str = "auto"  # "auto" (bf16 autocast on native-bf16 CPUs and CUDA), "float32" or "bfloat16"
     eval_every: int = 0  # learning curve: evaluate the labelled set every N steps (0: never)
     eval_at: tuple[int, ...] = ()  # ... and at these steps (e.g. 250, 500, 1000, ...)
     eval_keep_models: bool = False  # also write each curve point's calibrated model to curve_models/
@@ -86,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"hard_reduction must be auto, batch or per_sample, got {self.hard_reduction!r}")
         if not 0.0 <= self.p_hard <= 1.0 or not 0.0 <= self.quantile_low < self.quantile_high <= 1.0:
             raise ValueError("p_hard must be in [0, 1] and 0 <= quantile_low < quantile_high <= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.eval_every < 0 or any(int(s) < 1 for s in self.eval_at):
@@ -113,20 +118,27 @@ def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch
 
 @torch.no_grad()
 def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: int = 8, *,
-                          indices: Sequence[int] | None = None, reduce=None) -> tuple[Tensor, Tensor]:
+                          indices: Sequence[int] | None = None, reduce=None,
+                          keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of the teacher's output over all images of ``source``, in one
     streaming pass with float64 sums (memory independent of the number of images).
 
     Data-parallel training (distributed.py) passes this rank's ``indices`` and a ``reduce``
-    that sums (total, total_sq, count) over the ranks before the mean and std are taken."""
+    that sums (total, total_sq, count) over the ranks before the mean and std are taken.
+    ``keep``: a float32 [len(source), C, h, w] tensor that receives every image's raw output
+    (the :class:`TeacherCache`; the same pass, so caching costs no extra teacher forward)."""
     c = model.config.teacher_channels
     total = torch.zeros(c, dtype=torch.float64, device=model.device)
     total_sq = torch.zeros(c, dtype=torch.float64, device=model.device)
     count = 0
     order = list(range(len(source))) if indices is None else list(indices)
     for start in range(0, len(order), batch_size):
-        x = to_unit_float(source.get(order[start : start + batch_size]), model.device)
-        t = model.teacher.fused_forward(model.normalize(x)).double()
+        chunk = order[start : start + batch_size]
+        x = to_unit_float(source.get(chunk), model.device)
+        t = model.teacher.fused_forward(model.normalize(x))
+        if keep is not None:
+            keep[chunk] = t.float()
+        t = t.double()
         total += t.sum(dim=(0, 2, 3))
         total_sq += (t * t).sum(dim=(0, 2, 3))
         count += t.shape[0] * t.shape[2] * t.shape[3]
@@ -137,11 +149,45 @@ def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: i
     return mean.float(), var.sqrt().float()
 
 
-class TrainStep:
-    """One optimisation step of Algorithm 1 (lines 6-27) on a batch of images."""
+class TeacherCache:
+    """The frozen teacher's raw output on every training image, computed once.
 
-    def __init__(self, model: EfficientAD, config: TrainConfig, generator: torch.Generator) -> None:
-        self.model, self.config, self.generator = model, config, generator
+    Algorithm 1 runs the teacher on the drawn training image at every step. The teacher is
+    frozen and that branch never augments the image (the preloaded image, resized once), so
+    the output per image is a constant: it is computed in the teacher-statistics pass (the
+    fused float32 op, batches of 8 in index order: the same values on every start and resume,
+    which keeps resume bit-for-bit) and looked up per step, saving one teacher forward per
+    image per step. The teacher still runs every step on the augmented image.
+
+    Used when ``len(images) * C * h * w * 4`` bytes fit in ``TrainConfig.teacher_cache_bytes``.
+    """
+
+    def __init__(self, model: EfficientAD, count: int) -> None:
+        h, w = model.feature_size
+        self.outputs = torch.empty(count, model.config.teacher_channels, h, w, device=model.device)
+
+    @staticmethod
+    def bytes_needed(model: EfficientAD, count: int) -> int:
+        h, w = model.feature_size
+        return count * model.config.teacher_channels * h * w * 4
+
+    def __getitem__(self, indices: Sequence[int]) -> Tensor:
+        return self.outputs[list(indices)]
+
+
+class TrainStep:
+    """One optimisation step of Algorithm 1 (lines 6-27) on a batch of images.
+
+    ``precision`` ("float32" or "bfloat16", see :mod:`efficientad_ext.precision`): the
+    networks' forward passes under bf16 autocast or not. The weights, Adam's state, the losses
+    and their reductions are float32 either way: every network output is cast to float32
+    before the losses, so the hard-feature quantile is taken exactly on float32 differences.
+    """
+
+    def __init__(self, model: EfficientAD, config: TrainConfig, generator: torch.Generator, precision: str = "float32") -> None:
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16 (resolve 'auto' first), got {precision!r}")
+        self.model, self.config, self.generator, self.precision = model, config, generator, precision
         params = list(model.student.parameters()) + list(model.autoencoder.parameters())
         self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
         # The modules the step runs; data-parallel training replaces them by their
@@ -149,27 +195,39 @@ class TrainStep:
         self.student, self.autoencoder = model.student, model.autoencoder
 
     def __call__(self, step: int, images: Tensor, penalty: Tensor | None, *,
-                 jitter: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+                 jitter: tuple[Tensor, Tensor] | None = None, teacher_images: Tensor | None = None) -> dict[str, float]:
         """images: float [B, 3, H, W] in [0, 1]; penalty: the same for ImageNet images or None;
-        jitter: the autoencoder branch's augmentation draws made beforehand (else drawn here)."""
+        jitter: the autoencoder branch's augmentation draws made beforehand (else drawn here);
+        teacher_images: the frozen teacher's raw output on ``images`` when it is cached
+        (:class:`TeacherCache`), else the teacher runs on them here."""
         model, cfg = self.model, self.config
         c = model.config.teacher_channels
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
         b = images.shape[0]
         augmented = color_jitter_one_of(images, self.generator, draws=jitter)
-        x = model.normalize(torch.cat([images, augmented]))
+        x, x_aug = model.normalize(images), model.normalize(augmented)
         mean, std = model.teacher_mean.view(1, c, 1, 1), model.teacher_std.view(1, c, 1, 1)
-        with torch.no_grad():
-            teacher = (model.teacher(x) - mean) / std
-        student_in = x if penalty is None else torch.cat([x, model.normalize(penalty)])
-        student = self.student(student_in)
-        ae = self.autoencoder(x[b:], model.feature_size)
+        with torch.no_grad(), autocast(self.precision, model.device):
+            if teacher_images is None:
+                teacher = model.teacher(torch.cat([x, x_aug])).float()
+            else:
+                teacher = torch.cat([teacher_images, model.teacher(x_aug).float()])
+            teacher = (teacher - mean) / std
+        # The student's batch is [images, penalty images, augmented images]: the first two groups
+        # are read on its first C output channels only, the last on its last C only, so its last
+        # layer computes just those (PDN.forward's heads; the gradients are the full layer's).
+        parts = [x] if penalty is None else [x, model.normalize(penalty)]
+        first = sum(p.shape[0] for p in parts)
+        with autocast(self.precision, model.device):
+            student_first, student_aug = self.student(torch.cat([*parts, x_aug]), heads=((first, 0, c), (b, c, 2 * c)))
+            ae = self.autoencoder(x_aug, model.feature_size)
+        student_first, student_aug, ae = student_first.float(), student_aug.float(), ae.float()
 
-        hard = ops.hard_feature_loss(teacher[:b], student[:b, :c], cfg.p_hard, cfg.reduction)
-        pen = (student[2 * b :, :c] ** 2).mean() if penalty is not None else student.new_zeros(())
+        hard = ops.hard_feature_loss(teacher[:b], student_first[:b], cfg.p_hard, cfg.reduction)
+        pen = (student_first[b:] ** 2).mean() if penalty is not None else student_first.new_zeros(())
         loss_ae = ((teacher[b:] - ae) ** 2).mean()
-        loss_stae = ((ae - student[b : 2 * b, c:]) ** 2).mean()
+        loss_stae = ((ae - student_aug) ** 2).mean()
         loss = hard + pen + loss_ae + loss_stae
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,6 +293,7 @@ class _Run:
     stepper: TrainStep
     meta: dict[str, Any]  # what a resumed run must agree on (JSON form)
     dp: DataParallel | None = None  # issue 17: None in one process; else this rank's view of the run
+    teacher_cache: TeacherCache | None = None  # filled by _resume_or_start when used
 
     @property
     def state_path(self) -> Path:
@@ -297,18 +356,38 @@ def _setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig
     else:
         log.warning("teacher: %s -- a RANDOMLY INITIALISED teacher; accuracy will be far below the paper's", choice.description)
     record = TrainingRecord(steps=config.steps, teacher=choice.description, penalty_images=str(config.penalty_dir or "none"))
+    precision = resolve_precision(config.precision, device)
+    log.info("precision: %s (asked: %s; %s)", precision, config.precision,
+             f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}")
     # JSON round trip so the comparison on resume sees lists where the config has tuples.
-    meta = json.loads(json.dumps({"train_config": asdict(config), "model_config": model_config.to_dict(), "teacher": record.teacher}))
-    return _Run(model, config, out_dir, device, source, val_source, n_val, penalty_paths, record, TrainStep(model, config, generator),
-                meta, dp)
+    meta = json.loads(json.dumps({"train_config": asdict(config), "model_config": model_config.to_dict(), "teacher": record.teacher,
+                                  "precision": precision}))
+    stepper = TrainStep(model, config, generator, precision)
+    return _Run(model, config, out_dir, device, source, val_source, n_val, penalty_paths, record, stepper, meta, dp)
+
+
+def _teacher_cache(run: _Run) -> TeacherCache | None:
+    """A :class:`TeacherCache` for the run's training images when it fits (else None, logged)."""
+    need = TeacherCache.bytes_needed(run.model, len(run.source))
+    if run.dp is not None or need > run.config.teacher_cache_bytes:
+        why = "data-parallel training" if run.dp is not None else f"{need / 2**30:.1f} GiB > teacher_cache_bytes"
+        log.info("teacher outputs on the training images: not cached (%s)", why)
+        return None
+    log.info("teacher outputs on the training images: cached (%.2f GiB)", need / 2**30)
+    return TeacherCache(run.model, len(run.source))
 
 
 def _resume_or_start(run: _Run, resume: bool) -> int:
     """The step to start from: the saved state's (``resume``), else 0 after the teacher statistics."""
     model = run.model
+    model.teacher.eval()
+    run.teacher_cache = _teacher_cache(run)
+    keep = None if run.teacher_cache is None else run.teacher_cache.outputs
     if not resume:
-        model.teacher.eval()
-        mean, std = teacher_channel_stats(model, run.source) if run.dp is None else run.dp.teacher_channel_stats(model, run.source)
+        if run.dp is None:
+            mean, std = teacher_channel_stats(model, run.source, keep=keep)
+        else:
+            mean, std = run.dp.teacher_channel_stats(model, run.source)
         model.teacher_mean.copy_(mean)
         model.teacher_std.copy_(std)
         return 0
@@ -318,6 +397,13 @@ def _resume_or_start(run: _Run, resume: bool) -> int:
     for key in ("model_config", "teacher"):
         if saved.get(key) != run.meta[key]:
             raise ValueError(f"cannot resume {run.state_path}: its {key} {saved.get(key)} differs from this run's {run.meta[key]}")
+    # States written before the precision was recorded were trained in float32.
+    if saved.get("precision", "float32") != run.meta["precision"]:
+        raise ValueError(f"cannot resume {run.state_path} in {run.meta['precision']}: it was trained in "
+                         f"{saved.get('precision', 'float32')}; pass precision={saved.get('precision', 'float32')!r} "
+                         "(--precision) to continue it")
+    if keep is not None:  # the same pass as a fresh start's, so the cached values are identical
+        teacher_channel_stats(model, run.source, keep=keep)
     log.info("resuming at step %d of %d", step, run.config.steps)
     return step
 
@@ -349,22 +435,24 @@ def _curve_point(run: _Run, curve_samples: Sequence[Sample], step: int) -> dict[
 def _step(run: _Run, step: int) -> dict[str, float]:
     """One optimisation step on the next batch; its loss terms."""
     if run.dp is None:
-        return run.stepper(step, *_batch(run))
+        idx, images, penalty = _batch(run)
+        cached = None if run.teacher_cache is None else run.teacher_cache[idx]
+        return run.stepper(step, images, penalty, teacher_images=cached)
     # issue 17: this rank's share of the global batch (the same draws, sliced), and the global
     # batch's losses, the same on every rank.
     images, penalty, jitter = run.dp.draw_share(run.stepper.generator, run.source, run.penalty_paths, run.model.config.image_size)
     return run.dp.mean_terms(run.stepper(step, images, penalty, jitter=jitter))
 
 
-def _batch(run: _Run) -> tuple[Tensor, Tensor | None]:
-    """One step's training images and penalty images, drawn from the run's generator."""
+def _batch(run: _Run) -> tuple[list[int], Tensor, Tensor | None]:
+    """One step's training-image indices, images and penalty images, drawn from the run's generator."""
     cfg, size, generator = run.config, run.model.config.image_size, run.stepper.generator
     idx = torch.randint(len(run.source), (cfg.batch_size,), generator=generator).tolist()
     images = to_unit_float(run.source.get(idx), run.device)
     if not run.penalty_paths:
-        return images, None
+        return idx, images, None
     pidx = torch.randint(len(run.penalty_paths), (cfg.batch_size,), generator=generator).tolist()
-    return images, penalty_batch([run.penalty_paths[i] for i in pidx], size, generator).to(run.device)
+    return idx, images, penalty_batch([run.penalty_paths[i] for i in pidx], size, generator).to(run.device)
 
 
 def _loop(run: _Run, step: int, curve: LearningCurve | None, curve_samples) -> tuple[int, dict[str, float], float]:
@@ -404,6 +492,9 @@ def _finalise(run: _Run, start_step: int, step: int, terms: dict[str, float], se
         "train_images": len(run.source),
         "validation_images": run.validation_images,
         "device": str(run.device),
+        "precision": run.meta["precision"],
+        "cpu_flags": describe_cpu() if run.device.type == "cpu" else None,
+        "teacher_cache": run.teacher_cache is not None,
         "train_config": asdict(run.config),
     }
     if run.dp is not None:  # issue 17: the run's ranks in the record; only rank 0 writes files
