@@ -43,3 +43,55 @@ def test_autocast_context_casts_convolutions_only_in_bf16():
     assert y.dtype == torch.bfloat16 and conv.weight.dtype == torch.float32  # float32 master weights
     with autocast("float32", CPU):
         assert conv(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("op", ["conv2d", "linear", "module"])
+def test_emulated_bf16_equals_autocast_on_small_inputs(op):
+    """The portable bf16 (float32 kernels on bf16-rounded operands) gives autocast's results;
+    small sizes, so the CPU's own bf16 kernels (reference code without native bf16) are quick."""
+    import torch.nn.functional as F
+
+    from efficientad_ext.precision import EmulatedBf16Convolutions
+
+    torch.manual_seed(0)
+    if op == "conv2d":
+        args = (torch.randn(2, 5, 13, 11), torch.randn(7, 5, 4, 4), torch.randn(7))
+        f = lambda x, w, b: F.conv2d(x, w, b, padding=2)  # noqa: E731
+    elif op == "linear":
+        args = (torch.randn(6, 33), torch.randn(9, 33), torch.randn(9))
+        f = F.linear
+    else:
+        conv = torch.nn.Conv2d(5, 7, 3)
+        args = (torch.randn(1, 5, 10, 10),)
+        f = conv
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = f(*args)
+    with EmulatedBf16Convolutions():
+        emu = f(*args)
+    assert ref.dtype == emu.dtype == torch.bfloat16
+    # Same bf16 operands, float32 accumulation in both; the sums' order may differ by an ulp.
+    torch.testing.assert_close(emu.float(), ref.float(), rtol=2**-7, atol=1e-2)
+
+
+def test_bfloat16_autocast_is_emulated_without_native_bf16(monkeypatch):
+    import efficientad_ext.precision as precision
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    seen = []
+    original = precision.EmulatedBf16Convolutions.__torch_function__
+
+    def spy(self, func, types, args=(), kwargs=None):
+        seen.append(func)
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(precision.EmulatedBf16Convolutions, "__torch_function__", spy)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda flags=None: False)
+    with autocast("bfloat16", CPU):
+        y = conv(x)
+    assert y.dtype == torch.bfloat16 and seen
+    seen.clear()
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda flags=None: True)
+    with autocast("bfloat16", CPU):
+        y = conv(x)
+    assert y.dtype == torch.bfloat16 and not seen  # the real autocast

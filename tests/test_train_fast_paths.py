@@ -181,3 +181,21 @@ def test_training_records_its_precision_and_refuses_to_resume_in_another(tmp_pat
     # Without room for the cache, training runs the teacher on the image every step.
     train(paths, tmp_path / "nocache", config=TrainConfig(steps=1, validation_fraction=0.25, teacher_cache_bytes=0))
     assert json.loads((tmp_path / "nocache" / "training.json").read_text())["extra"]["teacher_cache"] is False
+
+
+@pytest.mark.slow
+def test_bf16_training_resumes_bit_for_bit(tmp_path):
+    from efficientad_ext.training.trainer import train
+
+    from test_train import interrupt_training_after, write_images
+
+    paths = write_images(tmp_path / "train", 4)
+    penalty_dir = tmp_path / "penalty"
+    write_images(penalty_dir, 2, size=(300, 280), seed=1)
+    cfg = TrainConfig(steps=2, checkpoint_every=1, validation_fraction=0.25, penalty_dir=str(penalty_dir), precision="bfloat16")
+    straight = train(paths, tmp_path / "a", config=cfg)
+    with interrupt_training_after(1):
+        train(paths, tmp_path / "b", config=cfg)
+    resumed = train(paths, tmp_path / "b", config=cfg, resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
