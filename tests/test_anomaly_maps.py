@@ -129,7 +129,7 @@ def _bad(**changes):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (_bad(student=torch.randn(2, 4, 5, 5)), ValueError, r"student must have shape \(2, 8, 5, 5\)"),
+        (_bad(student=torch.randn(2, 4, 5, 5)), ValueError, r"student must have shape \[2, 8, 5, 5\] \(twice the teacher's 4 channels\)"),
         (_bad(student=torch.randn(3, 8, 5, 5)), ValueError, "student must have shape"),
         (_bad(autoencoder=torch.randn(2, 4, 5, 6)), ValueError, "autoencoder must have the teacher's shape"),
         (_bad(teacher_mean=torch.randn(5)), ValueError, "teacher_mean must have 4 elements"),
@@ -139,9 +139,9 @@ def _bad(**changes):
         (_bad(student=torch.randn(2, 8, 5, 5).double()), TypeError, "student must have teacher's dtype"),
         (_bad(teacher=torch.zeros(2, 4, 5, 5, dtype=torch.int32)), TypeError, "teacher must be float16"),
         (_bad(teacher=torch.zeros(0, 4, 5, 5), student=torch.zeros(0, 8, 5, 5), autoencoder=torch.zeros(0, 4, 5, 5)), ValueError, "teacher must not be empty"),
-        (_bad(output_size=(0, 4)), ValueError, "output_size must be two positive ints"),
-        (_bad(output_size=(4,)), ValueError, "output_size must be two positive ints"),
-        (_bad(pad=-1), ValueError, "pad must be an int >= 0"),
+        (_bad(output_size=(0, 4)), ValueError, "output_size must be two positive integers"),
+        (_bad(output_size=(4,)), ValueError, "output_size must be two positive integers"),
+        (_bad(pad=-1), ValueError, r"pad must be an integer in \[0, 65536\], got -1"),
     ],
 )
 def test_bad_input(kwargs, error, match):

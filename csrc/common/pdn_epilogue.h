@@ -22,6 +22,10 @@ EAD_HD Acc conv_activation(Acc conv, Acc bias, bool relu) {
   return maybe_relu(conv + bias, relu);
 }
 
+// Output size of a stride-1 convolution of a k-wide kernel with zero padding `pad` (<= 0: the
+// input is too small; checks.h refuses that before any kernel runs).
+EAD_HD int64_t conv_output_size(int64_t in, int64_t k, int64_t pad) { return in + 2 * pad - k + 1; }
+
 // Output size of AvgPool2d(kernel 2, stride 2, padding pool_pad), floor mode.
 EAD_HD int64_t pooled_size(int64_t in, int64_t pool_pad) { return (in + 2 * pool_pad - 2) / 2 + 1; }
 

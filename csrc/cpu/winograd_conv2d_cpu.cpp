@@ -199,44 +199,40 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight
                                const std::optional<at::Tensor>& bias, const at::Tensor& input_tf,
                                const at::Tensor& output_tf, int64_t kernel_size, int64_t padding, bool relu,
                                bool pool, int64_t pool_padding) {
-  check_rank(input, 4, "input");
+  check_floating(input, "input");
+  check_rank(input, 4, "input", "[B, C, H, W]");
   check_nonempty(input, "input");
-  check_rank(weight_tf, 3, "weight_tf");
-  check_rank(input_tf, 2, "input_tf");
-  check_rank(output_tf, 2, "output_tf");
+  check_rank(weight_tf, 3, "weight_tf", "[a*a, C_in, C_out]");
+  check_rank(input_tf, 2, "input_tf", "[a, a]");
+  check_rank(output_tf, 2, "output_tf", "[m, a]");
   const auto dtype = input.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "winograd_conv2d: input must be float32 or float64, got ",
-              dtype);
-  for (const auto* t : {&weight_tf, &input_tf, &output_tf}) {
-    TORCH_CHECK(t->scalar_type() == dtype, "winograd_conv2d: weight_tf, input_tf and output_tf must have the input's dtype ",
-                dtype, ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == input.device(), "winograd_conv2d: all tensors must be on the input's device");
-  }
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble, "input must be float32 or float64 for winograd_conv2d, got ",
+                   dtype);
+  check_same_dtype(input, "input", weight_tf, "weight_tf");
+  check_same_dtype(input, "input", input_tf, "input_tf");
+  check_same_dtype(input, "input", output_tf, "output_tf");
+  for (const auto* t : {&weight_tf, &input_tf, &output_tf})
+    check_same_device(input, "input", *t, "the transform matrices");
   const int64_t m = output_tf.size(0), a = output_tf.size(1);
-  TORCH_CHECK(kernel_size >= 1 && m >= 1 && a == m + kernel_size - 1 && a <= kMaxTile,
-              "output_tf must be [m, m + kernel_size - 1] with m + kernel_size - 1 <= ", kMaxTile, ", got ",
-              output_tf.sizes(), " for kernel_size ", kernel_size);
-  TORCH_CHECK(input_tf.size(0) == a && input_tf.size(1) == a, "input_tf must be [", a, ", ", a, "], got ",
-              input_tf.sizes());
+  TORCH_CHECK_VALUE(kernel_size >= 1 && m >= 1 && a == m + kernel_size - 1 && a <= kMaxTile,
+                    "output_tf must be [m, m + kernel_size - 1] with m + kernel_size - 1 <= ", kMaxTile, ", got ",
+                    output_tf.sizes(), " for kernel_size ", kernel_size);
+  TORCH_CHECK_VALUE(input_tf.size(0) == a && input_tf.size(1) == a, "input_tf must be [", a, ", ", a, "], got ",
+                    input_tf.sizes());
   const int64_t C = input.size(1);
-  TORCH_CHECK(weight_tf.size(0) == a * a && weight_tf.size(1) == C, "weight_tf must be [", a * a, ", ", C,
-              ", K] (a*a, input channels, output channels), got ", weight_tf.sizes());
+  TORCH_CHECK_VALUE(weight_tf.size(1) == C, "input must have ", weight_tf.size(1), " channels (weight_tf's C_in), got shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(weight_tf.size(0) == a * a, "weight_tf must be [", a * a, ", ", C,
+                    ", K] (a*a, input channels, output channels), got ", weight_tf.sizes());
   const int64_t K = weight_tf.size(2);
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == K, "bias must have shape [", K, "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == dtype, "bias must have the input's dtype");
+    check_same_dtype(input, "input", *bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == K, "bias must have shape [", K, "], got ", bias->sizes());
   }
-  TORCH_CHECK(padding >= 0, "padding must be >= 0, got ", padding);
+  check_conv_geometry(input.size(2), input.size(3), kernel_size, kernel_size, padding, pool, pool_padding);
   Geometry g{input.size(0), C, input.size(2), input.size(3), K, kernel_size, m, a, padding, 0, 0, 0, 0, 0, 0, 0};
-  g.OH = g.H + 2 * padding - kernel_size + 1;
-  g.OW = g.W + 2 * padding - kernel_size + 1;
-  TORCH_CHECK(g.OH > 0 && g.OW > 0, "input of spatial size ", g.H, "x", g.W, " is too small for a ", kernel_size,
-              "x", kernel_size, " kernel with padding ", padding);
-  if (pool) {
-    TORCH_CHECK(pool_padding == 0 || pool_padding == 1, "pool_padding must be 0 or 1, got ", pool_padding);
-    TORCH_CHECK(g.OH + 2 * pool_padding >= 2 && g.OW + 2 * pool_padding >= 2, "convolution output ", g.OH, "x",
-                g.OW, " is too small for 2x2 pooling");
-  }
+  g.OH = conv_output_size(g.H, kernel_size, padding);
+  g.OW = conv_output_size(g.W, kernel_size, padding);
   g.TH = (g.OH + m - 1) / m;
   g.TW = (g.OW + m - 1) / m;
 

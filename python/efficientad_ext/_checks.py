@@ -1,7 +1,11 @@
-"""Argument checks of the Python wrappers: each error names the argument and what was expected."""
+"""What the op wrappers check in Python: only what the C++ preconditions (``csrc/checks.h``)
+cannot see, because it is gone once an argument has become the schema's type: a non-tensor
+argument, a bool or float passed as an integer, a ``q`` given as a scalar, a sequence or a
+tensor. Value, shape, dtype and device preconditions live in C++ alone. Each error names the
+argument and what was expected."""
 from __future__ import annotations
 
-import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +21,7 @@ def tensor(x: object, name: str) -> Tensor:
 
 
 def floating(x: object, name: str) -> Tensor:
+    """For Python functions that are not ops (e.g. weight preparation)."""
     t = tensor(x, name)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
@@ -24,52 +29,50 @@ def floating(x: object, name: str) -> Tensor:
 
 
 def rank(t: Tensor, n: int, name: str, layout: str) -> None:
+    """For Python functions that are not ops (e.g. weight preparation)."""
     if t.dim() != n:
         raise ValueError(f"{name} must have {n} dimensions {layout}, got shape {tuple(t.shape)}")
 
 
-def nonempty(t: Tensor, name: str) -> None:
-    if t.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+def integer(x: object, name: str) -> int:
+    """An int (or an integer-valued object such as a numpy integer), never a bool or a float:
+    the schema would silently truncate 2.7 to 2 or read True as 1."""
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an integer, got {x!r}")
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__} {x!r}") from None
 
 
-def same_device(reference: Tensor, ref_name: str, **others: Tensor) -> None:
-    for name, t in others.items():
-        if t.device != reference.device:
-            raise ValueError(f"{name} must be on {ref_name}'s device {reference.device}, got {t.device}")
-
-
-def same_dtype(reference: Tensor, ref_name: str, **others: Tensor) -> None:
-    for name, t in others.items():
-        if t.dtype != reference.dtype:
-            raise TypeError(f"{name} must have {ref_name}'s dtype {reference.dtype}, got {t.dtype}")
-
-
-def probability(p: object, name: str) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1], got {type(p).__name__}")
-    p = float(p)
-    if math.isnan(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {p}")
-    return p
+def real(x: object, name: str) -> float:
+    """A Python or numpy real number as float (its range is checked in C++; NaN fails there)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) and not hasattr(x, "__float__"):
+        raise TypeError(f"{name} must be a float in [0, 1], got {type(x).__name__}")
+    if isinstance(x, Tensor) and x.numel() != 1:
+        raise TypeError(f"{name} must be a float in [0, 1], got a tensor of shape {tuple(x.shape)}")
+    return float(x)
 
 
 def probabilities(q: object, name: str) -> tuple[list[float], bool]:
-    """q as a list of floats, and whether it was a scalar."""
+    """q as a list of floats, and whether it was a scalar (the values' range: C++)."""
     if isinstance(q, Tensor):
         if q.dim() > 1:
             raise ValueError(f"{name} must be a float or a 1-D sequence of floats, got shape {tuple(q.shape)}")
         scalar = q.dim() == 0
-        values = [float(v) for v in q.reshape(-1).tolist()]
+        values = q.reshape(-1).tolist()
     elif isinstance(q, Sequence) and not isinstance(q, (str, bytes)):
         scalar = False
         values = list(q)
     else:
         scalar = True
         values = [q]
-    if not values:
-        raise ValueError(f"{name} must hold at least one quantile, got an empty sequence")
-    return [probability(v, name) for v in values], scalar
+    return [real(v, name) for v in values], scalar
+
+
+def fake_floating(t: Tensor, name: str) -> None:
+    """The dtype precondition in a fake kernel (meta tensors never reach C++)."""
+    torch._check_type(t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
 def inference_only(op: str, **tensors: Tensor | None) -> None:

@@ -1,8 +1,13 @@
 """Typed wrappers of the ``torch.ops.efficientad`` operators, with their fake (meta) kernels
 for ``torch.compile`` and their autograd registrations.
 
-Every wrapper checks its arguments and raises ``TypeError`` / ``ValueError`` naming the
-argument; the C++ kernels check the same preconditions again for direct ``torch.ops`` calls.
+Every precondition is checked once, in C++ (``csrc/checks.h``), and raises ``TypeError`` /
+``ValueError`` naming the argument, for these wrappers and direct ``torch.ops`` calls alike.
+The wrappers only do what is Python's own: refuse non-tensors and non-integers (the
+dispatcher would report those as a schema mismatch), turn ``q`` and ``reduction`` into the
+schema's types, and refuse tensors that require grad on the inference-only ops. The fake
+kernels check with ``torch._check_value`` / ``torch._check_type`` what they need to compute
+output shapes, so ``torch.compile`` and meta tensors fail the same way.
 
 NaN semantics (documented, tested): a NaN anywhere in the input of :func:`quantile` makes every
 requested quantile NaN (as ``torch.quantile``); NaN in the teacher/student of
@@ -18,7 +23,6 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from .layer_args import check_layer_args, check_output_size
 
 if TYPE_CHECKING:
     from ._inference.winograd import WinogradWeights
@@ -48,8 +52,7 @@ def quantile(input: Tensor, q: float | Sequence[float] | Tensor) -> Tensor:
         A 0-d tensor when ``q`` is a scalar, else a 1-D tensor of ``len(q)``; dtype of ``input``.
         Any NaN in ``input`` makes every result NaN.
     """
-    _checks.floating(input, "input")
-    _checks.nonempty(input, "input")
+    _checks.tensor(input, "input")
     values, scalar = _checks.probabilities(q, "q")
     _checks.inference_only("quantile", input=input)
     out = _ops.quantile(input, values)
@@ -58,6 +61,7 @@ def quantile(input: Tensor, q: float | Sequence[float] | Tensor) -> Tensor:
 
 @torch.library.register_fake("efficientad::quantile")
 def _quantile_fake(input: Tensor, q: Sequence[float]) -> Tensor:
+    _checks.fake_floating(input, "input")
     return input.new_empty((len(q),))
 
 
@@ -86,19 +90,9 @@ def hard_feature_loss(teacher: Tensor, student: Tensor, p: float = 0.999, reduct
         ``student`` and, if it requires grad, ``teacher`` (the threshold itself carries no
         gradient, as in the paper). Exact at any size (no subsampling above 2^24 elements).
     """
-    _checks.floating(teacher, "teacher")
-    _checks.floating(student, "student")
-    _checks.rank(teacher, 4, "teacher", "[B, C, H, W]")
-    _checks.rank(student, 4, "student", "[B, C, H, W]")
-    _checks.nonempty(teacher, "teacher")
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"student must have the teacher's shape {tuple(teacher.shape)} (pass the first C channels "
-            f"of the student output), got {tuple(student.shape)}"
-        )
-    _checks.same_dtype(teacher, "teacher", student=student)
-    _checks.same_device(teacher, "teacher", student=student)
-    p = _checks.probability(p, "p")
+    _checks.tensor(teacher, "teacher")
+    _checks.tensor(student, "student")
+    p = _checks.real(p, "p")
     if reduction not in ("batch", "per_sample"):
         raise ValueError(f"reduction must be 'batch' or 'per_sample', got {reduction!r}")
     loss, _threshold, _count = _ops.hard_feature_loss(teacher, student, p, reduction == "per_sample")
@@ -107,6 +101,9 @@ def hard_feature_loss(teacher: Tensor, student: Tensor, p: float = 0.999, reduct
 
 @torch.library.register_fake("efficientad::hard_feature_loss")
 def _hard_feature_loss_fake(teacher: Tensor, student: Tensor, p: float, per_sample: bool):
+    _checks.fake_floating(teacher, "teacher")
+    torch._check_value(teacher.dim() == 4 and student.shape == teacher.shape,
+                       lambda: f"student must have the teacher's shape {tuple(teacher.shape)} [B, C, H, W], got {tuple(student.shape)}")
     groups = teacher.shape[0] if per_sample else 1
     acc = _acc_dtype(teacher.dtype)
     return (
@@ -160,26 +157,9 @@ class AnomalyMaps(NamedTuple):
     score: Tensor
 
 
-def _check_features(teacher, teacher_mean, teacher_std, student, autoencoder) -> None:
-    for name, t in (("teacher", teacher), ("student", student), ("autoencoder", autoencoder)):
-        _checks.floating(t, name)
-        _checks.rank(t, 4, name, "[B, C, h, w]")
-    _checks.nonempty(teacher, "teacher")
-    _checks.same_dtype(teacher, "teacher", student=student, autoencoder=autoencoder)
-    b, c, h, w = teacher.shape
-    if tuple(student.shape) != (b, 2 * c, h, w):
-        raise ValueError(
-            f"student must have shape {(b, 2 * c, h, w)} (twice the teacher's {c} channels), got {tuple(student.shape)}"
-        )
-    if autoencoder.shape != teacher.shape:
-        raise ValueError(f"autoencoder must have the teacher's shape {tuple(teacher.shape)}, got {tuple(autoencoder.shape)}")
-    for name, t in (("teacher_mean", teacher_mean), ("teacher_std", teacher_std)):
-        _checks.floating(t, name)
-        if t.numel() != c:
-            raise ValueError(f"{name} must have {c} elements (one per teacher channel), got shape {tuple(t.shape)}")
-    _checks.same_device(
-        teacher, "teacher", student=student, autoencoder=autoencoder, teacher_mean=teacher_mean, teacher_std=teacher_std
-    )
+def _check_feature_tensors(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        _checks.tensor(t, name)
 
 
 def anomaly_maps_raw(
@@ -197,7 +177,8 @@ def anomaly_maps_raw(
         student: student output [B, 2C, h, w].
         autoencoder: autoencoder output [B, C, h, w].
     """
-    _check_features(teacher, teacher_mean, teacher_std, student, autoencoder)
+    _check_feature_tensors(teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std, student=student,
+                           autoencoder=autoencoder)
     _checks.inference_only("anomaly_maps_raw", teacher=teacher, student=student, autoencoder=autoencoder)
     return RawMaps(*_ops.anomaly_maps_raw(teacher, teacher_mean, teacher_std, student, autoencoder))
 
@@ -231,26 +212,33 @@ def anomaly_maps(
         ``AnomalyMaps(anomaly_map [B, 1, H, W], score [B])`` in float32 (float64 for float64
         inputs). NaN features give NaN map pixels and a NaN score.
     """
-    _check_features(teacher, teacher_mean, teacher_std, student, autoencoder)
-    _checks.floating(quantiles, "quantiles")
-    if quantiles.numel() != 4:
-        raise ValueError(f"quantiles must hold 4 values [q_st_a, q_st_b, q_ae_a, q_ae_b], got shape {tuple(quantiles.shape)}")
-    _checks.same_device(teacher, "teacher", quantiles=quantiles)
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
-    h, w = teacher.shape[-2:]
-    if output_size is None:
-        output_size = (h + 2 * pad, w + 2 * pad)
+    _check_feature_tensors(teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std, student=student,
+                           autoencoder=autoencoder, quantiles=quantiles)
+    pad = _checks.integer(pad, "pad")
+    if output_size is None:  # (a teacher of another rank gets C++'s error on its shape)
+        output_size = (teacher.shape[-2] + 2 * pad, teacher.shape[-1] + 2 * pad) if teacher.dim() == 4 else (1, 1)
+    if isinstance(output_size, (str, bytes)) or not isinstance(output_size, Sequence):
+        raise TypeError(f"output_size must be two integers (H, W), got {output_size!r}")
+    output_size = [_checks.integer(v, "output_size") for v in output_size]
     _checks.inference_only("anomaly_maps", teacher=teacher, student=student, autoencoder=autoencoder)
-    if len(output_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in output_size):
-        raise ValueError(f"output_size must be two positive ints (H, W), got {output_size!r}")
     return AnomalyMaps(
-        *_ops.anomaly_maps(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, list(output_size), pad)
+        *_ops.anomaly_maps(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, output_size, pad)
     )
+
+
+def _fake_feature_checks(teacher: Tensor, student: Tensor, autoencoder: Tensor) -> None:
+    _checks.fake_floating(teacher, "teacher")
+    torch._check_value(teacher.dim() == 4, lambda: f"teacher must have 4 dimensions [B, C, h, w], got shape {tuple(teacher.shape)}")
+    b, c, h, w = teacher.shape
+    torch._check_value(tuple(student.shape) == (b, 2 * c, h, w),
+                       lambda: f"student must have shape {[b, 2 * c, h, w]} (twice the teacher's {c} channels), got {tuple(student.shape)}")
+    torch._check_value(autoencoder.shape == teacher.shape,
+                       lambda: f"autoencoder must have the teacher's shape {tuple(teacher.shape)}, got {tuple(autoencoder.shape)}")
 
 
 @torch.library.register_fake("efficientad::anomaly_maps_raw")
 def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoencoder):
+    _fake_feature_checks(teacher, student, autoencoder)
     b, _c, h, w = teacher.shape
     acc = _acc_dtype(teacher.dtype)
     return teacher.new_empty((b, 1, h, w), dtype=acc), teacher.new_empty((b, 1, h, w), dtype=acc)
@@ -258,12 +246,23 @@ def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoenco
 
 @torch.library.register_fake("efficientad::anomaly_maps")
 def _anomaly_maps_fake(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, output_size, pad):
+    _fake_feature_checks(teacher, student, autoencoder)
+    torch._check_value(len(output_size) == 2 and min(output_size) > 0, lambda: f"output_size must be two positive integers (H, W), got {output_size}")
     acc = _acc_dtype(teacher.dtype)
     b = teacher.shape[0]
     return teacher.new_empty((b, 1, output_size[0], output_size[1]), dtype=acc), teacher.new_empty((b,), dtype=acc)
 
 
 # ----------------------------------------------------------------------------- PDN
+
+
+def _check_layer_call(input: object, weight: object, bias: object, padding: object, pool_padding: object) -> None:
+    _checks.tensor(input, "input")
+    _checks.tensor(weight, "weight")
+    if bias is not None:
+        _checks.tensor(bias, "bias")
+    _checks.integer(padding, "padding")
+    _checks.integer(pool_padding, "pool_padding")
 
 
 def conv2d_relu_pool(
@@ -284,30 +283,7 @@ def conv2d_relu_pool(
         relu: apply ReLU. pool: apply 2x2 average pooling with stride 2 and zero padding
             ``pool_padding`` (0 or 1; padded zeros count towards the average).
     """
-    _checks.floating(input, "input")
-    _checks.rank(input, 4, "input", "[B, C, H, W]")
-    _checks.nonempty(input, "input")
-    _checks.floating(weight, "weight")
-    _checks.rank(weight, 4, "weight", "[C_out, C_in, kH, kW]")
-    _checks.same_dtype(input, "input", weight=weight)
-    _checks.same_device(input, "input", weight=weight)
-    if weight.shape[1] != input.shape[1]:
-        raise ValueError(f"input must have {weight.shape[1]} channels (weight's C_in), got shape {tuple(input.shape)}")
-    if bias is not None:
-        _checks.same_dtype(input, "input", bias=bias)
-        _checks.same_device(input, "input", bias=bias)
-        if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if pool and pool_padding not in (0, 1):
-        raise ValueError(f"pool_padding must be 0 or 1, got {pool_padding!r}")
-    check_layer_args(padding, weight.shape[2:], pool, pool_padding)
-    out_h = input.shape[2] + 2 * padding - weight.shape[2] + 1
-    out_w = input.shape[3] + 2 * padding - weight.shape[3] + 1
-    if out_h <= 0 or out_w <= 0 or (pool and min(out_h, out_w) + 2 * pool_padding < 2):
-        raise ValueError(
-            f"input of spatial size {tuple(input.shape[2:])} is too small for a {tuple(weight.shape[2:])} "
-            f"kernel with padding {padding}" + (" followed by 2x2 pooling" if pool else "")
-        )
+    _check_layer_call(input, weight, bias, padding, pool_padding)
     _checks.inference_only("conv2d_relu_pool", input=input, weight=weight, bias=bias)
     return _ops.conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding)
 
@@ -318,21 +294,33 @@ def conv2d_relu_pool_split(
     """:func:`conv2d_relu_pool` with all of ``weight``'s output channels, returned as two dense
     channels-last tensors: channels ``[0, split)`` and ``[split, C_out)`` (the teacher and student
     first layers as one convolution, with no channel-slice copies after it). Inference only."""
-    if not 0 < split < weight.shape[0]:
-        raise ValueError(f"split must be in [1, {weight.shape[0] - 1}] (both halves non-empty), got {split!r}")
+    _check_layer_call(input, weight, bias, padding, pool_padding)
+    split = _checks.integer(split, "split")
     _checks.inference_only("conv2d_relu_pool_split", input=input, weight=weight, bias=bias)
     return _ops.conv2d_relu_pool_split(input, weight, bias, padding, relu, pool, pool_padding, split)
 
 
 @torch.library.register_fake("efficientad::conv2d_relu_pool")
 def _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding):
+    _fake_layer_checks(input, weight.shape[1], weight.shape[2], weight.shape[3], padding, pool, pool_padding)
     h = conv_output_size(input.shape[2], weight.shape[2], padding, pool, pool_padding)
     w = conv_output_size(input.shape[3], weight.shape[3], padding, pool, pool_padding)
     return input.new_empty((input.shape[0], weight.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
 
 
+def _fake_layer_checks(input: Tensor, in_channels: int, kh: int, kw: int, padding: int, pool: bool, pool_padding: int) -> None:
+    _checks.fake_floating(input, "input")
+    torch._check_value(input.dim() == 4 and input.shape[1] == in_channels,
+                       lambda: f"input must be [B, {in_channels}, H, W], got shape {tuple(input.shape)}")
+    oh, ow = (conv_output_size(input.shape[i], k, padding) for i, k in ((2, kh), (3, kw)))
+    torch._check_value(oh > 0 and ow > 0 and (not pool or min(oh, ow) + 2 * pool_padding >= 2),
+                       lambda: f"input of spatial size {tuple(input.shape[2:])} is too small for a {kh}x{kw} kernel with padding {padding}")
+
+
 def conv_output_size(size: int, kernel_size: int, padding: int, pool: bool = False, pool_padding: int = 0) -> int:
-    """Output side of a stride-1 convolution, then (``pool``) a 2x2 stride-2 average pooling."""
+    """Output side of a stride-1 convolution, then (``pool``) a 2x2 stride-2 average pooling
+    (Python's one copy of ``csrc/common/pdn_epilogue.h``'s formulas: the fake kernels and
+    :meth:`efficientad_ext.PDN.output_size`)."""
     size = size + 2 * padding - kernel_size + 1
     return (size + 2 * pool_padding - 2) // 2 + 1 if pool else size
 
@@ -346,10 +334,13 @@ def _conv2d_relu_pool_split_fake(input, weight, bias, padding, relu, pool, pool_
 
 @torch.library.register_fake("efficientad::pdn_forward")
 def _pdn_forward_fake(input, weights, biases, paddings, relus, pools, pool_paddings):
+    _checks.fake_floating(input, "input")
+    torch._check_value(len(weights) > 0 and input.dim() == 4, lambda: "pdn_forward needs a [B, C, H, W] input and at least one layer")
     h, w = input.shape[2], input.shape[3]
     for weight, padding, pool, pool_padding in zip(weights, paddings, pools, pool_paddings):
         h = conv_output_size(h, weight.shape[2], padding, pool, pool_padding)
         w = conv_output_size(w, weight.shape[3], padding, pool, pool_padding)
+        torch._check_value(h > 0 and w > 0, lambda: f"input image size {tuple(input.shape[2:])} is too small for these layers")
     out = input.new_empty((input.shape[0], weights[-1].shape[0], h, w))
     return out.contiguous(memory_format=torch.channels_last)
 
@@ -367,21 +358,10 @@ def pdn_forward(
     :meth:`efficientad_ext.PDN.fused_forward`, which passes its layers). One entry per layer
     in every list; ``input`` [B, C_in, H, W] is made channels-last once and every layer keeps
     that layout. Inference only; returns a channels-last tensor."""
-    _checks.floating(input, "input")
-    _checks.rank(input, 4, "input", "[B, C, H, W]")
-    _checks.nonempty(input, "input")
-    if not weights:
-        raise ValueError("weights must hold at least one layer")
-    _checks.same_dtype(weights[0], "the first layer's weight", input=input)
-    _checks.same_device(weights[0], "the first layer's weight", input=input)
-    if input.shape[1] != weights[0].shape[1]:
-        raise ValueError(f"input must have {weights[0].shape[1]} channels, got shape {tuple(input.shape)}")
-    h, w = input.shape[2], input.shape[3]
-    for weight, padding, pool, pool_padding in zip(weights, paddings, pools, pool_paddings):
-        h = conv_output_size(h, weight.shape[2], padding, pool, pool_padding)
-        w = conv_output_size(w, weight.shape[3], padding, pool, pool_padding)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"input image size {tuple(input.shape[2:])} is too small for these layers (the output would be empty)")
+    _checks.tensor(input, "input")
+    for name, values in (("paddings", paddings), ("pool_paddings", pool_paddings)):
+        for v in values:
+            _checks.integer(v, name)
     _checks.inference_only("pdn_forward", input=input)
     return _ops.pdn_forward(input, list(weights), list(biases), list(paddings), list(relus), list(pools), list(pool_paddings))
 
@@ -406,18 +386,12 @@ def winograd_conv2d(
         A channels-last tensor equal to :func:`efficientad_ext.reference.winograd_conv2d` up to
         rounding (~1e-6 of the output's magnitude in float32).
     """
-    _checks.floating(input, "input")
-    _checks.rank(input, 4, "input", "[B, C, H, W]")
-    _checks.nonempty(input, "input")
-    if input.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"input must be float32 or float64 for winograd_conv2d, got {input.dtype}")
-    _checks.same_dtype(input, "input", weight_tf=prepared.weight_tf)
-    if input.device.type != "cpu" or prepared.weight_tf.device.type != "cpu":
+    _checks.tensor(input, "input")
+    _checks.integer(padding, "padding")
+    _checks.integer(pool_padding, "pool_padding")
+    # The op has a CPU kernel only: without this the dispatcher's error would not say so.
+    if input.device.type != "cpu":
         raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
-    if input.shape[1] != prepared.weight_tf.shape[1]:
-        raise ValueError(f"input must have {prepared.weight_tf.shape[1]} channels, got shape {tuple(input.shape)}")
-    check_layer_args(padding, (prepared.kernel_size, prepared.kernel_size), pool, pool_padding)
-    check_output_size(input.shape[2:], (prepared.kernel_size, prepared.kernel_size), padding, pool, pool_padding)
     _checks.inference_only("winograd_conv2d", input=input)
     return _ops.winograd_conv2d(
         input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,
@@ -427,6 +401,7 @@ def winograd_conv2d(
 
 @torch.library.register_fake("efficientad::winograd_conv2d")
 def _winograd_conv2d_fake(input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding):
+    _fake_layer_checks(input, weight_tf.shape[1], kernel_size, kernel_size, padding, pool, pool_padding)
     h = conv_output_size(input.shape[2], kernel_size, padding, pool, pool_padding)
     w = conv_output_size(input.shape[3], kernel_size, padding, pool, pool_padding)
     out = input.new_empty((input.shape[0], weight_tf.shape[2], h, w))
