@@ -66,7 +66,16 @@ def test_bad_shapes(tmp_path):
 def test_jet_and_outline_helpers():
     np.testing.assert_allclose(jet(0.0), [0, 0, 0.5])
     np.testing.assert_allclose(jet(1.0), [0.5, 0, 0])
-    np.testing.assert_allclose(jet(0.5), [0.5, 1, 0.5])
+    np.testing.assert_allclose(jet(0.5), [0.15 / 0.31, 1, 0.15 / 0.31], rtol=1e-6)
+    assert jet(np.zeros((2, 3))).shape == (2, 3, 3)
+
+
+def test_jet_is_matplotlibs():
+    matplotlib = pytest.importorskip("matplotlib")
+    x = np.linspace(0, 1, 1001)
+    # matplotlib samples its map into a 256-entry table: up to one entry (1/255 of the
+    # position, times jet's steepest slope, 0.5 / 0.11 ~ 4.5) apart from the exact piecewise-linear map.
+    np.testing.assert_allclose(jet(x), matplotlib.colormaps["jet"](x)[:, :3], atol=4.6 / 255)
     m = np.zeros((5, 5), bool)
     m[1:4, 1:4] = True
     o = mask_outline(m)

@@ -37,11 +37,22 @@ def save_png_atomic(img: Image.Image, path: str | Path) -> Path:
     return p
 
 
+# The jet colour map as matplotlib defines it: for each of red, green and blue, the
+# piecewise-linear function through these (position, value) points. Written as data so that
+# heatmaps need no plotting library (matplotlib is an optional extra, not a dependency), while
+# their colours are the ones users know from matplotlib (a test compares the two).
+_JET_POINTS = (
+    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),  # red
+    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),  # green
+    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),  # blue
+)
+
+
 def jet(x: np.ndarray) -> np.ndarray:
-    """The jet colour map (as matplotlib's): values in [0, 1] -> float RGB ``[..., 3]`` in [0, 1]."""
-    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)[..., None]
-    centres = np.array([3.0, 2.0, 1.0], dtype=np.float32)  # r, g, b
-    return np.clip(1.5 - np.abs(4.0 * x - centres), 0.0, 1.0)
+    """The jet colour map (matplotlib's): values in [0, 1] (clipped) -> float32 RGB ``[..., 3]`` in [0, 1]."""
+    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
+    channels = [np.interp(x, [p for p, _ in pts], [v for _, v in pts]) for pts in _JET_POINTS]
+    return np.stack(channels, axis=-1).astype(np.float32)
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:
