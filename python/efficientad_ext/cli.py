@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
     from .api import train
     from .distributed import process_group, rank_device
 
-    device = rank_device(_device(args.device))  # issue 17: under torchrun, data-parallel over its ranks
+    device = rank_device(_device(args.device))  # under torchrun, data-parallel over its ranks
     with process_group(device) as env:
         train(args.dataset, args.out, _model_config(args), _train_config(args), teacher=args.teacher,
               device=device, resume=args.resume, eval_dataset=args.eval_dataset)
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_all(args) -> int:
-    """issue 17: one model per category of an MVTec-style root, one per rank (train_all.py)."""
+    """One model per category of an MVTec-style root, one per rank (train_all.py)."""
     from .distributed import process_group, rank_device
     from .train_all import format_table, train_all
 
@@ -149,7 +149,7 @@ def cmd_eval(args) -> int:
 def cmd_infer(args) -> int:
     from .distributed import torchrun_env
 
-    if torchrun_env() is not None:  # issue 17: under torchrun, sharded and resumable (sharded_infer.py)
+    if torchrun_env() is not None:  # under torchrun, sharded and resumable (sharded_infer.py)
         return cmd_infer_sharded(args)
     from .data import list_images
     from .evaluation.infer_folder import infer_folder
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
-        if name == "infer":  # issue 17
+        if name == "infer":  # sharded and resumable under torchrun
             p.add_argument("--skip-corrupt", action="store_true",
                            help="skip unreadable images (under torchrun always: listed in corrupt.csv)")
             p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # recorded by commands that keep provenance (distill)
     from .distributed import torchrun_env
 
-    env = torchrun_env()  # issue 17: under torchrun, only rank 0 logs progress; every rank warns
+    env = torchrun_env()  # under torchrun, only rank 0 logs progress; every rank warns
     logging.basicConfig(level=logging.INFO if (args.verbose or args.command in ("train", "demo", "distill", "train-all"))
                         and (env is None or env.is_main) else logging.WARNING,
                         format=("" if env is None else f"[rank {env.rank}] ") + "%(levelname)s %(name)s: %(message)s")

@@ -1,5 +1,5 @@
 """Two CUDA options for the autoencoder in ``EfficientAD.infer``, both OFF by default until a
-GPU has measured them (issue 18, item 6; ``benchmarks/gpu_table.py`` has a row for each).
+GPU has measured them (``benchmarks/gpu_table.py`` has a row for each).
 
 ``EFFICIENTAD_CUDNN_FUSION=1``
     Every ``Conv2d`` directly followed by ``ReLU`` in the autoencoder runs as cuDNN's

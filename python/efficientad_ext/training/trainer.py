@@ -292,7 +292,7 @@ class _Run:
     record: TrainingRecord
     stepper: TrainStep
     meta: dict[str, Any]  # what a resumed run must agree on (JSON form)
-    dp: DataParallel | None = None  # issue 17: None in one process; else this rank's view of the run
+    dp: DataParallel | None = None  # None in one process; else this rank's view of the run
     teacher_cache: TeacherCache | None = None  # filled by _resume_or_start when used
 
     @property
@@ -303,14 +303,14 @@ class _Run:
         """The map quantiles over the validation images (Algorithm 1, lines 28-33)."""
         cfg = self.config
         quantiles = lambda: map_quantiles(self.model, self.val_source, cfg.quantile_low, cfg.quantile_high)  # noqa: E731
-        # issue 17: data-parallel, rank 0 computes them (exact: all pixels) and broadcasts.
+        # data-parallel, rank 0 computes them (exact: all pixels) and broadcasts.
         self.model.quantiles.copy_(quantiles() if self.dp is None else self.dp.on_main_then_broadcast(quantiles))
         self.model.calibrated = True
 
     def save_state(self, step: int) -> None:
         if self.dp is None:
             _save_state(self.state_path, self.model, self.stepper, step, self.meta)
-        else:  # issue 17: every rank's RNG state gathered (a collective), rank 0 writes
+        else:  # every rank's RNG state gathered (a collective), rank 0 writes
             self.dp.save_state(lambda extra: _save_state(self.state_path, self.model, self.stepper, step, self.meta, extra))
 
 
@@ -438,7 +438,7 @@ def _step(run: _Run, step: int) -> dict[str, float]:
         idx, images, penalty = _batch(run)
         cached = None if run.teacher_cache is None else run.teacher_cache[idx]
         return run.stepper(step, images, penalty, teacher_images=cached)
-    # issue 17: this rank's share of the global batch (the same draws, sliced), and the global
+    # this rank's share of the global batch (the same draws, sliced), and the global
     # batch's losses, the same on every rank.
     images, penalty, jitter = run.dp.draw_share(run.stepper.generator, run.source, run.penalty_paths, run.model.config.image_size)
     return run.dp.mean_terms(run.stepper(step, images, penalty, jitter=jitter))
@@ -470,7 +470,7 @@ def _loop(run: _Run, step: int, curve: LearningCurve | None, curve_samples) -> t
         if curve is not None and curve.due(done):
             timer.exclude(lambda: curve.add(done, timer.seconds(), terms, lambda: _curve_point(run, curve_samples, done)))
 
-    stream = None if run.dp is None else run.dp.progress_stream()  # issue 17: rank 0's progress only
+    stream = None if run.dp is None else run.dp.progress_stream()  # rank 0's progress only
     progress = Progress(cfg.steps, start=step, every=cfg.log_every, stream=stream)
     done, terms = run_steps("training", step, cfg.steps, lambda s: _step(run, s), after_step, progress)
     return done, terms, timer.seconds()
@@ -497,7 +497,7 @@ def _finalise(run: _Run, start_step: int, step: int, terms: dict[str, float], se
         "teacher_cache": run.teacher_cache is not None,
         "train_config": asdict(run.config),
     }
-    if run.dp is not None:  # issue 17: the run's ranks in the record; only rank 0 writes files
+    if run.dp is not None:  # the run's ranks in the record; only rank 0 writes files
         record.extra["data_parallel"] = run.dp.describe()
     model.record = record
     if run.dp is None or run.dp.is_main:
@@ -544,12 +544,12 @@ def train(
             None: when one with more than one rank is initialised.
     """
     model_config, config = model_config or ModelConfig(), config or TrainConfig()
-    # issue 17: None in one process; else this rank's view of the data-parallel run.
+    # None in one process; else this rank's view of the data-parallel run.
     dp = DataParallel.create(config, device, data_parallel, curve=curve_samples is not None)
     run = _setup(train_images, out_dir, model_config, config, validation_images, teacher, torch.device(device), dp)
     start_step = _resume_or_start(run, resume)
     curve = _learning_curve(run, curve_samples, start_step, resume)
-    if dp is not None:  # issue 17: DDP wrappers, this rank's own RNG stream (restored on resume)
+    if dp is not None:  # DDP wrappers, this rank's own RNG stream (restored on resume)
         dp.start(run.stepper, run.state_path if resume else None)
     step, terms, seconds = _loop(run, start_step, curve, curve_samples)
     return _finalise(run, start_step, step, terms, seconds)
