@@ -73,3 +73,47 @@ def test_errors_are_clear(tmp_path, capsys):
         main(["train", str(imgs), "--out", str(tmp_path / "o"), "--image-size", "1", "2", "3"])
     assert main(["train", str(imgs), "--out", str(tmp_path / "o"), "--image-size", "128"]) == 2
     assert "image_size must be" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_image_labels_only_set_trains_and_evaluates(trained, tmp_path, capsys):
+    """A set laid out as MVTec AD without ground_truth/ (how many factory sets come): train
+    accepts it, eval reports the image metrics and says in one line why the pixel ones are not."""
+    import shutil
+
+    data, out = trained
+    labels_only = tmp_path / "labels_only"
+    shutil.copytree(data, labels_only)
+    shutil.rmtree(labels_only / "ground_truth")
+    assert main(["train", str(labels_only), "--out", str(tmp_path / "run"), "--steps", "1", "--validation-fraction", "0.25"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "model.safetensors"), str(labels_only), "--out", str(tmp_path / "eval"), "--no-images"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "image_auroc" in metrics and "pixel_auroc" not in metrics and "au_pro" not in metrics
+    assert metrics["pixel_metrics_skipped"].startswith("3 of 3 anomalous test images have no ground-truth mask")
+    assert "image AUROC" in printed
+    assert [line.split()[:4] for line in printed.splitlines() if line.startswith("pixel metrics")] == [
+        ["pixel", "metrics", "skipped:", "3"]]
+
+
+def test_every_argument_has_help_that_states_its_default():
+    """Each command's --help explains every argument, and each option's line gives its
+    default (or says it is required)."""
+    import argparse
+
+    from efficientad_ext.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in [("efficientad", parser), *sub.choices.items()]:
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{name} {action.dest}: no help text"
+            shown = formatter._get_help_string(action)
+            if action.option_strings and not action.required:
+                assert "default" in shown, f"{name} {action.option_strings[0]}: the help does not state the default"
+    text = sub.choices["infer"].format_help()
+    assert "images per forward pass (default: 8)" in text and "model file written by train" in text

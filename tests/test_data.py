@@ -226,13 +226,23 @@ def test_mvtec_ad(tmp_path):
     assert open_dataset(root, "mvtec_ad") == s
 
 
-def test_mvtec_ad_errors(tmp_path):
+def test_mvtec_ad_with_image_labels_only(tmp_path):
+    """Sets without ground_truth/ (or with some masks missing) are read: those anomalous
+    images have no mask_path, and evaluation skips the pixel metrics (test_train)."""
     root = make_mvtec(tmp_path / "cat")
     (root / "ground_truth" / "hole" / "000_mask.png").unlink()
-    with pytest.raises(FileNotFoundError) as info:
-        mvtec_ad(root)
-    msg = str(info.value)
-    assert str(root / "test" / "hole" / "000.png") in msg and str(root / "ground_truth" / "hole" / "000_mask.png") in msg
+    hole = [x for x in mvtec_ad(root).test if x.defect_type == "hole"]
+    assert hole and all(x.label == 1 and x.mask_path is None for x in hole)
+    import shutil
+
+    shutil.rmtree(root / "ground_truth")
+    s = open_dataset(root)
+    assert all(x.mask_path is None for x in s.test) and sum(x.label for x in s.test) == 3
+    item = ImageDataset(s.test, (4, 6))[-1]
+    assert item["label"] == 1 and not item["mask"].any()
+
+
+def test_mvtec_ad_errors(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         mvtec_ad(tmp_path / "nowhere")
@@ -270,8 +280,8 @@ def test_mvtec_loco_multi_mask_union(tmp_path):
         mvtec_loco(root)
     shutil.rmtree(root / "ground_truth" / "crack" / "001")
     write(root / "validation" / "good" / "000.png", rgb())
-    with pytest.raises(FileNotFoundError, match=r"crack/001/ \(folder of masks\) or .*001_mask.png"):
-        mvtec_loco(root)
+    crack = [x for x in mvtec_loco(root).test if x.path.stem == "001" and x.defect_type == "crack"]
+    assert crack[0].label == 1 and crack[0].mask_path is None  # incomplete masks: image labels for it
 
 
 VISA_CSV = """object,split,label,image,mask
@@ -326,6 +336,11 @@ def test_visa_csv_errors(tmp_path):
     bad.write_text(VISA_CSV + "pcb1,test,normal,pcb1/missing.JPG,\n")
     with pytest.raises(FileNotFoundError, match="pcb1/missing.JPG"):
         visa(root, bad)
+    bad.write_text(VISA_CSV + "pcb1,test,anomaly,pcb1/Data/Images/Anomaly/0000.JPG,pcb1/missing_mask.png\n")
+    with pytest.raises(FileNotFoundError, match="pcb1/missing_mask.png"):  # a named mask must exist
+        visa(root, bad)
+    bad.write_text(VISA_CSV + "pcb1,test,anomaly,pcb1/Data/Images/Anomaly/0000.JPG,\n")
+    assert visa(root, bad).test[-1].mask_path is None  # no mask named: labelled per image only
     bad.write_text(VISA_CSV.splitlines()[0] + "\n" + VISA_CSV.splitlines()[3] + "\n")
     with pytest.raises(ValueError, match="no training rows"):
         visa(root, bad)

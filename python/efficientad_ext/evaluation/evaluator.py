@@ -53,7 +53,9 @@ def evaluate(
     """Metrics of ``model`` on ``test_samples`` (normal and anomalous, with masks where known).
 
     Writes ``out_dir/metrics.json`` and, with ``write_images``, ``out_dir/images/<type>/<name>.png``.
-    Pixel metrics need at least one non-empty mask; image AUROC needs both classes.
+    Pixel metrics need a mask for every anomalous image (one of them non-empty): a set
+    labelled per image only gets the image metrics and ``pixel_metrics_skipped`` saying why;
+    image AUROC needs both classes.
     """
     t0 = time.perf_counter()
     dataset, maps, scores = predict(model, test_samples, batch_size, skip_corrupt)
@@ -71,10 +73,17 @@ def evaluate(
         result["image_auroc_per_type"] = per_type
     else:
         log.warning("image AUROC needs normal and anomalous test images; skipped")
-    if masks.any():
+    unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
+    if unmasked:
+        # A subset's pixel metrics would not be the set's: all anomalous images or none.
+        result["pixel_metrics_skipped"] = (f"{len(unmasked)} of {int(labels.sum())} anomalous test images have no "
+                                           f"ground-truth mask (e.g. {unmasked[0].path})")
+        log.warning("pixel AUROC and AU-PRO skipped: %s; image metrics only", result["pixel_metrics_skipped"])
+    elif masks.any():
         result["pixel_auroc"] = pixel_auroc(maps, masks)
         result["au_pro"] = au_pro(maps, masks, fpr_limit=0.3)
     else:
+        result["pixel_metrics_skipped"] = "every ground-truth mask is empty"
         log.warning("no non-empty ground-truth masks: pixel AUROC and AU-PRO skipped")
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -101,5 +110,7 @@ def format_summary(result: dict[str, Any]) -> str:
             rows.append((label, f"{result[key]:.4f}"))
     for t, v in result.get("image_auroc_per_type", {}).items():
         rows.append((f"  image AUROC {t}", f"{v:.4f}"))
+    if "pixel_metrics_skipped" in result:
+        rows.append(("pixel metrics", f"skipped: {result['pixel_metrics_skipped']}"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
