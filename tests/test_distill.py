@@ -144,6 +144,8 @@ def test_config_errors():
         DistillConfig(arch="large")
     with pytest.raises(ValueError, match="p_grayscale"):
         DistillConfig(p_grayscale=1.5)
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16"):
+        DistillConfig(precision="half")
 
 
 def test_wide_resnet_extractor_without_weights_says_what_to_supply():
@@ -205,6 +207,30 @@ def test_distill_step_fits_a_learnable_target():
     losses = [step(images, targets, crops) for _ in range(20)]
     assert abs(losses[0] - 0.25) < 1e-3
     assert max(losses[-3:]) < 0.5 * losses[0], losses
+
+
+def test_bf16_distill_step_is_close_to_float32():
+    """The teacher's forward under bf16 autocast (emulated where the CPU lacks native bf16):
+    float32 weights, a float32 loss within bf16's tolerance of float32's, gradients aligned."""
+    torch.manual_seed(0)
+    cfg = DistillConfig(crop_size=64, channels_last=False)
+    teacher = build_pdn("small", 384, padded=True)
+    images = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        targets = teacher(images) + 0.5 * torch.randn(2, 384, 64, 64)
+    crops = [(12, 30), (40, 4)]
+    grads, losses = [], []
+    for precision in ("float32", "bfloat16"):
+        step = DistillStep(teacher, cfg, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1), precision)
+        teacher.zero_grad(set_to_none=True)
+        loss = step.loss(images, targets, crops)
+        assert loss.dtype == torch.float32
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in teacher.parameters()]))
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.98
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
 
 
 def test_distill_input_errors(tmp_path):

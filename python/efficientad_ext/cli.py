@@ -122,7 +122,7 @@ def cmd_distill(args) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, p_grayscale=args.p_grayscale,
         stat_samples=args.stat_samples, crop_size=args.crop_size or None, holdout_images=args.holdout_images,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
-        time_limit_s=args.time_limit * 60 if args.time_limit else None, skip_corrupt=args.skip_corrupt,
+        time_limit_s=args.time_limit * 60 if args.time_limit else None, skip_corrupt=args.skip_corrupt, precision=args.precision,
     )
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.save_dtype]
     distill(images, args.out, config, device=args.device, resume=args.resume, save_dtype=dtype,
@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between progress lines in a log")
     p.add_argument("--time-limit", type=float, help="stop after this many minutes of training; the teacher is still written (default: none)")
     p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32", help="dtype of the written teacher weights")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=d.precision,
+                   help="the teacher's compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 and on "
+                   "bf16-capable GPUs, float32 elsewhere; Psi's targets, weights and the loss stay float32)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
     p.add_argument("--resume", action="store_true", help="continue from --out/distill_state.safetensors")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")

@@ -47,6 +47,7 @@ from ..formats.atomic import write_text_atomically
 from ..formats.stale_files import remove_stale_temp_files
 from ..formats.teacher_file import save_teacher
 from ..pdn import PDN, build_pdn
+from ..precision import PRECISIONS, autocast, describe_cpu, resolve_precision
 from ..progress import Progress, format_duration
 from ..training.augment import grayscale
 from ..training.driver import run_steps
@@ -92,6 +93,7 @@ class DistillConfig:
     max_preload_bytes: int = 4 * 2**30
     skip_corrupt: bool = False
     channels_last: bool = True
+    precision: str = "auto"  # the teacher's forward: bf16 autocast on native-bf16 CPUs and GPUs (see training.trainer)
     time_limit_s: float | None = None  # stop early (teacher written) once training has run this long
 
     def __post_init__(self) -> None:
@@ -105,6 +107,8 @@ class DistillConfig:
             raise ValueError(f"steps, batch_size and stat_samples must be >= 1, got {self.steps}, {self.batch_size}, {self.stat_samples}")
         if not 0.0 <= self.p_grayscale <= 1.0:
             raise ValueError(f"p_grayscale must be in [0, 1], got {self.p_grayscale}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.holdout_images < 0:
             raise ValueError(f"holdout_images must be >= 0, got {self.holdout_images}")
         if self.crop_size is not None:
@@ -133,6 +137,7 @@ class DistillRecord:
     machine: str = ""
     torch_version: str = ""
     command: str = ""
+    precision: str = "float32"  # resolved from config.precision on the machine that ran
 
 
 def machine_description() -> str:
@@ -224,9 +229,11 @@ def crop_valid_mask(cell_y: int, cell_x: int, cells: int, grid: int, device: tor
 class DistillStep:
     """One optimisation step of Algorithm 3 (lines 5-17) on a batch."""
 
-    def __init__(self, teacher: PDN, config: DistillConfig, image_mean: Tensor, image_std: Tensor) -> None:
+    def __init__(self, teacher: PDN, config: DistillConfig, image_mean: Tensor, image_std: Tensor,
+                 precision: str = "float32") -> None:
         self.teacher = teacher
         self.config = config
+        self.precision = precision  # resolved: the teacher's forward under bf16 autocast or not; the loss is float32
         self.image_mean, self.image_std = image_mean, image_std
         self.optimizer = torch.optim.Adam(teacher.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -237,16 +244,20 @@ class DistillStep:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if crops is None:
-            return ((self.teacher(x) - targets) ** 2).mean()
+            return ((self._forward(x) - targets) ** 2).mean()
         size, grid = self.config.crop_size, targets.shape[-1]
         cells = size // PDN_STRIDE
         windows = torch.stack([x[i, :, PDN_STRIDE * cy : PDN_STRIDE * cy + size, PDN_STRIDE * cx : PDN_STRIDE * cx + size]
                                for i, (cy, cx) in enumerate(crops)])
-        out = self.teacher(windows)
+        out = self._forward(windows)
         target = torch.stack([targets[i, :, cy : cy + cells, cx : cx + cells] for i, (cy, cx) in enumerate(crops)])
         mask = torch.stack([crop_valid_mask(cy, cx, cells, grid, x.device) for cy, cx in crops]).unsqueeze(1)
         sq = ((out - target) ** 2) * mask
         return sq.sum() / (mask.sum() * out.shape[1])
+
+    def _forward(self, x: Tensor) -> Tensor:
+        with autocast(self.precision, x.device):
+            return self.teacher(x).float()
 
     def __call__(self, images_256: Tensor, targets: Tensor, crops: Sequence[tuple[int, int]] | None) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -303,8 +314,9 @@ RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", 
 
 
 def _run_identity(meta: dict[str, Any]) -> dict[str, Any]:
-    config = {k: v for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES}
-    return {**meta, "config": config}
+    # States written before the precision existed were distilled in float32 ("auto" unknown).
+    config = {"precision": "auto", **{k: v for k, v in meta["config"].items() if k not in RESUMABLE_CHANGES}}
+    return {"precision": "float32", **meta, "config": config}
 
 
 @dataclass
@@ -363,12 +375,16 @@ def _setup(images, out_dir, config: DistillConfig, device: torch.device, command
         teacher = teacher.to(memory_format=torch.channels_last)
     image_mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     image_std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    meta = json.loads(json.dumps({"config": asdict(config), "images": images_desc, "train_images": len(src_t)}))
+    precision = resolve_precision(config.precision, device)
+    log.info("precision: %s (asked: %s; %s)", precision, config.precision,
+             f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}")
+    meta = json.loads(json.dumps({"config": asdict(config), "images": images_desc, "train_images": len(src_t),
+                                  "precision": precision}))
     record = DistillRecord(config=asdict(config), images=images_desc, train_images=len(src_t), holdout_images=len(held_paths),
                            machine=machine_description(), torch_version=torch.__version__,
-                           command=command if command is not None else " ".join(sys.argv))
+                           command=command if command is not None else " ".join(sys.argv), precision=precision)
     return _Run(config, out_dir, device, generator, src_t, src_e, held_paths, extractor, teacher, image_mean, image_std,
-                DistillStep(teacher, config, image_mean, image_std), record, meta)
+                DistillStep(teacher, config, image_mean, image_std, precision), record, meta)
 
 
 def _resume_or_start(run: _Run, resume: bool) -> tuple[int, TargetHead]:
