@@ -117,3 +117,33 @@ def test_every_argument_has_help_that_states_its_default():
                 assert "default" in shown, f"{name} {action.option_strings[0]}: the help does not state the default"
     text = sub.choices["infer"].format_help()
     assert "images per forward pass (default: 8)" in text and "model file written by train" in text
+
+
+@pytest.mark.slow
+def test_threshold_from_training_then_calibrated_and_used(trained, tmp_path, capsys):
+    """train stores a threshold from the normal hold-out; infer's CSV carries the decision; eval
+    reports precision/recall/F1 at it and F1-max; calibrate replaces it by the F1-optimal one."""
+    from efficientad_ext import load_model
+
+    data, out = trained
+    model = load_model(out / "model.safetensors")
+    t = model.threshold
+    assert t is not None and t.method == "normal_holdout_fpr" and t.value > 0
+    assert t.details["target_fpr"] == 0.01 and t.details["images"] == 1
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.full((256, 256, 3), 90, np.uint8)).save(imgs / "a.png")
+    assert main(["infer", str(out / "model.safetensors"), str(imgs), "--out", str(tmp_path / "inf"), "--no-images"]) == 0
+    rows = list(csv.DictReader((tmp_path / "inf" / "scores.csv").open()))
+    assert rows[0]["is_anomalous"] == str(int(float(rows[0]["score"]) > t.value))
+    assert float(rows[0]["normalized_score"]) == pytest.approx(0.5 * float(rows[0]["score"]) / t.value, rel=1e-4)
+    assert main(["eval", str(out / "model.safetensors"), str(data), "--out", str(tmp_path / "eval"), "--no-images"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["threshold"]["method"] == "normal_holdout_fpr" and set(metrics["at_threshold"]) >= {"precision", "recall", "f1"}
+    assert 0 < metrics["f1_max"] <= 1 and "F1-max" in capsys.readouterr().out
+    calibrated = tmp_path / "calibrated.safetensors"
+    assert main(["calibrate", str(out / "model.safetensors"), str(data), "--out", str(calibrated)]) == 0
+    assert "F1-optimal on 5 images" in capsys.readouterr().out
+    c = load_model(calibrated).threshold
+    assert c.method == "f1_labelled" and c.details["f1"] == pytest.approx(metrics["f1_max"])
+    assert load_model(out / "model.safetensors").threshold == t  # --out: the original is untouched

@@ -14,10 +14,10 @@ load_library()
 
 from . import ops, reference  # noqa: E402  (ops need the library loaded)
 from ._inference import InferenceOptions  # noqa: E402
-from .api import distill, evaluate, infer, load, train  # noqa: E402
+from .api import calibrate, distill, evaluate, infer, load, train  # noqa: E402
 from .autoencoder import Autoencoder  # noqa: E402
 from .formats.model_file import ModelFileError, load_model, save_model  # noqa: E402
-from .model import EfficientAD, InferenceResult, ModelConfig  # noqa: E402
+from .model import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig  # noqa: E402
 from .pdn import PDN, PDN_ARCHITECTURES, build_pdn  # noqa: E402
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "EfficientAD",
     "InferenceOptions",
     "InferenceResult",
+    "DecisionThreshold",
+    "calibrate",
     "ModelConfig",
     "ModelFileError",
     "build_info",

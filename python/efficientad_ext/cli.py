@@ -201,6 +201,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .api import calibrate
+
+    t = calibrate(args.model, args.dataset, args.out, batch_size=args.batch_size, device=args.device)
+    print(f"threshold {t.value:.6g} (F1-optimal on {t.details['images']} images, {t.details['anomalous']} anomalous: "
+          f"F1 {t.details['f1']:.4f}) written to {args.out or args.model}")
+    return 0
+
+
 def cmd_selfcheck(args) -> int:
     from .selfcheck import selfcheck
 
@@ -323,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("calibrate", help="set a model's decision threshold to the F1-optimal one on a labelled set")
+    p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+    p.add_argument("dataset", type=Path, help="labelled set in MVTec layout (its test/good and test/<defect> images; "
+                   "masks not needed), kept apart from the set you report accuracy on")
+    p.add_argument("--out", type=Path, help="where to write the calibrated model (default: replace MODEL, atomically)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps")
     p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")

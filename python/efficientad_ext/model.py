@@ -72,6 +72,17 @@ class TrainingRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class DecisionThreshold:
+    """The image-score threshold above which an image is anomalous, and how it was chosen
+    (``method``: ``normal_holdout_fpr`` or ``f1_labelled``; ``details``: e.g. the target false
+    positive rate and the image count). See :mod:`efficientad_ext.evaluation.threshold`."""
+
+    value: float
+    method: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 class EfficientAD(nn.Module):
     """Teacher PDN (frozen), student PDN (2x the teacher's channels), autoencoder, the teacher's
     per-channel mean/std and the four map-normalisation quantiles.
@@ -93,6 +104,7 @@ class EfficientAD(nn.Module):
         self.register_buffer("image_mean", torch.tensor(self.config.image_mean).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(self.config.image_std).view(1, 3, 1, 1))
         self.calibrated = False
+        self.threshold: DecisionThreshold | None = None  # the decision (train / calibrate set it)
         self.record = TrainingRecord()
         self.inference_options = InferenceOptions()
 
@@ -152,8 +164,10 @@ class EfficientAD(nn.Module):
         """Anomaly maps and image scores (Algorithm 2) for a batch of any size.
 
         Returns ``InferenceResult(anomaly_map [B, 1, H, W], score [B])`` at the input's
-        resolution, in float32 (float64 when computing in float64), on the model's device.
-        No host synchronisation happens for tensors already on the model's device.
+        resolution, in float32 (float64 when computing in float64), on the model's device,
+        with ``is_anomalous`` [B] and ``normalized_score`` [B] (the threshold at 0.5) when the
+        model has a decision threshold (``self.threshold``). No host synchronisation happens
+        for tensors already on the model's device.
 
         ``dtype``: the networks' compute dtype (``torch.float32``, ``torch.bfloat16``, ...,
         or its name); ``None``: bfloat16 on a CUDA GPU that supports it (float32 models),
@@ -163,7 +177,10 @@ class EfficientAD(nn.Module):
         captured for this batch shape when the batch is a tensor on the model's CUDA device;
         ``False`` always runs eagerly.
         """
-        return _inference.infer(self, batch, dtype, cuda_graph)
+        result = _inference.infer(self, batch, dtype, cuda_graph)
+        if self.threshold is None:
+            return result
+        return InferenceResult(result.anomaly_map, result.score, self.threshold.value)
 
     @torch.no_grad()
     def raw_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:

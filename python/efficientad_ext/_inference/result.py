@@ -1,13 +1,47 @@
 """What inference returns (here, so the engine needs nothing from the model module)."""
 from __future__ import annotations
 
-from typing import NamedTuple
-
+import torch
 from torch import Tensor
 
 
-class InferenceResult(NamedTuple):
-    """``anomaly_map`` [B, 1, H, W] at the input resolution and ``score`` [B]."""
+class InferenceResult(tuple):
+    """``anomaly_map`` [B, 1, H, W] at the input resolution and ``score`` [B]; it unpacks as
+    that pair (``anomaly_map, score = model.infer(x)``).
 
-    anomaly_map: Tensor
-    score: Tensor
+    With the model's decision threshold (a model file written by ``train`` has one, see
+    :mod:`efficientad_ext.evaluation.threshold`) it also gives ``is_anomalous`` (bool [B]:
+    ``score > threshold``; a NaN score counts as anomalous) and ``normalized_score``
+    (``0.5 * score / threshold``: the threshold at 0.5); both are None without a threshold.
+    """
+
+    def __new__(cls, anomaly_map: Tensor, score: Tensor, threshold: float | None = None) -> InferenceResult:
+        self = super().__new__(cls, (anomaly_map, score))
+        self.threshold = threshold
+        return self
+
+    def __getnewargs__(self):  # pickling and copying keep the threshold
+        return (self[0], self[1], self.threshold)
+
+    @property
+    def anomaly_map(self) -> Tensor:
+        return self[0]
+
+    @property
+    def score(self) -> Tensor:
+        return self[1]
+
+    @property
+    def is_anomalous(self) -> Tensor | None:
+        if self.threshold is None:
+            return None
+        return (self.score > self.threshold) | torch.isnan(self.score)
+
+    @property
+    def normalized_score(self) -> Tensor | None:
+        if self.threshold is None:
+            return None
+        return self.score * (0.5 / self.threshold)
+
+    def __repr__(self) -> str:
+        return f"InferenceResult(anomaly_map={tuple(self.anomaly_map.shape)}, score={self.score}, threshold={self.threshold})"

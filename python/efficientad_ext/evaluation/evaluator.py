@@ -15,6 +15,7 @@ import torch
 from ..data import ImageDataset, Sample
 from ..formats.atomic import write_text_atomically
 from .metrics import au_pro, image_auroc, pixel_auroc
+from .threshold import decision_metrics, f1_max
 from ..model import EfficientAD
 from ..progress import Progress
 
@@ -50,7 +51,9 @@ def evaluate(
     write_images: bool = True,
     skip_corrupt: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on ``test_samples`` (normal and anomalous, with masks where known).
+    """Metrics of ``model`` on ``test_samples`` (normal and anomalous, with masks where known):
+    image AUROC (overall and per defect type), F1-max, precision / recall / F1 at the model's
+    decision threshold when it has one, pixel AUROC and AU-PRO.
 
     Writes ``out_dir/metrics.json`` and, with ``write_images``, ``out_dir/images/<type>/<name>.png``.
     Pixel metrics need a mask for every anomalous image (one of them non-empty): a set
@@ -71,6 +74,10 @@ def evaluate(
             keep = torch.tensor([s.label == 0 or s.defect_type == t for s in samples])
             per_type[t] = image_auroc(scores[keep], labels[keep])
         result["image_auroc_per_type"] = per_type
+        result["f1_max"], result["f1_max_threshold"] = f1_max(scores, labels)
+        if model.threshold is not None:
+            result["threshold"] = {"value": model.threshold.value, "method": model.threshold.method}
+            result["at_threshold"] = decision_metrics(scores, labels, model.threshold.value)
     else:
         log.warning("image AUROC needs normal and anomalous test images; skipped")
     unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
@@ -110,6 +117,12 @@ def format_summary(result: dict[str, Any]) -> str:
             rows.append((label, f"{result[key]:.4f}"))
     for t, v in result.get("image_auroc_per_type", {}).items():
         rows.append((f"  image AUROC {t}", f"{v:.4f}"))
+    if "f1_max" in result:
+        rows.append(("F1-max", f"{result['f1_max']:.4f} (at score {result['f1_max_threshold']:.4g})"))
+    if "at_threshold" in result:
+        m, t = result["at_threshold"], result["threshold"]
+        rows.append(("at the model's threshold", f"{t['value']:.4g} ({t['method']}): precision {m['precision']:.4f}, "
+                     f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}"))
     if "pixel_metrics_skipped" in result:
         rows.append(("pixel metrics", f"skipped: {result['pixel_metrics_skipped']}"))
     width = max(len(r[0]) for r in rows)

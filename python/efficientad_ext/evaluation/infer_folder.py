@@ -43,7 +43,9 @@ def infer_folder(
     skip_corrupt: bool = False,
     write_images: bool = True,
 ) -> int:
-    """Scores ``paths`` into ``out_dir/scores.csv`` (and ``heatmaps/<stem>.png``); returns
+    """Scores ``paths`` into ``out_dir/scores.csv`` (columns ``path,score``, plus
+    ``is_anomalous`` (1/0) and ``normalized_score`` when the model has a decision threshold)
+    and ``heatmaps/<stem>.png``; returns
     the number of images scored. Memory is one batch of maps whatever the number of images."""
     out = Path(out_dir)
     remove_stale_temp_files([out, out / "heatmaps"])
@@ -67,9 +69,14 @@ def infer_folder(
     progress.close()
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "score"])
+    threshold = None if model.threshold is None else model.threshold.value
+    # With the model's decision threshold: the decision and the normalised score (threshold at 0.5).
+    writer.writerow(["path", "score"] if threshold is None else ["path", "score", "is_anomalous", "normalized_score"])
     for s, v in zip(dataset.samples, scores):
-        writer.writerow([str(s.path), f"{v:.6g}"])
+        row = [str(s.path), f"{v:.6g}"]
+        if threshold is not None:
+            row += [int(not v <= threshold), f"{0.5 * v / threshold:.6g}"]  # NaN: anomalous
+        writer.writerow(row)
     write_text_atomically(out / "scores.csv", buf.getvalue())
     record.finish(images=len(paths), scored=len(scores), skipped=len(dataset.skipped),
                   heatmaps=len(scores) if write_images else 0)

@@ -17,7 +17,9 @@ Ranges (a file outside them cannot come from our writer):
 - ``config.image_std``: three finite numbers in ``IMAGE_STD_RANGE``;
 - ``calibrated``: ``true`` / ``false``;
 - ``training``: an object with ``steps`` (integer >= 0), ``teacher`` and ``penalty_images``
-  (strings) and ``extra`` (an object, free-form).
+  (strings) and ``extra`` (an object, free-form);
+- ``threshold`` (optional): an object with ``value`` (a finite number > 0), ``method`` (one of
+  :data:`THRESHOLD_METHODS`) and ``details`` (an object of finite numbers).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..model import ModelConfig, TrainingRecord
+from ..model import DecisionThreshold, ModelConfig, TrainingRecord
 from ..pdn import PDN_ARCHITECTURES
 
 IMAGE_SIZE_RANGE = (256, 16384)
@@ -37,7 +39,8 @@ TEACHER_CHANNELS_RANGE = (1, 4096)
 IMAGE_STD_RANGE = (1e-3, 1e3)
 # The metadata keys of a model file; any other key is refused (a flipped bit in a key name
 # must not turn a field into an ignored one).
-MODEL_METADATA_KEYS = frozenset({"format", "format_version", "config", "calibrated", "training", "digest"})
+MODEL_METADATA_KEYS = frozenset({"format", "format_version", "config", "calibrated", "training", "threshold", "digest"})
+THRESHOLD_METHODS = ("normal_holdout_fpr", "f1_labelled")
 
 
 class FieldError(ValueError):
@@ -156,6 +159,24 @@ def parse_model_metadata(metadata: Mapping[str, Any]) -> tuple[ModelConfig, bool
     calibrated = _bool("metadata field 'calibrated'", parse_json("calibrated", metadata.get("calibrated", "false")))
     record = parse_training_record(metadata.get("training", "{}"))
     return config, calibrated, record
+
+
+def parse_threshold(metadata: Mapping[str, Any]) -> DecisionThreshold | None:
+    """The model's decision threshold, or None when the file has none."""
+    if "threshold" not in metadata:
+        return None
+    d = parse_json("threshold", metadata["threshold"])
+    if not isinstance(d, dict) or set(d) != {"value", "method", "details"}:
+        raise FieldError(f"metadata field 'threshold' must be an object with value, method and details, got {_show(d)}")
+    value = d["value"]
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise FieldError(f"threshold.value must be a finite number > 0, got {_show(value)}")
+    if d["method"] not in THRESHOLD_METHODS:
+        raise FieldError(f"threshold.method must be one of {list(THRESHOLD_METHODS)}, got {_show(d['method'])}")
+    details = d["details"]
+    if not isinstance(details, dict) or not all(isinstance(k, str) and _is_number(v) and math.isfinite(v) for k, v in details.items()):
+        raise FieldError(f"threshold.details must be an object of finite numbers, got {_show(details)}")
+    return DecisionThreshold(float(value), d["method"], dict(details))
 
 
 QUANTILE_NAMES = ("q_st_a", "q_st_b", "q_ae_a", "q_ae_b")

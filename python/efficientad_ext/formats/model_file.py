@@ -3,8 +3,9 @@
 Tensors: the weights of teacher, student and autoencoder (``teacher.*``, ``student.*``,
 ``autoencoder.*``), ``teacher_mean``, ``teacher_std`` and ``quantiles``. Metadata (JSON in the
 safetensors header): format name and version, the :class:`ModelConfig` (architecture, padding,
-image size, input normalisation), whether the quantiles were calibrated, and how the model
-was trained, and an integrity digest of all of it (:mod:`efficientad_ext.integrity`). No
+image size, input normalisation), whether the quantiles were calibrated, the decision
+threshold and how it was chosen (when the model has one), how the model was trained, and an
+integrity digest of all of it (:mod:`efficientad_ext.integrity`). No
 pickle anywhere: loading a file cannot run code. Loading checks the digest, parses every
 metadata field with its type and range and refuses values a model cannot work with
 (:mod:`efficientad_ext.metadata_schema`).
@@ -49,8 +50,11 @@ def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
         "calibrated": json.dumps(bool(model.calibrated)),
         "training": json.dumps(asdict(model.record)),
     }
+    if model.threshold is not None:
+        metadata["threshold"] = json.dumps(asdict(model.threshold))
     try:  # never write a file that load_model would refuse
         metadata_schema.parse_model_metadata(metadata)
+        metadata_schema.parse_threshold(metadata)
         metadata_schema.check_model_values(tensors)
     except metadata_schema.FieldError as e:
         raise ValueError(f"cannot save the model to {path}: {e}") from None
@@ -86,6 +90,7 @@ def load_model(
     integrity.verify(tensors, metadata, source=str(path), error=ModelFileError)
     try:
         config, calibrated, record = metadata_schema.parse_model_metadata(metadata)
+        threshold = metadata_schema.parse_threshold(metadata)
     except metadata_schema.FieldError as e:
         raise ModelFileError(f"{path} has corrupt metadata: {e}") from None
 
@@ -117,6 +122,7 @@ def load_model(
         for name in ("teacher_mean", "teacher_std", "quantiles"):
             getattr(model, name).copy_(tensors[name])
     model.calibrated = calibrated
+    model.threshold = threshold
     model.record = record
     model.eval()
     if device is not None or dtype is not None:

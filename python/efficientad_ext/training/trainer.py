@@ -33,6 +33,7 @@ from torch import Tensor
 from .. import ops
 from ..data import Sample, list_images, load_image, resize_image
 from ..distributed import DataParallel
+from ..evaluation.threshold import threshold_at_fpr
 from ..formats.atomic import write_text_atomically
 from ..formats.stale_files import remove_stale_temp_files
 from ..formats.model_file import save_model
@@ -69,6 +70,7 @@ class TrainConfig:
     validation_fraction: float = 0.1
     quantile_low: float = 0.9
     quantile_high: float = 0.995
+    threshold_fpr: float = 0.01  # the decision threshold: this share of the hold-out's normal images flagged
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -91,6 +93,8 @@ class TrainConfig:
             raise ValueError("p_hard must be in [0, 1] and 0 <= quantile_low < quantile_high <= 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0.0 < self.threshold_fpr < 1.0:
+            raise ValueError(f"threshold_fpr must be in (0, 1), got {self.threshold_fpr}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.eval_every < 0 or any(int(s) < 1 for s in self.eval_at):
@@ -236,6 +240,16 @@ class TrainStep:
 
 
 @torch.no_grad()
+def holdout_scores(model: EfficientAD, source: ImageSource, batch_size: int = 8) -> Tensor:
+    """Image scores of ``source``'s images (float32 inference, as evaluation computes them)."""
+    scores = []
+    for start in range(0, len(source), batch_size):
+        x = to_unit_float(source.get(range(start, min(start + batch_size, len(source)))), model.device)
+        scores.append(model.infer(x, dtype=torch.float32).score.float().cpu())
+    return torch.cat(scores)
+
+
+@torch.no_grad()
 def map_quantiles(model: EfficientAD, source: ImageSource, low: float, high: float, batch_size: int = 8) -> Tensor:
     """[q_st_a, q_st_b, q_ae_a, q_ae_b] over all pixels of the validation maps (exact)."""
     st_maps, ae_maps = [], []
@@ -306,6 +320,13 @@ class _Run:
         # data-parallel, rank 0 computes them (exact: all pixels) and broadcasts.
         self.model.quantiles.copy_(quantiles() if self.dp is None else self.dp.on_main_then_broadcast(quantiles))
         self.model.calibrated = True
+        # The decision threshold from the same normal hold-out (every rank computes the same).
+        scores = holdout_scores(self.model, self.val_source)
+        try:
+            self.model.threshold = threshold_at_fpr(scores, cfg.threshold_fpr)
+        except ValueError as e:
+            self.model.threshold = None
+            log.warning("no decision threshold stored: %s", e)
 
     def save_state(self, step: int) -> None:
         if self.dp is None:
