@@ -14,7 +14,7 @@ load_library()
 
 from . import ops, reference  # noqa: E402  (ops need the library loaded)
 from ._inference import InferenceOptions  # noqa: E402
-from .api import calibrate, distill, evaluate, infer, load, train  # noqa: E402
+from .api import calibrate, distill, evaluate, export, infer, load, train  # noqa: E402
 from .autoencoder import Autoencoder  # noqa: E402
 from .formats.model_file import ModelFileError, load_model, save_model  # noqa: E402
 from .model import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig  # noqa: E402
@@ -29,6 +29,7 @@ __all__ = [
     "InferenceResult",
     "DecisionThreshold",
     "calibrate",
+    "export",
     "ModelConfig",
     "ModelFileError",
     "build_info",

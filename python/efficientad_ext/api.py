@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -157,6 +158,25 @@ def calibrate(
     model.threshold = f1_optimal_threshold(scores, [s.label for s in dataset.samples])
     save_model(model, out if out is not None else model_path)
     return model.threshold
+
+
+def export(
+    model: EfficientAD | PathLike,
+    out: PathLike,
+    format: str = "onnx",
+    dtype: str = "float32",
+) -> list[Path]:
+    """Writes the model's whole inference (Algorithm 2: normalisation, the three networks, the
+    maps, the resize, the quantile normalisation, the score and, with a threshold, the
+    decision) in standard operators for a deployment runtime: ``format="onnx"`` (one ``.onnx``
+    file: onnxruntime, TensorRT) or ``"openvino"`` (``.xml`` + ``.bin``). Dynamic batch;
+    ``dtype`` ``float32`` or ``float16``. Input: float images [B, 3, H, W] in [0, 1] at the
+    model's image size. Returns the written files (see :mod:`efficientad_ext.formats.export`)."""
+    from .formats.export import export_model
+
+    if not isinstance(model, EfficientAD):
+        model = load_model(model, device="cpu")
+    return export_model(model, out, format, dtype)
 
 
 def distill(

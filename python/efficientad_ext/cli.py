@@ -210,6 +210,14 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .api import export
+
+    for path in export(args.model, args.out, args.format, args.dtype):
+        print(f"{path}")
+    return 0
+
+
 def cmd_selfcheck(args) -> int:
     from .selfcheck import selfcheck
 
@@ -341,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="write the model's inference as an ONNX file or OpenVINO IR (dynamic batch)")
+    p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx: one .onnx file (onnxruntime, TensorRT); openvino: .xml + .bin")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="input, weights and activations (maps and scores are float32)")
+    p.add_argument("--out", type=Path, required=True, help="output file (.onnx; for openvino the .xml, its .bin beside it)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps")
     p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")

@@ -1,0 +1,86 @@
+"""CPU latency of the exported model (onnxruntime, OpenVINO) beside ours (``EfficientAD.infer``),
+same model, same images, same thread count, interleaved, one process.
+
+    python benchmarks/export_latency.py --threads 2 --batches 1 8 --repeats 7 --out export_latency.json
+
+The model is EfficientAD-S 256x256 with seeded random weights and calibrated-looking quantiles
+(latency does not depend on the weights' values). Reported per batch: the median seconds per
+call of each runtime and ours / runtime (above 1: ours is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from efficientad_ext import EfficientAD, export
+from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.precision import describe_cpu
+
+
+def _model() -> EfficientAD:
+    torch.manual_seed(0)
+    model = EfficientAD().eval()
+    model.quantiles.copy_(torch.tensor([0.1, 2.0, 0.05, 1.0]))
+    model.calibrated = True
+    return model
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import onnxruntime as ort
+    import openvino as ov
+
+    model = _model()
+    with tempfile.TemporaryDirectory() as tmp:
+        (onnx_path,) = export(model, Path(tmp) / "m.onnx")
+        export(model, Path(tmp) / "m", format="openvino")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        compiled = ov.Core().compile_model(str(Path(tmp) / "m.xml"), "CPU",
+                                           {"INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"})
+        runners = {
+            "ours": lambda x: model.infer(x, dtype=torch.float32),
+            "onnxruntime": lambda x: session.run(None, {"images": x.numpy()}),
+            "openvino": lambda x: compiled(x.numpy()),
+        }
+        rows = []
+        for batch in args.batches:
+            x = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(batch))
+            times = {k: [] for k in runners}
+            for run in runners.values():
+                run(x)  # warm-up (compilation, caches)
+            for _ in range(args.repeats):
+                for name, run in runners.items():
+                    t0 = time.perf_counter()
+                    run(x)
+                    times[name].append(time.perf_counter() - t0)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append({"batch": batch, "seconds": med, "ms_per_image": {k: 1e3 * v / batch for k, v in med.items()},
+                         "ours_speedup": {k: med[k] / med["ours"] for k in med if k != "ours"}})
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
+              "threads": args.threads, "torch": torch.__version__, "onnxruntime": ort.__version__,
+              "openvino": ov.__version__, "repeats": args.repeats, "rows": rows}
+    write_text_atomically(args.out, json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
