@@ -13,9 +13,9 @@ from efficientad_ext.evaluation.threshold import (
     decision_metrics,
     f1_max,
     f1_optimal_threshold,
-    normalised_score,
     threshold_at_fpr,
 )
+from efficientad_ext._inference.result import normalize_score
 from efficientad_ext.formats.model_file import ModelFileError, load_model, save_model
 
 
@@ -60,9 +60,9 @@ def test_decisions_count_nan_as_anomalous_and_normalise_at_one_half():
     r = InferenceResult(torch.zeros(3, 1, 4, 4), torch.tensor([0.2, 0.8, float("nan")]), 0.4)
     assert r.is_anomalous.tolist() == [False, True, True]
     torch.testing.assert_close(r.normalized_score[:2], torch.tensor([0.25, 1.0]))
-    torch.testing.assert_close(normalised_score(torch.tensor([0.4]), 0.4), torch.tensor([0.5]))
+    torch.testing.assert_close(normalize_score(torch.tensor([0.4]), 0.4), torch.tensor([0.5]))
     with pytest.raises(ValueError, match="threshold must be finite and > 0"):
-        normalised_score(torch.tensor([0.4]), 0.0)
+        normalize_score(torch.tensor([0.4]), 0.0)
 
 
 def test_inference_result_unpacks_as_a_pair_and_keeps_its_threshold():

@@ -1,8 +1,25 @@
 """What inference returns (here, so the engine needs nothing from the model module)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+NORMALISED_THRESHOLD = 0.5  # where the threshold falls on the normalised score
+
+
+def decide(score: Tensor, threshold: float) -> Tensor:
+    """The decision rule, everywhere it is applied: anomalous when ``score > threshold``, and
+    when the score is NaN (broken input is flagged, never silently normal)."""
+    return (score > threshold) | torch.isnan(score)
+
+
+def normalize_score(score: Tensor, threshold: float) -> Tensor:
+    """``0.5 * score / threshold``: the threshold at 0.5 (:data:`NORMALISED_THRESHOLD`), 0 stays 0."""
+    if not (threshold > 0.0 and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be finite and > 0, got {threshold}")
+    return score * (NORMALISED_THRESHOLD / threshold)
 
 
 class InferenceResult(tuple):
@@ -35,13 +52,13 @@ class InferenceResult(tuple):
     def is_anomalous(self) -> Tensor | None:
         if self.threshold is None:
             return None
-        return (self.score > self.threshold) | torch.isnan(self.score)
+        return decide(self.score, self.threshold)
 
     @property
     def normalized_score(self) -> Tensor | None:
         if self.threshold is None:
             return None
-        return self.score * (0.5 / self.threshold)
+        return normalize_score(self.score, self.threshold)
 
     def __repr__(self) -> str:
         return f"InferenceResult(anomaly_map={tuple(self.anomaly_map.shape)}, score={self.score}, threshold={self.threshold})"

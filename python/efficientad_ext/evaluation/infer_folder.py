@@ -53,12 +53,15 @@ def infer_folder(
     samples = [Sample(path=Path(p), label=0, defect_type="images", mask_path=None) for p in paths]
     dataset = ImageDataset(samples, model.config.image_size, skip_corrupt=skip_corrupt)
     scores: list[float] = []
+    decisions: list[tuple[bool, float]] = []  # (is_anomalous, normalized_score) with a threshold
     progress = Progress(len(dataset), label="infer", every=max(1, len(dataset) // 10), unit="images")
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         result = model.infer(torch.stack([it["image"] for it in items]), dtype=torch.float32)
         maps = result.anomaly_map[:, 0].float().cpu()
         scores.extend(float(v) for v in result.score.float().cpu())
+        if result.threshold is not None:
+            decisions.extend(zip(result.is_anomalous.cpu().tolist(), result.normalized_score.float().cpu().tolist()))
         if write_images:
             from .visualize import save_heatmap_png
 
@@ -69,13 +72,12 @@ def infer_folder(
     progress.close()
     buf = io.StringIO()
     writer = csv.writer(buf)
-    threshold = None if model.threshold is None else model.threshold.value
     # With the model's decision threshold: the decision and the normalised score (threshold at 0.5).
-    writer.writerow(["path", "score"] if threshold is None else ["path", "score", "is_anomalous", "normalized_score"])
-    for s, v in zip(dataset.samples, scores):
+    writer.writerow(["path", "score"] if not decisions else ["path", "score", "is_anomalous", "normalized_score"])
+    for i, (s, v) in enumerate(zip(dataset.samples, scores)):
         row = [str(s.path), f"{v:.6g}"]
-        if threshold is not None:
-            row += [int(not v <= threshold), f"{0.5 * v / threshold:.6g}"]  # NaN: anomalous
+        if decisions:
+            row += [int(decisions[i][0]), f"{decisions[i][1]:.6g}"]
         writer.writerow(row)
     write_text_atomically(out / "scores.csv", buf.getvalue())
     record.finish(images=len(paths), scored=len(scores), skipped=len(dataset.skipped),

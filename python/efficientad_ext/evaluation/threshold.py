@@ -15,22 +15,22 @@ Two ways, recorded with the threshold (``DecisionThreshold.method``):
   F1 (anomalous = positive), the midpoint between the two scores it separates.
 
 A score above the threshold is anomalous; a NaN score (broken input) is anomalous too, never
-silently normal. The normalised score ``0.5 * score / threshold`` puts the threshold at 0.5
+silently normal (:func:`efficientad_ext._inference.result.decide`, the one rule). The normalised
+score ``0.5 * score / threshold`` (``normalize_score``) puts the threshold at 0.5
 (0 stays 0); it needs a positive threshold, which the normalised maps give (a normal image's
 score is the maximum of maps whose 90th percentile of normal pixels is 0).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from .._inference.result import decide
 from ..model import DecisionThreshold
 
 DEFAULT_TARGET_FPR = 0.01
-NORMALISED_THRESHOLD = 0.5  # where the threshold falls on the normalised score
 
 
 def _as_scores(scores: Tensor | Sequence[float], name: str) -> Tensor:
@@ -66,7 +66,7 @@ def decision_metrics(scores: Tensor | Sequence[float], labels: Tensor | Sequence
     y = torch.as_tensor(labels).flatten().bool()
     if s.shape != y.shape:
         raise ValueError(f"scores and labels must have one entry per image, got {s.numel()} and {y.numel()}")
-    flagged = (s > threshold) | torch.isnan(s)
+    flagged = decide(s, threshold)
     tp = int((flagged & y).sum())
     fp = int((flagged & ~y).sum())
     fn = int((~flagged & y).sum())
@@ -106,10 +106,3 @@ def f1_optimal_threshold(scores: Tensor | Sequence[float], labels: Tensor | Sequ
     _check_positive(value)
     y = torch.as_tensor(labels).flatten()
     return DecisionThreshold(value, "f1_labelled", {"f1": f1, "images": int(y.numel()), "anomalous": int(y.sum())})
-
-
-def normalised_score(score: Tensor, threshold: float) -> Tensor:
-    """``0.5 * score / threshold``: the threshold at 0.5 (:data:`NORMALISED_THRESHOLD`)."""
-    if not (threshold > 0.0 and math.isfinite(threshold)):
-        raise ValueError(f"threshold must be finite and > 0, got {threshold}")
-    return score * (NORMALISED_THRESHOLD / threshold)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import reference
+from .._inference.result import decide
 from ..model import EfficientAD
 from .atomic import write_atomically
 
@@ -59,7 +60,7 @@ class Algorithm2(nn.Module):
                                                     self.image_size, self.border)
         if self.threshold is None:
             return anomaly_map, score
-        return anomaly_map, score, (score > self.threshold) | torch.isnan(score)
+        return anomaly_map, score, decide(score, self.threshold)
 
 
 def _onnx_program(model: EfficientAD, dtype: torch.dtype):
