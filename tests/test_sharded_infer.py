@@ -11,7 +11,7 @@ from distributed_launch import torchrun
 from PIL import Image
 from test_train import write_images
 
-from efficientad_ext import EfficientAD, save_model
+from efficientad_ext import DecisionThreshold, EfficientAD, save_model
 from efficientad_ext.cli import main
 from efficientad_ext.sharded_infer import read_shards, sharded_infer
 
@@ -20,12 +20,18 @@ from efficientad_ext.sharded_infer import read_shards, sharded_infer
 def folder(tmp_path):
     torch.manual_seed(0)
     model = EfficientAD()
-    model.quantiles.copy_(torch.tensor([0.1, 0.5, 0.05, 0.3]))  # a scale, so that maps and scores vary
+    model.quantiles.copy_(torch.tensor([0.0, 0.5, 0.0, 0.3]))  # a scale, so that maps and scores vary (and stay > 0)
     save_model(model, tmp_path / "model.safetensors")
     images = tmp_path / "images"
     write_images(images, 4, seed=2)
     Image.fromarray(np.full((300, 280), 90, np.uint8), "L").save(images / "gray.png")
     (images / "broken.png").write_bytes(b"not an image")
+    # A decision threshold between the images' scores: scores.csv then has both decisions.
+    assert main(["infer", str(tmp_path / "model.safetensors"), str(images), "--out", str(tmp_path / "probe"),
+                 "--skip-corrupt", "--no-images"]) == 0
+    scores = sorted(float(r["score"]) for r in csv.DictReader((tmp_path / "probe" / "scores.csv").open()))
+    model.threshold = DecisionThreshold(0.5 * (scores[2] + scores[3]), "normal_holdout_fpr", {"target_fpr": 0.01})
+    save_model(model, tmp_path / "model.safetensors")
     return tmp_path / "model.safetensors", images
 
 
@@ -67,6 +73,12 @@ def test_one_process_resumes_and_lists_corrupt(folder, tmp_path):
     out = tmp_path / "out"
     first = sharded_infer(model, images, out, workers=0, batch_size=2, write_images=False, chunk_size=2)
     assert (first.images, first.scored, first.corrupt, first.skipped, first.scored_this_run) == (6, 5, 1, 0, 6)
+    # The one-process infer's columns, decisions included, from the shards' exact scores.
+    assert main(["infer", str(model), str(images), "--out", str(tmp_path / "one"), "--skip-corrupt", "--no-images"]) == 0
+    assert (out / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
+    rows = _rows(out / "scores.csv")
+    assert rows[0] == ["path", "score", "is_anomalous", "normalized_score"]
+    assert sorted(r[2] for r in rows[1:]) == ["0", "0", "0", "1", "1"]
     assert len(list((out / "shards").glob("rank*.csv"))) == 3  # chunks of 2 images, each its own file
     again = sharded_infer(model, images, out, workers=0, write_images=False)
     assert (again.scored, again.skipped, again.scored_this_run) == (5, 6, 0)

@@ -1,7 +1,10 @@
 """Which teacher training uses: the shipped one by default, "random" on request, a file."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +27,17 @@ def test_the_shipped_small_teacher_exists_loads_and_is_documented():
         assert all(f.get_slice(k).get_dtype() == "F16" for k in f.keys())
         record = json.loads(f.metadata()["record"])
     card = (teachers.WEIGHTS_DIR / "TEACHER_CARD.md").read_text()
-    # The card states the run's facts as recorded in the file itself.
-    assert str(record["steps_done"]) in card.replace(",", "") and record["command"] in card
+    # The card states the run's facts as recorded in the file itself, the file's own digest,
+    # and names no absolute path of the machine it was built on.
+    assert str(record["steps_done"]) in card.replace(",", "")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in card
+    assert not re.search(r"(?<![\w.])/(work|tmp|home|root|mnt|opt)/", card)
+    command = next(line for line in card.splitlines() if line.startswith("efficientad distill "))
+    recorded = record["command"].split()
+    assert len(command.split()) == len(recorded)
+    for shown, original in zip(command.split(), recorded):  # equal, or the same path made relative
+        assert shown == original or (original.startswith("/") and not shown.startswith("/")
+                                     and Path(shown).parts[-2:] == Path(original).parts[-2:]), (shown, original)
     assert record["config"]["extractor"] == "mobilenet_v2"
     # It is the distilled network, not a fresh initialisation: its weights differ from a
     # random PDN's by far more than float16 rounding, and it still maps 256x256 to 56x56.

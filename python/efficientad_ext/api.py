@@ -115,19 +115,25 @@ def evaluate(
     write_images: bool = True,
     skip_corrupt: bool = False,
     device: str | torch.device | None = None,
+    report: bool = False,
+    report_gallery: int = 120,
 ) -> dict[str, Any]:
     """Image AUROC, pixel AUROC and AU-PRO of ``model`` (or a model file) on the test split of
-    a dataset; with ``out_dir``, writes ``metrics.json`` and (``write_images``) one heatmap PNG
-    per test image. Returns the metrics dict (see :func:`efficientad_ext.evaluation.evaluator.evaluate`)."""
+    a dataset; with ``out_dir``, writes ``metrics.json``, (``write_images``) one heatmap PNG per
+    test image and (``report``) a self-contained ``report.html`` whose gallery shows
+    ``report_gallery`` test images (0: all; needs ``pip install "efficientad_ext[report]"``).
+    Returns the metrics dict (see :func:`efficientad_ext.evaluation.evaluator.evaluate`)."""
     from .data import open_dataset
     from .evaluation.evaluator import evaluate as evaluate_samples
 
+    model_name = "in-memory model" if isinstance(model, EfficientAD) else str(model)
     if not isinstance(model, EfficientAD):
         model = load_model(model, device=device or default_device())
     splits = open_dataset(dataset_root)
     if not splits.test:
         raise ValueError(f"{dataset_root} has no test images (expected <dataset>/test/<type>/...)")
-    return evaluate_samples(model, splits.test, out_dir, batch_size, write_images=write_images, skip_corrupt=skip_corrupt)
+    return evaluate_samples(model, splits.test, out_dir, batch_size, write_images=write_images, skip_corrupt=skip_corrupt,
+                            report=report, report_gallery=report_gallery, names=(model_name, str(dataset_root)))
 
 
 def calibrate(

@@ -17,6 +17,16 @@ def _device(name: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .training.trainer import TrainConfig
 
@@ -141,10 +151,12 @@ def cmd_eval(args) -> int:
     remove_stale_temp_files([args.out, *subfolders(Path(args.out) / "images")])
     record = RunRecord(args.out, "eval", args.model).start()
     result = evaluate(args.model, args.dataset, args.out, batch_size=args.batch_size, write_images=not args.no_images,
-                      skip_corrupt=args.skip_corrupt, device=args.device)
+                      skip_corrupt=args.skip_corrupt, device=args.device, report=args.report, report_gallery=args.report_gallery)
     record.finish(images=result["images"], anomalous=result["anomalous"])  # the last write: the run is complete
     print(format_summary(result))
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
+    if args.report:
+        print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -186,6 +198,7 @@ def cmd_demo(args) -> int:
     """The built-in main job: synthetic dataset -> train -> evaluate -> heatmaps -> metrics."""
     from .api import evaluate, train
     from .evaluation.evaluator import format_summary
+    from .evaluation.report import report_libraries_missing
     from .synthetic import make_synthetic_dataset
     from .training.trainer import TrainConfig
 
@@ -195,9 +208,12 @@ def cmd_demo(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, checkpoint_every=max(args.steps // 2, 1),
                          log_every=max(args.steps // 10, 1))
     train(data, out / "model", config=config, device=args.device)
-    result = evaluate(out / "model" / "model.safetensors", data, out / "eval", write_images=True, device=args.device)
+    missing = report_libraries_missing()  # the report is an optional extra; the demo runs without it
+    result = evaluate(out / "model" / "model.safetensors", data, out / "eval", write_images=True, device=args.device,
+                      report=missing is None)
     print(format_summary(result))
     print(f"heatmaps: {out / 'eval' / 'images'}; metrics: {out / 'eval' / 'metrics.json'}; model: {out / 'model' / 'model.safetensors'}")
+    print(f"report: {out / 'eval' / 'report.html'}" if missing is None else f"report not written: {missing}")
     return 0
 
 
@@ -338,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
         else:
             p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
+            p.add_argument("--report", action="store_true", help="also write --out/report.html: metrics, curves, score "
+                           "histograms and a gallery, one self-contained page (pip install \".[report]\")")
+            p.add_argument("--report-gallery", type=_non_negative_int, default=120, metavar="N",
+                           help="test images in the report's gallery, misclassified first (0: all)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.set_defaults(func=func)
 
@@ -358,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output file (.onnx; for openvino the .xml, its .bin beside it)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps")
+    p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps, report.html")
     p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")
     p.add_argument("--steps", type=int, default=60, help="training steps (60: about 3 minutes on 2 CPU cores)")
     p.add_argument("--batch-size", type=int, default=1, help="images per step")

@@ -50,16 +50,31 @@ def evaluate(
     batch_size: int = 8,
     write_images: bool = True,
     skip_corrupt: bool = False,
+    report: bool = False,
+    report_gallery: int = 120,
+    names: tuple[str, str] = ("model", "test set"),
 ) -> dict[str, Any]:
     """Metrics of ``model`` on ``test_samples`` (normal and anomalous, with masks where known):
     image AUROC (overall and per defect type), F1-max, precision / recall / F1 at the model's
     decision threshold when it has one, pixel AUROC and AU-PRO.
 
-    Writes ``out_dir/metrics.json`` and, with ``write_images``, ``out_dir/images/<type>/<name>.png``.
+    Writes ``out_dir/metrics.json`` and, with ``write_images``, ``out_dir/images/<type>/<name>.png``;
+    with ``report``, ``out_dir/report.html`` (:mod:`.report`: ``report_gallery`` images, 0 for
+    all; ``names``: the model's and the data set's names on the page).
     Pixel metrics need a mask for every anomalous image (one of them non-empty): a set
     labelled per image only gets the image metrics and ``pixel_metrics_skipped`` saying why;
     image AUROC needs both classes.
     """
+    if report:
+        from .report import report_libraries_missing
+
+        if out_dir is None:
+            raise ValueError("report=True needs out_dir (the page is written to out_dir/report.html)")
+        if report_gallery < 0:
+            raise ValueError(f"report_gallery must be >= 0 (0: every test image), got {report_gallery}")
+        problem = report_libraries_missing()  # before the long part, not after it
+        if problem is not None:
+            raise ImportError(f"the HTML report needs {problem}")
     t0 = time.perf_counter()
     dataset, maps, scores = predict(model, test_samples, batch_size, skip_corrupt)
     samples = dataset.samples
@@ -106,6 +121,13 @@ def evaluate(
         scores_rows = [{"path": str(s.path), "defect_type": s.defect_type, "label": s.label, "score": float(v)}
                        for s, v in zip(samples, scores)]
         write_text_atomically(out_dir / "metrics.json", json.dumps({**result, "scores": scores_rows}, indent=2))
+        if report:
+            from .report import REPORT_FILE, ReportData, write_report
+
+            t = model.threshold
+            data = ReportData(result, samples, scores, maps, masks, lambda i: dataset[i]["image"],
+                              None if t is None else t.value, None if t is None else t.method, *names)
+            write_report(data, out_dir / REPORT_FILE, gallery_size=report_gallery)
     return result
 
 

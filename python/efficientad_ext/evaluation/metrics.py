@@ -122,14 +122,27 @@ def _as_nhw(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def pixel_auroc(maps: Any, masks: Any) -> float:
-    """Pixel-level AUROC over all pixels of all images: ``maps`` ``[N, H, W]`` anomaly maps
-    against ``masks`` ``[N, H, W]`` (nonzero / True = anomalous pixel). Maps and masks must
-    already have the same size (resize the maps to the masks' size first)."""
+def _maps_and_masks(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``[N, H, W]`` score maps and bool masks of one shape."""
     a = _as_nhw(_scores(maps, "maps"), "maps")
     m = _as_nhw(_masks(masks, "masks"), "masks")
     if a.shape != m.shape:
         raise ValueError(f"maps and masks must have the same shape, got {a.shape} and {m.shape}")
+    return a, m
+
+
+def _fpr_limit(value: float) -> float:
+    limit = float(value)
+    if not (0.0 < limit <= 1.0):
+        raise ValueError(f"fpr_limit must be in (0, 1], got {value}")
+    return limit
+
+
+def pixel_auroc(maps: Any, masks: Any) -> float:
+    """Pixel-level AUROC over all pixels of all images: ``maps`` ``[N, H, W]`` anomaly maps
+    against ``masks`` ``[N, H, W]`` (nonzero / True = anomalous pixel). Maps and masks must
+    already have the same size (resize the maps to the masks' size first)."""
+    a, m = _maps_and_masks(maps, masks)
     n_pos = int(m.sum())
     if n_pos == 0 or n_pos == m.size:
         raise ValueError("pixel AUROC needs both normal and anomalous pixels, got "
@@ -187,13 +200,8 @@ def au_pro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     Raises:
         ValueError: no components in any mask, no normal pixels, NaN, bad shapes or limit.
     """
-    limit = float(fpr_limit)
-    if not (0.0 < limit <= 1.0):
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    a = _as_nhw(_scores(maps, "maps"), "maps")
-    m = _as_nhw(_masks(masks, "masks"), "masks")
-    if a.shape != m.shape:
-        raise ValueError(f"maps and masks must have the same shape, got {a.shape} and {m.shape}")
+    limit = _fpr_limit(fpr_limit)
+    a, m = _maps_and_masks(maps, masks)
     labels, n_regions = _stack_labels(m)
     flat_labels = labels.reshape(-1)
     fg = np.flatnonzero(flat_labels)

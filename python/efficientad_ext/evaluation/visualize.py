@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["OUTLINE_COLOR", "jet", "mask_outline", "save_heatmap_png", "save_png_atomic"]
+__all__ = ["OUTLINE_COLOR", "heatmap_panels", "jet", "mask_outline", "save_heatmap_png", "save_png_atomic"]
 
 OUTLINE_COLOR = (0, 255, 0)
 
@@ -64,6 +64,19 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
     return m & ~interior
 
 
+def _dilate(m: np.ndarray, radius: int) -> np.ndarray:
+    """``m`` grown by ``radius`` pixels (a square neighbourhood)."""
+    if radius == 0:
+        return m
+    h, w = m.shape
+    padded = np.pad(m, radius, constant_values=False)
+    out = np.zeros_like(m)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            out |= padded[dy:dy + h, dx:dx + w]
+    return out
+
+
 def _as_array(x: Any, name: str) -> np.ndarray:
     if isinstance(x, Tensor):
         t = x.detach().cpu()
@@ -93,20 +106,37 @@ def save_heatmap_png(
     alpha: float = 0.5,
     outline_color: tuple[int, int, int] = OUTLINE_COLOR,
 ) -> None:
-    """Write one PNG of panels side by side, each of the image's size ``H x W``:
+    """Write :func:`heatmap_panels` of these arguments as one PNG at ``path``, atomically
+    (temporary file, then ``os.replace``); missing parent folders are created."""
+    panels = heatmap_panels(image, anomaly_map, mask, vmin, vmax, alpha=alpha, outline_color=outline_color)
+    save_png_atomic(Image.fromarray(np.concatenate(panels, axis=1)), path)
+
+
+def heatmap_panels(
+    image: Tensor | np.ndarray,
+    anomaly_map: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray | None = None,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+    *,
+    alpha: float = 0.5,
+    outline_color: tuple[int, int, int] = OUTLINE_COLOR,
+    outline_width: int = 1,
+) -> list[np.ndarray]:
+    """The panels of one heatmap figure, uint8 RGB ``[H, W, 3]`` each, of the image's size ``H x W``:
 
     1. the image;
     2. the image blended with the jet-coloured map (``alpha`` 0.5; the map is scaled from
        ``[vmin, vmax]`` to [0, 1] and clipped; ``vmax`` defaults to the map's maximum);
     3. only when ``mask`` is given: panel 2 with the mask's boundary pixels drawn in
-       ``outline_color``.
+       ``outline_color``, ``outline_width`` pixels wide (inward and outward from the boundary;
+       wider lines survive downscaling to thumbnails).
 
-    So the PNG is ``3W x H`` with a mask and ``2W x H`` without. ``image`` is ``[3, H, W]``
+    So a PNG of them side by side is ``3W x H`` with a mask and ``2W x H`` without. ``image`` is ``[3, H, W]``
     (or ``[1, H, W]`` / ``[H, W]`` grayscale) in [0, 1] (clipped). ``anomaly_map`` is
     ``[H', W']`` (or ``[1, H', W']``) and is resized bilinearly to ``H x W`` when its size
     differs; ``mask`` (nonzero = anomalous) is resized by nearest neighbour. NaN map pixels
-    are drawn as ``vmin``. The file is written atomically (temporary file, then
-    ``os.replace``); missing parent folders are created.
+    are drawn as ``vmin``.
     """
     img = _as_array(image, "image").astype(np.float32)
     if img.ndim == 3 and img.shape[0] in (1, 3):
@@ -143,7 +173,9 @@ def save_heatmap_png(
         if m.ndim != 2:
             raise ValueError(f"mask must be [H, W] or [1, H, W], got shape {m.shape}")
         m = _resize_to((m != 0).astype(np.float32), (h, w), nearest=True) > 0.5
+        if outline_width < 1:
+            raise ValueError(f"outline_width must be >= 1, got {outline_width}")
         outlined = panels[1].copy()
-        outlined[mask_outline(m)] = np.asarray(outline_color, dtype=np.uint8)
+        outlined[_dilate(mask_outline(m), outline_width - 1)] = np.asarray(outline_color, dtype=np.uint8)
         panels.append(outlined)
-    save_png_atomic(Image.fromarray(np.concatenate(panels, axis=1)), path)
+    return panels
