@@ -142,7 +142,7 @@ def test_report_is_refused_early_and_clearly(tmp_path, monkeypatch):
 
     model = EfficientAD().eval()
     data = make_synthetic_dataset(tmp_path / "d", n_train=1, n_test_good=1, n_test_defect=1)
-    with pytest.raises(ValueError, match="report=True needs out_dir"):
+    with pytest.raises(ValueError, match="the report needs an output folder"):
         evaluate(model, data, None, report=True)
     with pytest.raises(ValueError, match="report_gallery must be >= 0"):
         evaluate(model, data, tmp_path / "e", report=True, report_gallery=-1)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .evaluation.report import DEFAULT_GALLERY_SIZE
 from .formats.model_file import load_model
 from .model import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig
 
@@ -116,7 +117,7 @@ def evaluate(
     skip_corrupt: bool = False,
     device: str | torch.device | None = None,
     report: bool = False,
-    report_gallery: int = 120,
+    report_gallery: int = DEFAULT_GALLERY_SIZE,
 ) -> dict[str, Any]:
     """Image AUROC, pixel AUROC and AU-PRO of ``model`` (or a model file) on the test split of
     a dataset; with ``out_dir``, writes ``metrics.json``, (``write_images``) one heatmap PNG per

@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="efficientad", description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)",
                                      formatter_class=_HelpWithDefaults)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level for every command")
+    from .evaluation.report import DEFAULT_GALLERY_SIZE
+
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a dataset's normal images (Algorithm 1)")
@@ -356,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
             p.add_argument("--report", action="store_true", help="also write --out/report.html: metrics, curves, score "
                            "histograms and a gallery, one self-contained page (pip install \".[report]\")")
-            p.add_argument("--report-gallery", type=_non_negative_int, default=120, metavar="N",
+            p.add_argument("--report-gallery", type=_non_negative_int, default=DEFAULT_GALLERY_SIZE, metavar="N",
                            help="test images in the report's gallery, misclassified first (0: all)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.set_defaults(func=func)

@@ -15,6 +15,7 @@ import torch
 from ..data import ImageDataset, Sample
 from ..formats.atomic import write_text_atomically
 from .metrics import au_pro, image_auroc, pixel_auroc
+from .report import DEFAULT_GALLERY_SIZE
 from .threshold import decision_metrics, f1_max
 from ..model import EfficientAD
 from ..progress import Progress
@@ -51,7 +52,7 @@ def evaluate(
     write_images: bool = True,
     skip_corrupt: bool = False,
     report: bool = False,
-    report_gallery: int = 120,
+    report_gallery: int = DEFAULT_GALLERY_SIZE,
     names: tuple[str, str] = ("model", "test set"),
 ) -> dict[str, Any]:
     """Metrics of ``model`` on ``test_samples`` (normal and anomalous, with masks where known):
@@ -65,16 +66,10 @@ def evaluate(
     labelled per image only gets the image metrics and ``pixel_metrics_skipped`` saying why;
     image AUROC needs both classes.
     """
-    if report:
-        from .report import report_libraries_missing
+    if report:  # refused before the long part, not after it
+        from .report import check_report_request
 
-        if out_dir is None:
-            raise ValueError("report=True needs out_dir (the page is written to out_dir/report.html)")
-        if report_gallery < 0:
-            raise ValueError(f"report_gallery must be >= 0 (0: every test image), got {report_gallery}")
-        problem = report_libraries_missing()  # before the long part, not after it
-        if problem is not None:
-            raise ImportError(f"the HTML report needs {problem}")
+        check_report_request(out_dir, report_gallery)
     t0 = time.perf_counter()
     dataset, maps, scores = predict(model, test_samples, batch_size, skip_corrupt)
     samples = dataset.samples

@@ -30,7 +30,7 @@ from ..formats.atomic import write_text_atomically
 from .curves import pixel_roc_curve, pro_curve, roc_curve
 from .visualize import heatmap_panels
 
-__all__ = ["DEFAULT_GALLERY_SIZE", "REPORT_FILE", "ReportData", "report_libraries_missing", "write_report"]
+__all__ = ["DEFAULT_GALLERY_SIZE", "REPORT_FILE", "ReportData", "check_report_request", "report_libraries_missing", "write_report"]
 
 REPORT_FILE = "report.html"
 DEFAULT_GALLERY_SIZE = 120  # images in the gallery: about 3 MB of page (0: all)
@@ -68,16 +68,24 @@ def report_libraries_missing() -> str | None:
     return f"{', '.join(missing)} not installed: {_INSTALL_HINT}" if missing else None
 
 
+def check_report_request(out_dir: str | Path | None, gallery_size: int) -> None:
+    """Raises what :func:`write_report` would, before an evaluation computes anything: no
+    output folder, a negative gallery size, or (ImportError) matplotlib / Jinja2 missing."""
+    if out_dir is None:
+        raise ValueError(f"the report needs an output folder (it is written to out_dir/{REPORT_FILE})")
+    if gallery_size < 0:
+        raise ValueError(f"report_gallery must be >= 0 (0: every test image), got {gallery_size}")
+    problem = report_libraries_missing()
+    if problem is not None:
+        raise ImportError(f"the HTML report needs {problem}")
+
+
 def write_report(data: ReportData, path: str | Path, gallery_size: int = DEFAULT_GALLERY_SIZE) -> Path:
     """Writes the page to ``path`` atomically and returns the path.
 
     ``gallery_size``: how many test images the gallery shows (0: all), misclassified first.
     Raises ImportError naming the install command when matplotlib or Jinja2 is missing."""
-    problem = report_libraries_missing()
-    if problem is not None:
-        raise ImportError(f"the HTML report needs {problem}")
-    if gallery_size < 0:
-        raise ValueError(f"gallery_size must be >= 0 (0: every test image), got {gallery_size}")
+    check_report_request(Path(path).parent, gallery_size)
     import jinja2
 
     labels = np.asarray([s.label for s in data.samples], dtype=np.int64)
