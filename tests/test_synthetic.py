@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -87,13 +86,10 @@ def test_rerun_and_existing_root(tmp_path):
         make_synthetic_dataset(tmp_path / "bad", n_train=0)
 
 
-def test_defaults_are_fast(tmp_path):
-    t = time.perf_counter()
+def test_defaults_make_the_demo_set(tmp_path):
     root = make_synthetic_dataset(tmp_path / "d")
-    elapsed = time.perf_counter() - t
     s = mvtec_ad(root)
     assert len(s.train) == 60 and len(s.test) == 40 and sum(x.label for x in s.test) == 20
-    assert elapsed < 20  # ~2 s on 2 idle cores
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
