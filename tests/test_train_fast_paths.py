@@ -128,6 +128,56 @@ def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):
     torch.testing.assert_close(std, std_plain)
 
 
+def test_teacher_cache_keeps_the_first_images_when_not_all_fit(tmp_path):
+    from efficientad_ext.training.images import ImageSource
+    from efficientad_ext.training.trainer import teacher_channel_stats
+
+    from test_train import write_images
+
+    torch.manual_seed(0)
+    model = EfficientAD(ModelConfig())
+    source = ImageSource(write_images(tmp_path, 5), (256, 256), 2**30)
+    cache = TeacherCache(model, len(source), capacity=2)
+    assert cache.capacity == 2 and cache.outputs.shape[0] == 2
+    assert cache.holds([1, 0]) and not cache.holds([0, 4])
+    full = TeacherCache(model, len(source))
+    mean, std = teacher_channel_stats(model, source, batch_size=3, keep=cache.outputs)  # chunks straddle the cut
+    mean_full, std_full = teacher_channel_stats(model, source, batch_size=3, keep=full.outputs)
+    torch.testing.assert_close(cache[[0, 1]], full[[0, 1]], rtol=0, atol=0)
+    torch.testing.assert_close((mean, std), (mean_full, std_full), rtol=0, atol=0)  # the statistics see every image
+    assert TeacherCache(model, 3, capacity=10).capacity == 3
+
+
+@pytest.mark.slow
+def test_partly_cached_training_resumes_bit_for_bit_and_records_the_cache(tmp_path, monkeypatch):
+    import json
+
+    from efficientad_ext.training.trainer import train
+
+    from test_train import interrupt_training_after, write_images
+
+    paths = write_images(tmp_path / "train", 4)  # 3 training images, 1 held out
+    one = TeacherCache.bytes_needed(EfficientAD(), 1)
+    cfg = TrainConfig(steps=4, checkpoint_every=1, validation_fraction=0.25, teacher_cache_bytes=one)
+    seen = []
+    original = TrainStep.__call__
+
+    def spy(self, step, images, penalty, **kw):
+        seen.append(kw.get("teacher_images") is not None)
+        return original(self, step, images, penalty, **kw)
+
+    monkeypatch.setattr(TrainStep, "__call__", spy)
+    straight = train(paths, tmp_path / "a", config=cfg)
+    assert sorted(set(seen)) == [False, True]  # steps on the cached image and on the others
+    extra = json.loads((tmp_path / "a" / "training.json").read_text())["extra"]
+    assert extra["teacher_cache"] is True and extra["teacher_cache_images"] == 1
+    with interrupt_training_after(1):
+        train(paths, tmp_path / "b", config=cfg)
+    resumed = train(paths, tmp_path / "b", config=cfg, resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.slow
 def test_bf16_step_keeps_float32_weights_and_losses_and_is_close_to_float32(monkeypatch):
     """bf16 autocast: networks in bf16, the hard-feature quantile on float32 differences, float32

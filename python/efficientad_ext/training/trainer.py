@@ -129,7 +129,7 @@ def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: i
 
     Data-parallel training (distributed.py) passes this rank's ``indices`` and a ``reduce``
     that sums (total, total_sq, count) over the ranks before the mean and std are taken.
-    ``keep``: a float32 [len(source), C, h, w] tensor that receives every image's raw output
+    ``keep``: a float32 [n, C, h, w] tensor that receives the raw output of images 0..n-1
     (the :class:`TeacherCache`; the same pass, so caching costs no extra teacher forward)."""
     c = model.config.teacher_channels
     total = torch.zeros(c, dtype=torch.float64, device=model.device)
@@ -140,8 +140,9 @@ def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: i
         chunk = order[start : start + batch_size]
         x = to_unit_float(source.get(chunk), model.device)
         t = model.teacher.fused_forward(model.normalize(x))
-        if keep is not None:
-            keep[chunk] = t.float()
+        if keep is not None:  # the images the cache has rows for (all, or the first n)
+            rows = [j for j, i in enumerate(chunk) if i < keep.shape[0]]
+            keep[[chunk[j] for j in rows]] = t[rows].float()
         t = t.double()
         total += t.sum(dim=(0, 2, 3))
         total_sq += (t * t).sum(dim=(0, 2, 3))
@@ -163,17 +164,24 @@ class TeacherCache:
     which keeps resume bit-for-bit) and looked up per step, saving one teacher forward per
     image per step. The teacher still runs every step on the augmented image.
 
-    Used when ``len(images) * C * h * w * 4`` bytes fit in ``TrainConfig.teacher_cache_bytes``.
+    ``TrainConfig.teacher_cache_bytes`` bounds its memory (``C * h * w * 4`` bytes an image): when
+    not every image fits, the first ``capacity`` images (by index) are cached and a batch with
+    any other image runs the teacher as without a cache.
     """
 
-    def __init__(self, model: EfficientAD, count: int) -> None:
+    def __init__(self, model: EfficientAD, count: int, capacity: int | None = None) -> None:
         h, w = model.feature_size
-        self.outputs = torch.empty(count, model.config.teacher_channels, h, w, device=model.device)
+        self.capacity = count if capacity is None else max(0, min(count, capacity))
+        self.outputs = torch.empty(self.capacity, model.config.teacher_channels, h, w, device=model.device)
 
     @staticmethod
     def bytes_needed(model: EfficientAD, count: int) -> int:
         h, w = model.feature_size
         return count * model.config.teacher_channels * h * w * 4
+
+    def holds(self, indices: Sequence[int]) -> bool:
+        """Whether every image of ``indices`` is cached."""
+        return all(i < self.capacity for i in indices)
 
     def __getitem__(self, indices: Sequence[int]) -> Tensor:
         return self.outputs[list(indices)]
@@ -388,14 +396,16 @@ def _setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig
 
 
 def _teacher_cache(run: _Run) -> TeacherCache | None:
-    """A :class:`TeacherCache` for the run's training images when it fits (else None, logged)."""
-    need = TeacherCache.bytes_needed(run.model, len(run.source))
-    if run.dp is not None or need > run.config.teacher_cache_bytes:
-        why = "data-parallel training" if run.dp is not None else f"{need / 2**30:.1f} GiB > teacher_cache_bytes"
+    """A :class:`TeacherCache` for as many of the run's training images as fit (None: none fit
+    or data-parallel training; logged either way)."""
+    n, per_image = len(run.source), TeacherCache.bytes_needed(run.model, 1)
+    capacity = min(n, run.config.teacher_cache_bytes // per_image)
+    if run.dp is not None or capacity == 0:
+        why = "data-parallel training" if run.dp is not None else f"{per_image / 2**20:.1f} MiB an image > teacher_cache_bytes"
         log.info("teacher outputs on the training images: not cached (%s)", why)
         return None
-    log.info("teacher outputs on the training images: cached (%.2f GiB)", need / 2**30)
-    return TeacherCache(run.model, len(run.source))
+    log.info("teacher outputs on the training images: cached for %d of %d (%.2f GiB)", capacity, n, capacity * per_image / 2**30)
+    return TeacherCache(run.model, n, capacity)
 
 
 def _resume_or_start(run: _Run, resume: bool) -> int:
@@ -457,7 +467,8 @@ def _step(run: _Run, step: int) -> dict[str, float]:
     """One optimisation step on the next batch; its loss terms."""
     if run.dp is None:
         idx, images, penalty = _batch(run)
-        cached = None if run.teacher_cache is None else run.teacher_cache[idx]
+        cache = run.teacher_cache
+        cached = cache[idx] if cache is not None and cache.holds(idx) else None
         return run.stepper(step, images, penalty, teacher_images=cached)
     # this rank's share of the global batch (the same draws, sliced), and the global
     # batch's losses, the same on every rank.
@@ -516,6 +527,7 @@ def _finalise(run: _Run, start_step: int, step: int, terms: dict[str, float], se
         "precision": run.meta["precision"],
         "cpu_flags": describe_cpu() if run.device.type == "cpu" else None,
         "teacher_cache": run.teacher_cache is not None,
+        "teacher_cache_images": 0 if run.teacher_cache is None else run.teacher_cache.capacity,
         "train_config": asdict(run.config),
     }
     if run.dp is not None:  # the run's ranks in the record; only rank 0 writes files
