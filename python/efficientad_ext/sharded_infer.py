@@ -188,7 +188,10 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     scored = [(str(p), rows[str(p)]) for p in paths if not rows[str(p)]["error"]]
     corrupt = [(str(p), rows[str(p)]["error"]) for p in paths if rows[str(p)]["error"]]
     if rank == 0:
-        header, table = _score_table(scored, model.threshold)
+        from .evaluation.infer_folder import score_table
+
+        threshold = None if model.threshold is None else model.threshold.value
+        header, table = score_table([p for p, _ in scored], [float(r["score"]) for _, r in scored], threshold)
         _write_csv(out / "scores.csv", header, table)
         _write_csv(out / "corrupt.csv", ["path", "error"], corrupt)
     if write_images and scored:
@@ -196,21 +199,6 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     _barrier()  # the files are complete when any rank returns
     return ShardedResult(images=len(paths), scored=len(scored), scored_this_run=len(mine), skipped=len(paths) - len(remaining),
                          corrupt=len(corrupt), seconds=time.perf_counter() - t0)
-
-
-def _score_table(scored, threshold) -> tuple[list[str], list[list]]:
-    """scores.csv's header and rows, as the one-process ``infer`` writes them: with the model's
-    decision threshold also ``is_anomalous`` and ``normalized_score``, by the one rule
-    (``decide`` / ``normalize_score``) on the exact float32 scores the shards kept."""
-    if threshold is None:
-        return ["path", "score"], [[p, f"{float(r['score']):.6g}"] for p, r in scored]
-    from ._inference.result import decide, normalize_score
-
-    values = torch.tensor([float(r["score"]) for _, r in scored], dtype=torch.float32)
-    flagged = decide(values, threshold.value).tolist()
-    normalised = normalize_score(values, threshold.value).tolist()
-    rows = [[p, f"{float(v):.6g}", int(a), f"{n:.6g}"] for (p, _), v, a, n in zip(scored, values, flagged, normalised)]
-    return ["path", "score", "is_anomalous", "normalized_score"], rows
 
 
 def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int, rank: int, world: int) -> None:

@@ -33,6 +33,22 @@ from ..formats.stale_files import remove_stale_temp_files
 HEATMAP_VMAX = 0.2
 
 
+def score_table(paths: Sequence[str], scores: Sequence[float], threshold: float | None) -> tuple[list[str], list[list]]:
+    """``scores.csv``'s header and rows (one-process and torchrun ``infer`` alike): path and
+    score (``%.6g``); with the model's decision threshold also ``is_anomalous`` (1/0) and
+    ``normalized_score`` (the threshold at 0.5), by the one rule (``decide`` /
+    ``normalize_score``) on the float32 scores."""
+    from .._inference.result import decide, normalize_score
+
+    values = torch.tensor(list(scores), dtype=torch.float32)
+    if threshold is None:
+        return ["path", "score"], [[p, f"{float(v):.6g}"] for p, v in zip(paths, values)]
+    flagged = decide(values, threshold).tolist()
+    normalised = normalize_score(values, threshold).tolist()
+    rows = [[p, f"{float(v):.6g}", int(a), f"{n:.6g}"] for p, v, a, n in zip(paths, values, flagged, normalised)]
+    return ["path", "score", "is_anomalous", "normalized_score"], rows
+
+
 @torch.no_grad()
 def infer_folder(
     model: EfficientAD,
@@ -53,15 +69,12 @@ def infer_folder(
     samples = [Sample(path=Path(p), label=0, defect_type="images", mask_path=None) for p in paths]
     dataset = ImageDataset(samples, model.config.image_size, skip_corrupt=skip_corrupt)
     scores: list[float] = []
-    decisions: list[tuple[bool, float]] = []  # (is_anomalous, normalized_score) with a threshold
     progress = Progress(len(dataset), label="infer", every=max(1, len(dataset) // 10), unit="images")
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         result = model.infer(torch.stack([it["image"] for it in items]), dtype=torch.float32)
         maps = result.anomaly_map[:, 0].float().cpu()
         scores.extend(float(v) for v in result.score.float().cpu())
-        if result.threshold is not None:
-            decisions.extend(zip(result.is_anomalous.cpu().tolist(), result.normalized_score.float().cpu().tolist()))
         if write_images:
             from .visualize import save_heatmap_png
 
@@ -72,13 +85,10 @@ def infer_folder(
     progress.close()
     buf = io.StringIO()
     writer = csv.writer(buf)
-    # With the model's decision threshold: the decision and the normalised score (threshold at 0.5).
-    writer.writerow(["path", "score"] if not decisions else ["path", "score", "is_anomalous", "normalized_score"])
-    for i, (s, v) in enumerate(zip(dataset.samples, scores)):
-        row = [str(s.path), f"{v:.6g}"]
-        if decisions:
-            row += [int(decisions[i][0]), f"{decisions[i][1]:.6g}"]
-        writer.writerow(row)
+    threshold = None if model.threshold is None else model.threshold.value
+    header, rows = score_table([str(s.path) for s in dataset.samples], scores, threshold)
+    writer.writerow(header)
+    writer.writerows(rows)
     write_text_atomically(out / "scores.csv", buf.getvalue())
     record.finish(images=len(paths), scored=len(scores), skipped=len(dataset.skipped),
                   heatmaps=len(scores) if write_images else 0)

@@ -91,6 +91,7 @@ def write_report(data: ReportData, path: str | Path, gallery_size: int = DEFAULT
     labels = np.asarray([s.label for s in data.samples], dtype=np.int64)
     scores = data.scores.double().numpy()
     cut, cut_label = _decision_cut(data)
+    flagged = None if cut is None else decide(torch.from_numpy(scores), cut).numpy()
     context = {
         "title": f"EfficientAD evaluation: {data.dataset_name}",
         "model_name": data.model_name,
@@ -99,10 +100,10 @@ def write_report(data: ReportData, path: str | Path, gallery_size: int = DEFAULT
         "software": _software(),
         "headline": _headline_rows(data.result),
         "skipped": data.result.get("pixel_metrics_skipped"),
-        "types": _type_rows(data.samples, scores, labels, data.result, cut),
-        "cut": cut, "cut_label": cut_label,
+        "types": _type_rows(data.samples, labels, data.result, flagged),
+        "cut_label": cut_label,
         "figures": _figures(data, scores, labels, cut, cut_label),
-        "gallery": _gallery(data, scores, labels, cut, gallery_size),
+        "gallery": _gallery(data, scores, labels, flagged, gallery_size),
         "gallery_total": len(data.samples),
         "normalised_at": NORMALISED_THRESHOLD,
     }
@@ -144,18 +145,17 @@ def _headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _type_rows(samples: Sequence[Sample], scores: np.ndarray, labels: np.ndarray, result: dict[str, Any],
-               cut: float | None) -> list[dict[str, str]]:
+def _type_rows(samples: Sequence[Sample], labels: np.ndarray, result: dict[str, Any],
+               flagged: np.ndarray | None) -> list[dict[str, str]]:
     """One row per defect type (and one for the normal images): count, image AUROC against
-    the normal images, and the share flagged at ``cut``."""
-    flagged = None if cut is None else decide(torch.from_numpy(scores), cut).numpy()
+    the normal images, and the share ``flagged`` (None: no threshold)."""
     per_type = result.get("image_auroc_per_type", {})
     rows = []
     for t in sorted({s.defect_type for s in samples}, key=lambda t: (t != "good", t)):
         keep = np.asarray([s.defect_type == t for s in samples])
         normal = bool((labels[keep] == 0).all())
         share = "" if flagged is None else f"{flagged[keep].mean():.1%}"
-        rows.append({"type": t, "images": str(int(keep.sum())), "kind": "normal" if normal else "anomalous",
+        rows.append({"type": t, "images": str(int(keep.sum())),
                      "auroc": f"{per_type[t]:.4f}" if t in per_type else "",
                      "flagged": share, "flagged_means": "false-alarm rate" if normal else "recall"})
     return rows
@@ -230,10 +230,10 @@ def _gallery_order(scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray |
     return sorted(range(len(scores)), key=lambda i: (not wrong[i], -key[i], i))
 
 
-def _gallery(data: ReportData, scores: np.ndarray, labels: np.ndarray, cut: float | None, size: int) -> list[dict[str, str]]:
+def _gallery(data: ReportData, scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray | None,
+             size: int) -> list[dict[str, str]]:
     from PIL import Image
 
-    flagged = None if cut is None else decide(torch.from_numpy(scores), cut).numpy()
     order = _gallery_order(scores, labels, flagged)
     if size:
         order = order[:size]
@@ -256,6 +256,6 @@ def _gallery(data: ReportData, scores: np.ndarray, labels: np.ndarray, cut: floa
         normalised = "" if data.threshold is None else f"{float(normalize_score(torch.tensor(score), data.threshold)):.3g}"
         items.append({"rank": str(rank), "name": Path(sample.path).name, "type": sample.defect_type,
                       "score": f"{score:.4g}", "normalised": normalised, "verdict": verdict,
-                      "wrong": verdict in ("false alarm", "missed"), "has_mask": mask is not None,
+                      "wrong": verdict in ("false alarm", "missed"),
                       "uri": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")})
     return items
