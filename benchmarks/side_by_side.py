@@ -6,6 +6,8 @@ Runs, interleaved by seed (so a stopped run still leaves balanced results):
   teacher, so both sides start from the same teacher;
 - ``ours``: ``efficientad_ext`` training (Algorithm 1) with the same teacher, steps, hold-out
   fraction and penalty images, evaluated on the same test set;
+- ``ours-float32`` / ``ours-bfloat16``: ours in that precision (``ours`` takes ``auto``: bf16 on
+  native-bf16 CPUs), for the precision comparison at equal steps;
 - ``ours-old-penalty`` (optional): ours with the penalty images resized to the image size first
   and then up to twice that (the behaviour before the fix), to measure that cause on its own.
 
@@ -51,7 +53,7 @@ def run_anomalib(python: str, dataset: Path, penalty: Path, steps: int, seed: in
             "wall_seconds": round(time.perf_counter() - t0, 1), "line": out.stdout.strip().splitlines()[-1]}
 
 
-def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: bool) -> dict:
+def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: bool, precision: str = "auto") -> dict:
     import efficientad_ext.training.trainer as training
     from efficientad_ext.data import load_image, open_dataset, resize_image
     from efficientad_ext.evaluation.evaluator import evaluate
@@ -67,7 +69,7 @@ def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: b
     try:
         splits = open_dataset(dataset)
         cfg = training.TrainConfig(steps=steps, seed=seed, penalty_dir=str(penalty), log_every=max(1, steps // 4),
-                                   checkpoint_every=steps)
+                                   checkpoint_every=steps, precision=precision)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             model = training.train([s.path for s in splits.train], tmp, config=cfg)
@@ -75,7 +77,9 @@ def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: b
             metrics = evaluate(model, splits.test, out_dir=None, write_images=False)
     finally:
         training.penalty_batch = original
-    return {"image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc"), "au_pro": metrics.get("au_pro"),
+    extra = model.record.extra or {}
+    return {"precision": extra.get("precision"), "memory_format": extra.get("memory_format"),
+            "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc"), "au_pro": metrics.get("au_pro"),
             "image_auroc_per_type": metrics.get("image_auroc_per_type"), "seconds_per_step": round(seconds / steps, 3)}
 
 
@@ -85,7 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--penalty-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "imagenet-samples")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--sides", nargs="+", default=["anomalib", "ours"], choices=["anomalib", "ours", "ours-old-penalty"])
+    ap.add_argument("--sides", nargs="+", default=["anomalib", "ours"], choices=["anomalib", "ours", "ours-float32", "ours-bfloat16", "ours-old-penalty"],
+                    help="ours: precision auto; ours-float32 / ours-bfloat16: that precision; ours-old-penalty: the blurred penalty images")
     ap.add_argument("--anomalib-python", default=sys.executable)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
@@ -104,7 +109,9 @@ def main(argv=None) -> int:
             if side == "anomalib":
                 r = run_anomalib(args.anomalib_python, args.dataset, args.penalty_dir, args.steps, seed, teacher, args.threads)
             else:
-                r = run_ours(args.dataset, args.penalty_dir, args.steps, seed, old_penalty=side == "ours-old-penalty")
+                precision = {"ours-float32": "float32", "ours-bfloat16": "bfloat16"}.get(side, "auto")
+                r = run_ours(args.dataset, args.penalty_dir, args.steps, seed, old_penalty=side == "ours-old-penalty",
+                             precision=precision)
             runs.append({"side": side, "seed": seed, "steps": args.steps, **r})
             print(f"    image AUROC {r['image_auroc']:.4f}", flush=True)
             result = {"dataset": str(args.dataset), "teacher": str(teacher.name), "threads": args.threads,

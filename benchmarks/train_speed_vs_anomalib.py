@@ -39,11 +39,18 @@ HERE = Path(__file__).resolve().parent
 TOOL = HERE.parent.parent / "shared" / "tools" / "anomalib_train_loop.py"
 
 
-def run_ours(dataset: Path, penalty: Path, steps: int, precision: str, threads: int, seed: int) -> dict:
+VARIANTS = ("auto", "float32", "bfloat16", "float32/contiguous", "float32/channels_last",
+            "bfloat16/contiguous", "bfloat16/channels_last")
+
+
+def run_ours(dataset: Path, penalty: Path, steps: int, variant: str, threads: int, seed: int) -> dict:
+    """``variant``: a precision, optionally with a memory format ("bfloat16/contiguous"); the
+    format is ``auto`` when not named."""
+    precision, _, memory_format = variant.partition("/")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "efficientad_ext", "train", str(dataset), "--out", tmp, "--steps", str(steps),
-               "--penalty-dir", str(penalty), "--precision", precision, "--seed", str(seed), "--device", "cpu",
+               "--penalty-dir", str(penalty), "--precision", precision, "--memory-format", memory_format or "auto", "--seed", str(seed), "--device", "cpu",
                "--checkpoint-every", str(steps)]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -52,7 +59,7 @@ def run_ours(dataset: Path, penalty: Path, steps: int, precision: str, threads: 
             raise RuntimeError(f"efficientad train failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
         extra = json.loads((Path(tmp) / "training.json").read_text())["extra"]
     return {"seconds_per_step": extra["seconds_per_step"], "wall_seconds": round(wall, 1),
-            "precision": extra["precision"], "teacher_cache": extra.get("teacher_cache")}
+            "precision": extra["precision"], "memory_format": extra.get("memory_format"), "teacher_cache": extra.get("teacher_cache")}
 
 
 def run_anomalib(python: str, dataset: Path, penalty: Path, steps: int, teacher: Path, threads: int, seed: int) -> dict:
@@ -90,7 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=VARIANTS,
+                    help="our sides: a precision, optionally /memory-format (default auto for both)")
     ap.add_argument("--anomalib-python", default=sys.executable)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)

@@ -43,6 +43,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=d.precision,
                    help="network compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 "
                    "and on bf16-capable GPUs, float32 elsewhere; weights, optimizer and losses stay float32)")
+    p.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default=d.memory_format,
+                   help="layout of the networks' weights and batches (auto: channels-last with bf16 and on AVX-512 CPUs, "
+                   "where oneDNN runs it faster; NCHW on AVX2-only CPUs, where it is slower)")
     p.add_argument("--penalty-dir", type=Path, help="folder of ImageNet(-like) images for the pretraining penalty (default: none, training without the penalty, with a warning)")
     p.add_argument("--teacher", default=None, help="teacher: 'default' (the distilled teacher shipped with the package; "
                    "the default), 'random', or a weight file (.safetensors / .pth: ours, nelson1425's, anomalib's)")
@@ -75,7 +78,7 @@ def _train_config(args):
 
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        hard_reduction=args.hard_reduction, precision=args.precision, penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
+        hard_reduction=args.hard_reduction, precision=args.precision, memory_format=args.memory_format, penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
         validation_fraction=args.validation_fraction, checkpoint_every=args.checkpoint_every, seed=args.seed,
         skip_corrupt=args.skip_corrupt, eval_every=args.eval_every, eval_at=tuple(args.eval_at), eval_keep_models=args.eval_keep_models,
     )

@@ -39,7 +39,7 @@ from ..formats.stale_files import remove_stale_temp_files
 from ..formats.model_file import save_model
 from ..formats.teacher_file import load_teacher_weights
 from ..model import EfficientAD, ModelConfig, TrainingRecord
-from ..precision import PRECISIONS, autocast, describe_cpu, resolve_precision
+from ..precision import MEMORY_FORMATS, PRECISIONS, autocast, describe_cpu, resolve_memory_format, resolve_precision, torch_memory_format
 from ..progress import Progress, format_duration
 from .augment import color_jitter_one_of, penalty_transform
 from .driver import LoopTimer, run_steps
@@ -78,6 +78,7 @@ class TrainConfig:
     max_preload_bytes: int = 4 * 2**30
     teacher_cache_bytes: int = 4 * 2**30  # TeacherCache when it fits (0: never cache)
     precision: str = "auto"  # "auto" (bf16 autocast on native-bf16 CPUs and CUDA), "float32" or "bfloat16"
+    memory_format: str = "auto"  # "auto" (channels-last with bf16 and on AVX-512 CPUs), "channels_last" or "contiguous"
     eval_every: int = 0  # learning curve: evaluate the labelled set every N steps (0: never)
     eval_at: tuple[int, ...] = ()  # ... and at these steps (e.g. 250, 500, 1000, ...)
     eval_keep_models: bool = False  # also write each curve point's calibrated model to curve_models/
@@ -93,6 +94,8 @@ class TrainConfig:
             raise ValueError("p_hard must be in [0, 1] and 0 <= quantile_low < quantile_high <= 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
         if not 0.0 < self.threshold_fpr < 1.0:
             raise ValueError(f"threshold_fpr must be in (0, 1), got {self.threshold_fpr}")
         if self.checkpoint_every < 1:
@@ -194,12 +197,24 @@ class TrainStep:
     networks' forward passes under bf16 autocast or not. The weights, Adam's state, the losses
     and their reductions are float32 either way: every network output is cast to float32
     before the losses, so the hard-feature quantile is taken exactly on float32 differences.
+
+    ``memory_format`` ("contiguous" or "channels_last", see
+    :func:`efficientad_ext.precision.resolve_memory_format`): the layout of the three networks'
+    weights and of every image batch the step feeds them. Channels-last converts the model's
+    parameters in place (their values are unchanged; the model file and the training state are
+    written contiguous either way).
     """
 
-    def __init__(self, model: EfficientAD, config: TrainConfig, generator: torch.Generator, precision: str = "float32") -> None:
+    def __init__(self, model: EfficientAD, config: TrainConfig, generator: torch.Generator, precision: str = "float32",
+                 memory_format: str = "contiguous") -> None:
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be float32 or bfloat16 (resolve 'auto' first), got {precision!r}")
+        if memory_format not in ("contiguous", "channels_last"):
+            raise ValueError(f"memory_format must be contiguous or channels_last (resolve 'auto' first), got {memory_format!r}")
         self.model, self.config, self.generator, self.precision = model, config, generator, precision
+        self.memory_format = torch_memory_format(memory_format)
+        for net in (model.teacher, model.student, model.autoencoder):
+            net.to(memory_format=self.memory_format)
         params = list(model.student.parameters()) + list(model.autoencoder.parameters())
         self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
         # The modules the step runs; data-parallel training replaces them by their
@@ -218,7 +233,8 @@ class TrainStep:
             group["lr"] = cfg.lr_at(step)
         b = images.shape[0]
         augmented = color_jitter_one_of(images, self.generator, draws=jitter)
-        x, x_aug = model.normalize(images), model.normalize(augmented)
+        x = model.normalize(images).contiguous(memory_format=self.memory_format)
+        x_aug = model.normalize(augmented).contiguous(memory_format=self.memory_format)
         mean, std = model.teacher_mean.view(1, c, 1, 1), model.teacher_std.view(1, c, 1, 1)
         with torch.no_grad(), autocast(self.precision, model.device):
             if teacher_images is None:
@@ -229,7 +245,7 @@ class TrainStep:
         # The student's batch is [images, penalty images, augmented images]: the first two groups
         # are read on its first C output channels only, the last on its last C only, so its last
         # layer computes just those (PDN.forward's heads; the gradients are the full layer's).
-        parts = [x] if penalty is None else [x, model.normalize(penalty)]
+        parts = [x] if penalty is None else [x, model.normalize(penalty).contiguous(memory_format=self.memory_format)]
         first = sum(p.shape[0] for p in parts)
         with autocast(self.precision, model.device):
             student_first, student_aug = self.student(torch.cat([*parts, x_aug]), heads=((first, 0, c), (b, c, 2 * c)))
@@ -386,12 +402,14 @@ def _setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig
         log.warning("teacher: %s -- a RANDOMLY INITIALISED teacher; accuracy will be far below the paper's", choice.description)
     record = TrainingRecord(steps=config.steps, teacher=choice.description, penalty_images=str(config.penalty_dir or "none"))
     precision = resolve_precision(config.precision, device)
-    log.info("precision: %s (asked: %s; %s)", precision, config.precision,
+    memory_format = resolve_memory_format(config.memory_format, precision, device)
+    log.info("precision: %s (asked: %s), memory format: %s (asked: %s); %s", precision, config.precision,
+             memory_format, config.memory_format,
              f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}")
     # JSON round trip so the comparison on resume sees lists where the config has tuples.
     meta = json.loads(json.dumps({"train_config": asdict(config), "model_config": model_config.to_dict(), "teacher": record.teacher,
-                                  "precision": precision}))
-    stepper = TrainStep(model, config, generator, precision)
+                                  "precision": precision, "memory_format": memory_format}))
+    stepper = TrainStep(model, config, generator, precision, memory_format)
     return _Run(model, config, out_dir, device, source, val_source, n_val, penalty_paths, record, stepper, meta, dp)
 
 
@@ -525,6 +543,7 @@ def _finalise(run: _Run, start_step: int, step: int, terms: dict[str, float], se
         "validation_images": run.validation_images,
         "device": str(run.device),
         "precision": run.meta["precision"],
+        "memory_format": run.meta["memory_format"],
         "cpu_flags": describe_cpu() if run.device.type == "cpu" else None,
         "teacher_cache": run.teacher_cache is not None,
         "teacher_cache_images": 0 if run.teacher_cache is None else run.teacher_cache.capacity,
