@@ -34,7 +34,8 @@ def test_two_ranks_equal_one_process_and_resume_exactly(tmp_path, monkeypatch):
     # One process, global batch 2, the same seed: the samples, penalty images and augmentations
     # are the same draws (dropout off in both: its masks are each rank's own).
     monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
-    cfg = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, validation_fraction=0.25, seed=3, penalty_dir=str(penalty))
+    cfg = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, validation_fraction=0.25, seed=3, penalty_dir=str(penalty),
+                      precision="float32")  # as the worker's
     train(sorted(images.glob("*.png")), tmp_path / "one", config=cfg)
     one, two = _trained(tmp_path / "one" / "model.safetensors"), _trained(out / "equal" / "model.safetensors")
     straight = _trained(out / "straight" / "model.safetensors")
