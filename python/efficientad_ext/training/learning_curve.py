@@ -102,12 +102,19 @@ def plot_curve(points: Sequence[dict[str, Any]], path: Path, title: str = "") ->
         if xs:
             ax.plot(xs, ys, marker="o", label=labels[key])
     ax.set_xscale("log")
+    # Ticks at the evaluated steps only, as plain numbers (the log axis's own minor labels overlap).
+    steps = sorted({p["step"] for p in points})
+    ax.set_xticks(steps, [str(s) for s in steps], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel("training step")
     ax.set_ylim(0.0, 1.0)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     if title:
-        ax.set_title(title, fontsize=9)
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
     fig.tight_layout()
     write_atomically(Path(path), lambda tmp: fig.savefig(str(tmp), format="png"))
 
