@@ -15,7 +15,7 @@ from pathlib import Path
 def table(curve: dict) -> str:
     points = curve["points"]
     types = sorted({t for p in points for t in (p.get("image_auroc_per_type") or {})})
-    head = ["step", "image AUROC", "pixel AUROC", "AU-PRO", *(f"{t}" for t in types)]
+    head = ["step", "image AUROC", "pixel AUROC", "AU-PRO", *types]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
 
     def fmt(v) -> str:

@@ -110,11 +110,14 @@ def test_float32_fast_step_equals_the_plain_step(cached, memory_format):
     assert all(p.is_contiguous(memory_format=layout) for p in model.student.parameters() if p.dim() == 4)
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-7), k
-    # float32 rounding in another summation order (the hard-feature selection can flip an element
-    # at the quantile): measured 4.6e-5 of each gradient's norm on both layouts (AMX Xeon).
     for a, b in zip(grads, ref_grads):
-        assert (a - b).norm() <= 2e-4 * b.norm() + 1e-12
-        assert (a - b).abs().max() <= 1e-3 * b.abs().max() + 1e-12
+        if memory_format == "contiguous":  # the plain step's kernels: elementwise agreement
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6 * b.abs().max().item() + 1e-9)
+        else:  # other kernels, another summation order: tiny gradients differ elementwise (up to
+            # 25% of a 2e-7 value, measured), so the bound is on each gradient's norm and maximum
+            # (measured 4.6e-5 of the norm on both layouts, AMX Xeon).
+            assert (a - b).norm() <= 2e-4 * b.norm() + 1e-12
+            assert (a - b).abs().max() <= 1e-3 * b.abs().max() + 1e-12
 
 
 def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):

@@ -34,7 +34,6 @@ log = logging.getLogger("efficientad_ext.precision")
 
 Precision = Literal["auto", "float32", "bfloat16"]
 PRECISIONS = ("auto", "float32", "bfloat16")
-MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -83,9 +82,9 @@ def resolve_memory_format(memory_format: str, precision: str, device: torch.devi
     (already resolved); explicit choices are checked.
 
     Measured (benchmarks/RESULTS.md, a training step of batch 1 with a penalty image): on an
-    AMX-BF16 Xeon channels-last made the bf16 step 1.9x and the float32 step 1.5x faster (oneDNN's
+    AMX-BF16 Xeon channels-last made the bf16 step 1.96x and the float32 step 1.15x faster (oneDNN's
     blocked AVX-512 / AMX kernels read NHWC directly); on an AVX2-only EPYC it made the float32
-    step 1.3x *slower*. So ``auto`` is channels-last with bf16 (CUDA, or a native-bf16 CPU) and on
+    step 1.3x *slower*. Not measured on AVX-512 CPUs without AMX. So ``auto`` is channels-last with bf16 (CUDA, or a native-bf16 CPU) and on
     CPUs with AVX-512, and NCHW elsewhere. The layout changes no value beyond float rounding
     order (tests/test_train_fast_paths.py)."""
     if memory_format not in MEMORY_FORMATS:
