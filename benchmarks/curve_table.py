@@ -1,6 +1,7 @@
 """A learning curve's ``curve.json`` (written by ``efficientad train --eval-dataset ...``) as a
-Markdown table: one row per evaluated step, image AUROC, pixel AUROC, AU-PRO and image AUROC per
-defect type.
+Markdown table: one row per evaluated step, image AUROC, pixel AUROC, AU-PRO, the image AUROC and
+pixel AUROC of the local and global maps alone (points written since eval reports them), and
+image AUROC per defect type.
 
     python benchmarks/curve_table.py runs/curve/curve.json
 """
@@ -15,7 +16,9 @@ from pathlib import Path
 def table(curve: dict) -> str:
     points = curve["points"]
     types = sorted({t for p in points for t in (p.get("image_auroc_per_type") or {})})
-    head = ["step", "image AUROC", "pixel AUROC", "AU-PRO", *types]
+    branch_cols = [(b, k) for b in ("local", "global") for k in ("image_auroc", "pixel_auroc")]
+    head = ["step", "image AUROC", "pixel AUROC", "AU-PRO", *(f"{b} {'image' if k == 'image_auroc' else 'pixel'}" for b, k in branch_cols),
+            *types]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
 
     def fmt(v) -> str:
@@ -23,8 +26,9 @@ def table(curve: dict) -> str:
 
     for p in points:
         per_type = p.get("image_auroc_per_type") or {}
+        branches = p.get("branches") or {}
         row = [str(p["step"]), fmt(p.get("image_auroc")), fmt(p.get("pixel_auroc")), fmt(p.get("au_pro")),
-               *(fmt(per_type.get(t)) for t in types)]
+               *(fmt(branches.get(b, {}).get(k)) for b, k in branch_cols), *(fmt(per_type.get(t)) for t in types)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -111,6 +111,25 @@ inline void check_hard_loss_inputs(const at::Tensor& teacher, const at::Tensor& 
   check_same_device(teacher, "teacher", student, "student");
 }
 
+// The backward's saved tensors as hard_feature_loss returned them, and the upstream gradient of
+// its scalar loss: one element each of threshold (floating) and count (int64) per group,
+// grad_loss one floating element, all on the teacher's device.
+inline void check_hard_loss_backward_args(const at::Tensor& teacher, const at::Tensor& grad_loss,
+                                          const at::Tensor& threshold, const at::Tensor& count, int64_t groups) {
+  check_floating(grad_loss, "grad_loss");
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one element (the gradient of the scalar loss), got shape ",
+                    grad_loss.sizes());
+  check_floating(threshold, "threshold");
+  TORCH_CHECK_TYPE(count.scalar_type() == at::kLong, "count must be int64, as returned by hard_feature_loss, got ",
+                   count.scalar_type());
+  TORCH_CHECK_VALUE(threshold.numel() == groups && count.numel() == groups, "threshold and count must have ", groups,
+                    " elements (one per ", groups == 1 ? "batch" : "sample", "), as returned by hard_feature_loss; got ",
+                    threshold.numel(), " and ", count.numel());
+  check_same_device(teacher, "teacher", grad_loss, "grad_loss");
+  check_same_device(teacher, "teacher", threshold, "threshold");
+  check_same_device(teacher, "teacher", count, "count");
+}
+
 // The layout both hard-loss tensors are read in: identical strides, dense, and each sample a
 // contiguous block of C*H*W elements (true for contiguous and channels-last tensors). Anything
 // else (e.g. a channel slice of the 2C-channel student output) is made contiguous once.

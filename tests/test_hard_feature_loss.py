@@ -169,3 +169,24 @@ def test_wrong_device_is_named():
         pytest.skip("needs a CUDA device to mix devices")
     with pytest.raises(ValueError, match="student must be on teacher's device"):
         ops.hard_feature_loss(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3, device="cuda"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_arguments_are_named_when_wrong(device):
+    """The backward op called directly with arguments unlike the forward's outputs: each error
+    names the argument and what was expected (not a dtype or tensor-to-scalar conversion error)."""
+    t = torch.rand(2, 3, 4, 4, device=device)
+    s = torch.rand(2, 3, 4, 4, device=device)
+    loss, threshold, count = torch.ops.efficientad.hard_feature_loss(t, s, 0.9, False)
+    backward = torch.ops.efficientad.hard_feature_loss_backward
+    one = torch.ones((), device=device)
+    g_teacher, g_student = backward(one, t, s, threshold, count, False, False)
+    assert g_student.shape == s.shape and g_teacher.numel() == 0
+    with pytest.raises(TypeError, match="count must be int64, as returned by hard_feature_loss, got Float"):
+        backward(one, t, s, threshold, count.float(), False, False)
+    with pytest.raises(ValueError, match=r"grad_loss must hold one element \(the gradient of the scalar loss\), got shape \[3\]"):
+        backward(torch.ones(3, device=device), t, s, threshold, count, False, False)
+    with pytest.raises(ValueError, match="threshold and count must have 2 elements \\(one per sample\\)"):
+        backward(one, t, s, threshold, count, True, False)
+    with pytest.raises(TypeError, match="grad_loss must be float"):
+        backward(torch.ones((), dtype=torch.long, device=device), t, s, threshold, count, False, False)

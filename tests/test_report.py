@@ -176,6 +176,9 @@ def test_evaluate_writes_the_report(evaluated_report):
     page = path.read_text()
     assert result["images"] == 9 and f"{result['image_auroc']:.4f}" in page and f"{result['au_pro']:.4f}" in page
     assert len(re.findall(r'<img src="data:image/jpeg', page)) == 9
+    assert "Each map on its own" in page  # the per-branch table, every branch's metrics
+    for name in ("local", "global", "combined"):
+        assert f"{result['branches'][name]['image_auroc']:.4f}" in page
     assert not list(path.parent.glob(".*.tmp"))  # written atomically
 
 

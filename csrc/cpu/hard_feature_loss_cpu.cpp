@@ -87,8 +87,7 @@ std::tuple<at::Tensor, at::Tensor> hard_feature_loss_backward_cpu(
   const int64_t B = teacher.size(0);
   const int64_t groups = per_sample ? B : 1;
   const int64_t group_size = teacher.numel() / groups;
-  TORCH_CHECK_VALUE(threshold.numel() == groups && count.numel() == groups,
-              "threshold and count must have ", groups, " elements, as returned by hard_feature_loss");
+  check_hard_loss_backward_args(teacher, grad_loss, threshold, count, groups);
   at::Tensor grad_student = at::empty_like(student);
   at::Tensor grad_teacher = teacher_grad ? at::empty_like(teacher) : at::empty({0}, teacher.options());
   const double upstream = grad_loss.item<double>();

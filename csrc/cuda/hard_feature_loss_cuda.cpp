@@ -48,9 +48,7 @@ std::tuple<at::Tensor, at::Tensor> hard_feature_loss_backward_cuda(
   const auto [teacher, student] = hard_loss_layout(teacher_in, student_in);
   const int64_t groups = per_sample ? teacher.size(0) : 1;
   const int64_t group_size = teacher.numel() / groups;
-  TORCH_CHECK_VALUE(threshold.numel() == groups && count.numel() == groups,
-              "threshold and count must have ", groups, " elements, as returned by hard_feature_loss");
-  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "grad_loss must hold one element, got shape ", grad_loss.sizes());
+  check_hard_loss_backward_args(teacher, grad_loss, threshold, count, groups);
   const auto acc_type = accumulation_type(teacher.scalar_type());
   // Device-side conversions (no-ops when already right): never a host round trip.
   const at::Tensor grad = grad_loss.to(teacher.device(), at::kDouble).contiguous();

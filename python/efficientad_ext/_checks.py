@@ -75,6 +75,22 @@ def fake_floating(t: Tensor, name: str) -> None:
     torch._check_type(t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
+def fake_same_device(op: str, **tensors: Tensor | Sequence[Tensor | None] | None) -> None:
+    """In a fake kernel: every tensor argument on one device. The dispatcher sends a call with
+    any meta tensor to the fake kernel, so without this a meta tensor mixed with CPU ones would
+    return an uninitialised tensor instead of the error the real kernels give. Lists (the
+    per-layer weights) are checked element by element; None is skipped."""
+    seen: list[tuple[str, torch.device]] = []
+    for name, value in tensors.items():
+        items = [(name, value)] if value is None or isinstance(value, Tensor) else [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        seen += [(n, t.device) for n, t in items if t is not None]
+    if len({d for _, d in seen}) > 1:
+        first = seen[0]
+        other = next((n, d) for n, d in seen if d != first[1])
+        raise ValueError(f"{op}: all tensor arguments must be on one device; {first[0]} is on {first[1]} "
+                         f"but {other[0]} is on {other[1]}")
+
+
 def inference_only(op: str, **tensors: Tensor | None) -> None:
     """The fused inference ops have no backward: refuse rather than silently drop gradients."""
     if not torch.is_grad_enabled():

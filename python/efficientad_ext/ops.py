@@ -101,6 +101,7 @@ def hard_feature_loss(teacher: Tensor, student: Tensor, p: float = 0.999, reduct
 
 @torch.library.register_fake("efficientad::hard_feature_loss")
 def _hard_feature_loss_fake(teacher: Tensor, student: Tensor, p: float, per_sample: bool):
+    _checks.fake_same_device("hard_feature_loss", teacher=teacher, student=student)
     _checks.fake_floating(teacher, "teacher")
     torch._check_value(teacher.dim() == 4 and student.shape == teacher.shape,
                        lambda: f"student must have the teacher's shape {tuple(teacher.shape)} [B, C, H, W], got {tuple(student.shape)}")
@@ -115,6 +116,8 @@ def _hard_feature_loss_fake(teacher: Tensor, student: Tensor, p: float, per_samp
 
 @torch.library.register_fake("efficientad::hard_feature_loss_backward")
 def _hard_feature_loss_backward_fake(grad_loss, teacher, student, threshold, count, per_sample, teacher_grad):
+    _checks.fake_same_device("hard_feature_loss_backward", grad_loss=grad_loss, teacher=teacher, student=student,
+                             threshold=threshold, count=count)
     grad_teacher = torch.empty_like(teacher) if teacher_grad else teacher.new_empty((0,))
     return grad_teacher, torch.empty_like(student)
 
@@ -238,6 +241,8 @@ def _fake_feature_checks(teacher: Tensor, student: Tensor, autoencoder: Tensor) 
 
 @torch.library.register_fake("efficientad::anomaly_maps_raw")
 def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoencoder):
+    _checks.fake_same_device("anomaly_maps_raw", teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std,
+                             student=student, autoencoder=autoencoder)
     _fake_feature_checks(teacher, student, autoencoder)
     b, _c, h, w = teacher.shape
     acc = _acc_dtype(teacher.dtype)
@@ -246,6 +251,8 @@ def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoenco
 
 @torch.library.register_fake("efficientad::anomaly_maps")
 def _anomaly_maps_fake(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, output_size, pad):
+    _checks.fake_same_device("anomaly_maps", teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std,
+                             student=student, autoencoder=autoencoder, quantiles=quantiles)
     _fake_feature_checks(teacher, student, autoencoder)
     torch._check_value(len(output_size) == 2 and min(output_size) > 0, lambda: f"output_size must be two positive integers (H, W), got {output_size}")
     acc = _acc_dtype(teacher.dtype)
@@ -302,6 +309,7 @@ def conv2d_relu_pool_split(
 
 @torch.library.register_fake("efficientad::conv2d_relu_pool")
 def _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding):
+    _checks.fake_same_device("conv2d_relu_pool", input=input, weight=weight, bias=bias)
     _fake_layer_checks(input, weight.shape[1], weight.shape[2], weight.shape[3], padding, pool, pool_padding)
     h = conv_output_size(input.shape[2], weight.shape[2], padding, pool, pool_padding)
     w = conv_output_size(input.shape[3], weight.shape[3], padding, pool, pool_padding)
@@ -334,6 +342,7 @@ def _conv2d_relu_pool_split_fake(input, weight, bias, padding, relu, pool, pool_
 
 @torch.library.register_fake("efficientad::pdn_forward")
 def _pdn_forward_fake(input, weights, biases, paddings, relus, pools, pool_paddings):
+    _checks.fake_same_device("pdn_forward", input=input, weights=weights, biases=biases)
     _checks.fake_floating(input, "input")
     torch._check_value(len(weights) > 0 and input.dim() == 4, lambda: "pdn_forward needs a [B, C, H, W] input and at least one layer")
     h, w = input.shape[2], input.shape[3]
@@ -401,6 +410,7 @@ def winograd_conv2d(
 
 @torch.library.register_fake("efficientad::winograd_conv2d")
 def _winograd_conv2d_fake(input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding):
+    _checks.fake_same_device("winograd_conv2d", input=input, weight_tf=weight_tf, bias=bias, input_tf=input_tf, output_tf=output_tf)
     _fake_layer_checks(input, weight_tf.shape[1], kernel_size, kernel_size, padding, pool, pool_padding)
     h = conv_output_size(input.shape[2], kernel_size, padding, pool, pool_padding)
     w = conv_output_size(input.shape[3], kernel_size, padding, pool, pool_padding)

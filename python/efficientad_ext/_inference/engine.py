@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
@@ -27,17 +28,21 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def infer(model: EfficientAD, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None, cuda_graph: bool) -> InferenceResult:
+def infer(model: EfficientAD, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None, cuda_graph: bool,
+          branches: bool = False) -> InferenceResult:
     """The body of :meth:`EfficientAD.infer` (see there for the arguments)."""
     nets = networks_for(model, resolve_dtype(model, dtype))
     options = model.inference_options
+    if branches:  # eager: the graphs capture the fused maps only
+        return _eager(model, batch, nets, options, branches=True)
     if cuda_graph and cuda_graphs.usable(model, batch):
         graphs = cache_of(model).graphs
         return cuda_graphs.run_graphed(graphs, batch, nets.dtype, nets.generation, options, lambda b: _eager(model, b, nets, options))
     return _eager(model, batch, nets, options)
 
 
-def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNetworks, options: InferenceOptions) -> InferenceResult:
+def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNetworks, options: InferenceOptions,
+           branches: bool = False) -> InferenceResult:
     x, in_size = model.prepare(batch)
     x = x.to(nets.dtype)
     if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
@@ -52,4 +57,20 @@ def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNet
     out = ops.anomaly_maps(
         teacher, model.teacher_mean, model.teacher_std, student, autoencoder, model.quantiles, in_size, model.map_border
     )
-    return InferenceResult(out.anomaly_map, out.score)
+    if not branches:
+        return InferenceResult(out.anomaly_map, out.score)
+    return InferenceResult(out.anomaly_map, out.score, branches=branch_maps(
+        ops.anomaly_maps_raw(teacher, model.teacher_mean, model.teacher_std, student, autoencoder),
+        model.quantiles, in_size, model.map_border))
+
+
+def branch_maps(raw: tuple[Tensor, Tensor], quantiles: Tensor, size: tuple[int, int], border: int) -> dict[str, Tensor]:
+    """The local and global maps of Algorithm 2 each on its own, as the fused ``anomaly_maps``
+    op computes them before their 0.5 / 0.5 sum: zero border, bilinear resize to ``size``,
+    quantile normalisation ``0.1 (m - q_a) / (q_b - q_a)``."""
+    q = quantiles.float()
+    out = {}
+    for name, m, qa, qb in (("local", raw[0], q[0], q[1]), ("global", raw[1], q[2], q[3])):
+        m = F.interpolate(F.pad(m.float(), (border,) * 4), size=tuple(size), mode="bilinear", align_corners=False)
+        out[name] = 0.1 * (m - qa) / (qb - qa)
+    return out

@@ -30,15 +30,22 @@ class InferenceResult(tuple):
     :mod:`efficientad_ext.evaluation.threshold`) it also gives ``is_anomalous`` (bool [B]:
     ``score > threshold``; a NaN score counts as anomalous) and ``normalized_score``
     (``0.5 * score / threshold``: the threshold at 0.5); both are None without a threshold.
+
+    Asked for (``infer(..., branches=True)``), ``branches`` holds the two normalised maps the
+    anomaly map is the mean of, each [B, 1, H, W] like it: ``"local"`` (student vs teacher) and
+    ``"global"`` (student vs autoencoder); ``anomaly_map == 0.5 * (local + global)`` to rounding.
+    None when not asked for.
     """
 
-    def __new__(cls, anomaly_map: Tensor, score: Tensor, threshold: float | None = None) -> InferenceResult:
+    def __new__(cls, anomaly_map: Tensor, score: Tensor, threshold: float | None = None,
+                branches: dict[str, Tensor] | None = None) -> InferenceResult:
         self = super().__new__(cls, (anomaly_map, score))
         self.threshold = threshold
+        self.branches = branches
         return self
 
-    def __getnewargs__(self):  # pickling and copying keep the threshold
-        return (self[0], self[1], self.threshold)
+    def __getnewargs__(self):  # pickling and copying keep the threshold and the branches
+        return (self[0], self[1], self.threshold, self.branches)
 
     @property
     def anomaly_map(self) -> Tensor:

@@ -49,7 +49,7 @@ from ..formats.teacher_file import save_teacher
 from ..pdn import PDN, build_pdn
 from ..precision import PRECISIONS, autocast, describe_cpu, resolve_precision
 from ..progress import Progress, format_duration
-from ..training.augment import grayscale
+from ..training.augment import draw_resized_crops, grayscale, resized_crops
 from ..training.driver import run_steps
 from ..training.images import ImageSource, split_holdout, to_unit_float
 from ..training.state import read_state, restore_optimizer_and_rng, save_state
@@ -60,6 +60,7 @@ log = logging.getLogger("efficientad_ext.distill")
 TEACHER_SIZE = 256
 CROP_MARGIN_CELLS = 4  # cells within this distance of a crop edge see padding a whole image does not
 PDN_STRIDE = 4
+AUGMENTATIONS = ("none", "resized_crop")
 STATE_FILE = "distill_state.safetensors"
 TEACHER_FILE = "teacher.safetensors"
 RECORD_FILE = "distill.json"
@@ -84,6 +85,9 @@ class DistillConfig:
     p_grayscale: float = 0.1
     stat_samples: int = 10_000
     crop_size: int | None = None  # None: the whole 256x256 image
+    augment: str = "none"  # "resized_crop": each draw a random resized crop + horizontal flip (targets per step)
+    crop_scale: tuple[float, float] = (0.25, 1.0)  # the crop's share of the image area ("resized_crop")
+    p_flip: float = 0.5  # horizontal flip probability ("resized_crop")
     holdout_images: int = 50
     eval_every: int = 1000
     checkpoint_every: int = 1000
@@ -109,6 +113,10 @@ class DistillConfig:
             raise ValueError(f"p_grayscale must be in [0, 1], got {self.p_grayscale}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0 or not 0.0 <= self.p_flip <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1 and p_flip be in [0, 1], got {self.crop_scale} and {self.p_flip}")
         if self.holdout_images < 0:
             raise ValueError(f"holdout_images must be >= 0, got {self.holdout_images}")
         if self.crop_size is not None:
@@ -410,7 +418,11 @@ def _resume_or_start(run: _Run, resume: bool) -> tuple[int, TargetHead]:
 
 
 def _target_cache(run: _Run, targets: DistillTargets) -> Tensor | None:
-    """Psi's targets of the colour version of every training image, when they fit the budget."""
+    """Psi's targets of the colour version of every training image, when they fit the budget
+    (never with random resized crops: every draw is a new image)."""
+    if run.config.augment != "none":
+        log.info("Psi targets computed per step (augment=%s)", run.config.augment)
+        return None
     bytes_per_target = run.config.out_channels * (run.config.extractor_size // run.extractor.stride) ** 2 * 2
     needed = len(run.src_e) * bytes_per_target
     if needed > run.config.target_cache_bytes:
@@ -452,12 +464,20 @@ def _step_function(run: _Run, targets: DistillTargets, cache: Tensor | None):
     def one_step(step: int) -> dict[str, float]:
         idx = torch.randint(len(run.src_t), (cfg.batch_size,), generator=generator).tolist()
         gray = torch.rand(cfg.batch_size, generator=generator) < cfg.p_grayscale
+        g = gray.to(device).view(-1, 1, 1, 1)
+        if cfg.augment == "resized_crop":  # Psi and the teacher see the same crop, from the 512^2 image
+            boxes, flip = draw_resized_crops(cfg.batch_size, cfg.extractor_size, generator, cfg.crop_scale, p_flip=cfg.p_flip)
         crops = None
         if cfg.crop_size is not None:
             last = grid - cfg.crop_size // PDN_STRIDE
             crops = torch.randint(last + 1, (cfg.batch_size, 2), generator=generator).tolist()
+        if cfg.augment == "resized_crop":
+            xe = resized_crops(to_unit_float(run.src_e.get(idx), device), boxes, flip, cfg.extractor_size)
+            xe = torch.where(g, _gray3(xe), xe)
+            x = resized_crops(xe, [(0, 0, cfg.extractor_size, cfg.extractor_size)] * cfg.batch_size,
+                              torch.zeros(cfg.batch_size, dtype=torch.bool), TEACHER_SIZE)
+            return {"loss": run.step_fn(x, targets.compute(xe), crops)}
         x = to_unit_float(run.src_t.get(idx), device)
-        g = gray.to(device).view(-1, 1, 1, 1)
         x = torch.where(g, _gray3(x), x)
         if cache is not None:
             y = cache[idx].to(device).float()

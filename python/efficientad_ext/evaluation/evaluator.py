@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..data import ImageDataset, Sample
 from ..formats.atomic import write_text_atomically
@@ -23,25 +24,52 @@ from ..progress import Progress
 log = logging.getLogger("efficientad_ext.evaluate")
 
 
+BRANCHES = ("local", "global")  # Algorithm 2's two maps; the anomaly map is their 0.5 / 0.5 sum
+
+
 @torch.no_grad()
 def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, skip_corrupt: bool = False,
-            dtype: torch.dtype | None = torch.float32):
-    """Runs the model over ``samples``; returns (dataset, maps [N, H, W] float32 CPU, scores [N]).
+            dtype: torch.dtype | None = torch.float32, branches: bool = False):
+    """Runs the model over ``samples``; returns (dataset, maps [N, H, W] float32 CPU, scores [N])
+    and, with ``branches``, a fourth item: ``{"local": (maps, scores), "global": (maps, scores)}``,
+    each branch's normalised map alone and its maximum per image.
 
     ``dtype``: the networks' compute dtype; float32 by default, the precision the map quantiles
     were calibrated in, so that metrics do not depend on the device (``None``: ``infer``'s
     default, bfloat16 on a GPU)."""
     dataset = ImageDataset(list(samples), model.config.image_size, skip_corrupt=skip_corrupt)
     maps, scores = [], []
+    parts: dict[str, list[Tensor]] = {name: [] for name in BRANCHES}
     progress = Progress(len(dataset), label="eval", every=max(1, len(dataset) // 10), unit="images")
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        result = model.infer(torch.stack([it["image"] for it in items]), dtype=dtype)
+        result = model.infer(torch.stack([it["image"] for it in items]), dtype=dtype, branches=branches)
         maps.append(result.anomaly_map[:, 0].float().cpu())
         scores.append(result.score.float().cpu())
+        for name in parts if branches else ():
+            parts[name].append(result.branches[name][:, 0].float().cpu())
         progress.update(start + len(items))
     progress.close()
-    return dataset, torch.cat(maps), torch.cat(scores)
+    if not branches:
+        return dataset, torch.cat(maps), torch.cat(scores)
+    per_branch = {}
+    for name, chunks in parts.items():
+        m = torch.cat(chunks)
+        per_branch[name] = (m, m.flatten(1).amax(dim=1))
+    return dataset, torch.cat(maps), torch.cat(scores), per_branch
+
+
+def branch_metrics(per_branch: dict[str, tuple[Tensor, Tensor]], labels: Tensor, masks: Tensor | None) -> dict[str, dict[str, float]]:
+    """Image AUROC and, with ``masks``, pixel AUROC and AU-PRO of each branch's map alone (its
+    image score is the map's maximum)."""
+    out = {}
+    for name, (maps, scores) in per_branch.items():
+        row = {"image_auroc": image_auroc(scores, labels)}
+        if masks is not None:
+            row["pixel_auroc"] = pixel_auroc(maps, masks)
+            row["au_pro"] = au_pro(maps, masks, fpr_limit=0.3)
+        out[name] = row
+    return out
 
 
 def evaluate(
@@ -71,7 +99,7 @@ def evaluate(
 
         check_report_request(out_dir, report_gallery)
     t0 = time.perf_counter()
-    dataset, maps, scores = predict(model, test_samples, batch_size, skip_corrupt)
+    dataset, maps, scores, per_branch = predict(model, test_samples, batch_size, skip_corrupt, branches=True)
     samples = dataset.samples
     labels = torch.tensor([s.label for s in samples])
     masks = torch.stack([dataset[i]["mask"][0] for i in range(len(dataset))])
@@ -102,6 +130,9 @@ def evaluate(
     else:
         result["pixel_metrics_skipped"] = "every ground-truth mask is empty"
         log.warning("no non-empty ground-truth masks: pixel AUROC and AU-PRO skipped")
+    if "image_auroc" in result:  # what each of Algorithm 2's two maps finds on its own, beside the combined map
+        result["branches"] = branch_metrics(per_branch, labels, masks if "pixel_metrics_skipped" not in result else None)
+        result["branches"]["combined"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "au_pro") if k in result}
     if out_dir is not None:
         out_dir = Path(out_dir)
         if write_images:
@@ -142,5 +173,10 @@ def format_summary(result: dict[str, Any]) -> str:
                      f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}"))
     if "pixel_metrics_skipped" in result:
         rows.append(("pixel metrics", f"skipped: {result['pixel_metrics_skipped']}"))
+    for name, m in result.get("branches", {}).items():
+        values = ", ".join(f"{label} {m[key]:.4f}" for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"),
+                                                                       ("au_pro", "AU-PRO")) if key in m)
+        rows.append((f"{name} map" + (" (student vs teacher)" if name == "local" else " (student vs autoencoder)" if name == "global" else ""),
+                     values))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)

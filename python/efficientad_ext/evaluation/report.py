@@ -100,6 +100,7 @@ def write_report(data: ReportData, path: str | Path, gallery_size: int = DEFAULT
         "software": _software(),
         "headline": _headline_rows(data.result),
         "skipped": data.result.get("pixel_metrics_skipped"),
+        "branches": _branch_rows(data.result),
         "types": _type_rows(data.samples, labels, data.result, flagged),
         "cut_label": cut_label,
         "figures": _figures(data, scores, labels, cut, cut_label),
@@ -142,6 +143,18 @@ def _headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"at the threshold {t['value']:.4g} ({t['method']})",
                      f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f} "
                      f"({m['false_positives']} false alarms, {m['false_negatives']} missed)"))
+    return rows
+
+
+BRANCH_NAMES = {"local": "local (student vs. teacher)", "global": "global (student vs. autoencoder)", "combined": "combined (0.5 / 0.5)"}
+
+
+def _branch_rows(result: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per map (local, global, combined) with the metrics eval computed for it."""
+    rows = []
+    for name, m in result.get("branches", {}).items():
+        rows.append({"name": BRANCH_NAMES.get(name, name),
+                     **{k: f"{m[k]:.4f}" if k in m else "" for k in ("image_auroc", "pixel_auroc", "au_pro")}})
     return rows
 
 

@@ -71,3 +71,38 @@ def penalty_transform(x: Tensor, size: tuple[int, int], generator: torch.Generat
     x = torch.where(gray_mask, grayscale(x).expand_as(x), x)
     top, left = (2 * h - h) // 2, (2 * w - w) // 2
     return x[:, :, top : top + h, left : left + w]
+
+
+# Teacher distillation (Algorithm 3) on few images: the paper draws from all of ImageNet; a
+# folder of ~1,000 images needs more variety, so each draw may be a random resized crop with a
+# random horizontal flip. Psi and the teacher see the same crop, so the targets stay exact.
+
+def draw_resized_crops(b: int, size: int, generator: torch.Generator, scale: tuple[float, float] = (0.25, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3), p_flip: float = 0.5) -> tuple[list[tuple[int, int, int, int]], Tensor]:
+    """Per image of a ``size`` x ``size`` batch: a crop box (top, left, height, width) whose area
+    is a share ~ U(scale) of the image and whose aspect ratio is log-uniform in ``ratio``
+    (clipped to the image), and whether to flip it horizontally (bool [b])."""
+    share = torch.rand(b, generator=generator) * (scale[1] - scale[0]) + scale[0]
+    log_lo, log_hi = torch.log(torch.tensor(ratio[0])), torch.log(torch.tensor(ratio[1]))
+    aspect = torch.exp(torch.rand(b, generator=generator) * (log_hi - log_lo) + log_lo)
+    corner = torch.rand(b, 2, generator=generator)
+    flip = torch.rand(b, generator=generator) < p_flip
+    boxes = []
+    for i in range(b):
+        area = float(share[i]) * size * size
+        w = min(size, max(1, round((area * float(aspect[i])) ** 0.5)))
+        h = min(size, max(1, round((area / float(aspect[i])) ** 0.5)))
+        top, left = int(float(corner[i, 0]) * (size - h + 1)), int(float(corner[i, 1]) * (size - w + 1))
+        boxes.append((min(top, size - h), min(left, size - w), h, w))
+    return boxes, flip
+
+
+def resized_crops(x: Tensor, boxes: list[tuple[int, int, int, int]], flip: Tensor, out: int) -> Tensor:
+    """[B, 3, S, S] -> [B, 3, out, out]: each image's box resized (bilinear, antialiased when
+    shrinking) to ``out`` x ``out``, flipped horizontally where ``flip``."""
+    crops = []
+    for i, (top, left, h, w) in enumerate(boxes):
+        c = x[i : i + 1, :, top : top + h, left : left + w]
+        c = F.interpolate(c, size=(out, out), mode="bilinear", align_corners=False, antialias=h > out or w > out)
+        crops.append(c.flip(-1) if bool(flip[i]) else c)
+    return torch.cat(crops).clamp_(0, 1)

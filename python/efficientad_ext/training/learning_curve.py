@@ -74,7 +74,9 @@ class LearningCurve:
         self.points = [p for p in self.points if p["step"] != step] + [point]
         self.points.sort(key=lambda p: p["step"])
         self.write()
-        shown = ", ".join(f"{k} {point[k]:.4f}" for k in METRIC_KEYS if k in point)
+        shown = ", ".join([f"{k} {point[k]:.4f}" for k in METRIC_KEYS if k in point]
+                          + [f"{name} map image_auroc {m['image_auroc']:.4f}" for name, m in point.get("branches", {}).items()
+                             if name != "combined"])
         log.info("curve at step %d: %s", step, shown or "no metrics (see curve.json)")
         return point
 
