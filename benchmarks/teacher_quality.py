@@ -32,12 +32,13 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from efficientad_ext.data import load_image, load_mask, open_dataset, resize_image, resize_mask
+from efficientad_ext.data import NonBinaryMaskWarning, load_image, load_mask, open_dataset, resize_image, resize_mask
 from efficientad_ext.evaluation.metrics import image_auroc, pixel_auroc
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.pdn import build_pdn
@@ -137,13 +138,16 @@ def greedy_coreset(points: torch.Tensor, count: int, generator: torch.Generator,
         reduced = points @ proj
     else:
         reduced = points
+    # ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2: one matrix-vector product per chosen row, no
+    # [M, d] temporary (the elementwise form took about 0.3 s a row on 780k patches).
+    sq = (reduced * reduced).sum(1)
     first = int(torch.randint(m, (1,), generator=generator))
     chosen = [first]
-    nearest = ((reduced - reduced[first]) ** 2).sum(1)
+    nearest = (sq - 2 * (reduced @ reduced[first]) + sq[first]).clamp_min_(0)
     for _ in range(count - 1):
         nxt = int(nearest.argmax())
         chosen.append(nxt)
-        nearest = torch.minimum(nearest, ((reduced - reduced[nxt]) ** 2).sum(1))
+        torch.minimum(nearest, (sq - 2 * (reduced @ reduced[nxt]) + sq[nxt]).clamp_min_(0), out=nearest)
     return torch.tensor(chosen)
 
 
@@ -153,11 +157,16 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", action="append", required=True)
     ap.add_argument("--protocol", choices=["coreset", "random"], default="coreset")
     ap.add_argument("--coreset", type=float, default=0.01, help="coreset: the bank's share of all training patches")
+    ap.add_argument("--coreset-images", type=int, default=0,
+                    help="coreset: build the bank from this many training images (a seeded choice; 0: all, PatchCore's protocol)")
     ap.add_argument("--bank-images", type=int, default=200, help="random: training images the bank is drawn from")
     ap.add_argument("--bank-size", type=int, default=8192, help="random: patch vectors in the bank")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="coreset: its random start and projection; random: the bank draw")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    # Masks with anti-aliased edges (magnetic-tile has many) are binarised as eval does; one
+    # warning per mask would bury the results.
+    warnings.filterwarnings("ignore", category=NonBinaryMaskWarning)
     splits = open_dataset(args.dataset)
     train = sorted(s.path for s in splits.train)
     test = splits.test
@@ -173,7 +182,11 @@ def main(argv=None) -> int:
         test_f = features(run, [s.path for s in test])
         image_aurocs, pixel_aurocs = [], []
         if args.protocol == "coreset":
-            train_f = features(run, train)
+            chosen = train
+            if 0 < args.coreset_images < len(train):
+                pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.coreset_images]
+                chosen = [train[i] for i in sorted(pick.tolist())]
+            train_f = features(run, chosen)
             c = train_f.shape[1]
             flat = train_f.permute(0, 2, 3, 1).reshape(-1, c)
             mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
@@ -212,7 +225,8 @@ def main(argv=None) -> int:
         rows.append(row)
     result = {"dataset": str(args.dataset), "protocol": args.protocol, "seeds": args.seeds, "test_images": len(test),
               "anomalous": int(labels.sum()),
-              **({"coreset": args.coreset, "train_images": len(train)} if args.protocol == "coreset"
+              **({"coreset": args.coreset, "train_images": len(train), "coreset_images": args.coreset_images or len(train)}
+                 if args.protocol == "coreset"
                  else {"bank_images": args.bank_images, "bank_size": args.bank_size}),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import list_images
+from ..data import list_images, resize_image
 from ..formats.atomic import write_text_atomically
 from ..formats.stale_files import remove_stale_temp_files
 from ..formats.teacher_file import save_teacher
@@ -474,8 +474,7 @@ def _step_function(run: _Run, targets: DistillTargets, cache: Tensor | None):
         if cfg.augment == "resized_crop":
             xe = resized_crops(to_unit_float(run.src_e.get(idx), device), boxes, flip, cfg.extractor_size)
             xe = torch.where(g, _gray3(xe), xe)
-            x = resized_crops(xe, [(0, 0, cfg.extractor_size, cfg.extractor_size)] * cfg.batch_size,
-                              torch.zeros(cfg.batch_size, dtype=torch.bool), TEACHER_SIZE)
+            x = resize_image(xe, (TEACHER_SIZE, TEACHER_SIZE)).clamp_(0, 1)  # the same crop, at the teacher's size
             return {"loss": run.step_fn(x, targets.compute(xe), crops)}
         x = to_unit_float(run.src_t.get(idx), device)
         x = torch.where(g, _gray3(x), x)
