@@ -4,7 +4,7 @@ OpenVINO's, same seeded random weights, same inputs, same thread count (issue #6
 Groups (per call; ``extra_info.batch`` gives the per-image cost):
 
 * ``peers infer S 256x256 B={1,8}``: ``ours`` (``EfficientAD.infer``, float32: Winograd
-  convolutions, :mod:`efficientad_ext._inference.cpu_winograd`), ``ours_direct`` (the same with
+  convolutions, :mod:`efficientad_ext.inference.cpu_winograd`), ``ours_direct`` (the same with
   ``EFFICIENTAD_CPU_WINOGRAD`` off: oneDNN direct convolutions), ``ours_bf16``
   (``infer(dtype=torch.bfloat16)``), ``anomalib`` (anomalib 2.7's ``EfficientAdModel``, eager
   float32, our weights via :func:`efficientad_ext.formats.anomalib.to_anomalib_state_dict`),
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from dataclasses import replace
 
 from efficientad_ext import reference
-from efficientad_ext.model import EfficientAD, ModelConfig
+from efficientad_ext.models.efficientad import EfficientAD, ModelConfig
 from efficientad_ext.training.trainer import TrainConfig, TrainStep
 
 IMAGE = 256

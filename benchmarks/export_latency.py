@@ -23,7 +23,7 @@ import torch
 
 from efficientad_ext import EfficientAD, export
 from efficientad_ext.formats.atomic import write_text_atomically
-from efficientad_ext.precision import describe_cpu
+from efficientad_ext.training.precision import describe_cpu
 
 
 def _model() -> EfficientAD:

@@ -53,7 +53,7 @@ import efficientad_ext
 from dataclasses import replace
 
 from efficientad_ext import EfficientAD, ModelConfig, reference
-from efficientad_ext._inference import clear as clear_inference_cache
+from efficientad_ext.inference import clear as clear_inference_cache
 from efficientad_ext.training import trainer as train_module
 from efficientad_ext.training.trainer import TrainConfig, TrainStep
 
@@ -362,7 +362,7 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
 
     def ours_switched(var: str, label: str, dtype: torch.dtype, batch: int) -> Callable[[], None]:
         """ours with the environment switch ``var`` = 1 (read at every call: the CUDA PDN layers'
-        EFFICIENTAD_CUDNN_FUSION, and efficientad_ext._inference.autoencoder_cuda's switches)."""
+        EFFICIENTAD_CUDNN_FUSION, and efficientad_ext.inference.autoencoder_cuda's switches)."""
         def run() -> None:
             old = os.environ.get(var)
             os.environ[var] = "1"

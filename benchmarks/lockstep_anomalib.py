@@ -35,7 +35,7 @@ from efficientad_ext.formats.anomalib import from_anomalib_state_dict
 from efficientad_ext.formats.anomalib_layout import autoencoder_key_map, pdn_key_map
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.formats.teacher_file import load_teacher_weights
-from efficientad_ext.model import EfficientAD
+from efficientad_ext.models.efficientad import EfficientAD
 from efficientad_ext.training.augment import draw_color_jitter
 from efficientad_ext.training.trainer import TrainConfig, TrainStep, penalty_batch
 

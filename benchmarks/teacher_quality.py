@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from efficientad_ext.data import NonBinaryMaskWarning, load_image, load_mask, open_dataset, resize_image, resize_mask
 from efficientad_ext.evaluation.metrics import image_auroc, pixel_auroc
 from efficientad_ext.formats.atomic import write_text_atomically
-from efficientad_ext.pdn import build_pdn
-from efficientad_ext.precision import describe_cpu
+from efficientad_ext.models.pdn import build_pdn
+from efficientad_ext.training.precision import describe_cpu
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

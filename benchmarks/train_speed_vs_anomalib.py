@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from efficientad_ext.formats.atomic import write_text_atomically
-from efficientad_ext.precision import describe_cpu
+from efficientad_ext.training.precision import describe_cpu
 
 HERE = Path(__file__).resolve().parent
 TOOL = HERE.parent.parent / "shared" / "tools" / "anomalib_train_loop.py"

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from efficientad_ext import ops
-from efficientad_ext._inference.winograd import prepare_weights
-from efficientad_ext.precision import describe_cpu
+from efficientad_ext.inference.winograd import prepare_weights
+from efficientad_ext.training.precision import describe_cpu
 
 # (C_in, C_out, kernel, input size, images): PDN-S layers 2-4 as training runs them.
 LAYERS = ((128, 256, 4, 126, 3), (256, 256, 3, 61, 3), (256, 384, 4, 59, 1))

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 import efficientad_ext.training.trainer as tr
-from efficientad_ext.distributed import process_group
+from efficientad_ext.training.distributed import process_group
 
 
 class Interrupted(Exception):

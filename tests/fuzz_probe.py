@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from efficientad_ext import EfficientAD, ModelConfig, load_model, ops, save_model
-from efficientad_ext.pdn import build_pdn
-from efficientad_ext._inference.winograd import prepare_weights
+from efficientad_ext.models.pdn import build_pdn
+from efficientad_ext.inference.winograd import prepare_weights
 from efficientad_ext.ops import winograd_conv2d
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from efficientad_ext import Autoencoder, build_pdn
-from efficientad_ext.autoencoder import decoder_sizes
+from efficientad_ext.models.autoencoder import decoder_sizes
 
 
 def test_paper_decoder_sizes_at_256():

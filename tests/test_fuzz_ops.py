@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from efficientad_ext import ops
-from efficientad_ext._inference.winograd import prepare_weights
+from efficientad_ext.inference.winograd import prepare_weights
 from efficientad_ext.ops import winograd_conv2d
 
 PROBE = Path(__file__).with_name("fuzz_probe.py")

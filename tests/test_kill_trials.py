@@ -19,7 +19,7 @@ from PIL import Image
 
 from efficientad_ext.formats.run_record import read_status
 from efficientad_ext.formats.stale_files import is_our_temp_file, remove_stale_temp_files
-from efficientad_ext.synthetic import make_synthetic_dataset
+from efficientad_ext.data.synthetic import make_synthetic_dataset
 
 CLI = [sys.executable, "-c", "import sys; from efficientad_ext.cli import main; sys.exit(main())"]
 TRAIN = ["--steps", "3", "--checkpoint-every", "1", "--validation-fraction", "0.25", "--teacher", "random"]

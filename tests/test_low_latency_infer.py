@@ -7,8 +7,8 @@ import torch
 
 from conftest import DEVICES
 from efficientad_ext import PDN, EfficientAD, InferenceOptions, ModelConfig, ops
-from efficientad_ext._inference import networks as inference_networks
-from efficientad_ext._inference.teacher_student import teacher_student_forward
+from efficientad_ext.inference import networks as inference_networks
+from efficientad_ext.inference.teacher_student import teacher_student_forward
 
 
 def captured_count(model: EfficientAD) -> int:

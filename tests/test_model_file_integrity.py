@@ -16,7 +16,7 @@ from corruption_probe import tiny_model
 from efficientad_ext.formats import integrity
 from efficientad_ext.cli import main
 from efficientad_ext.formats.integrity import UnverifiedFileWarning
-from efficientad_ext.pdn import build_pdn
+from efficientad_ext.models.pdn import build_pdn
 from efficientad_ext.formats.teacher_file import TeacherWeightsError, load_teacher_weights
 
 

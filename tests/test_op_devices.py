@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import efficientad_ext  # noqa: F401  (registers the ops)
-from efficientad_ext._inference.winograd import prepare_weights
+from efficientad_ext.inference.winograd import prepare_weights
 
 ops = torch.ops.efficientad
 META = torch.device("meta")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from efficientad_ext.precision import autocast, cpu_has_native_bf16, describe_cpu, resolve_memory_format, resolve_precision
+from efficientad_ext.training.precision import autocast, cpu_has_native_bf16, describe_cpu, resolve_memory_format, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -78,7 +78,7 @@ def test_emulated_bf16_equals_autocast_on_small_inputs(op):
     small sizes, so the CPU's own bf16 kernels (reference code without native bf16) are quick."""
     import torch.nn.functional as F
 
-    from efficientad_ext.precision import EmulatedBf16Convolutions
+    from efficientad_ext.training.precision import EmulatedBf16Convolutions
 
     torch.manual_seed(0)
     if op == "conv2d":
@@ -101,7 +101,7 @@ def test_emulated_bf16_equals_autocast_on_small_inputs(op):
 
 
 def test_bfloat16_autocast_is_emulated_without_native_bf16(monkeypatch):
-    import efficientad_ext.precision as precision
+    import efficientad_ext.training.precision as precision
 
     conv = torch.nn.Conv2d(3, 4, 3)
     x = torch.randn(1, 3, 8, 8)

@@ -19,7 +19,7 @@ from efficientad_ext.data import Sample
 from efficientad_ext.evaluation.curves import pixel_roc_curve, pro_curve, roc_curve
 from efficientad_ext.evaluation.metrics import au_pro, auroc, pixel_auroc
 from efficientad_ext.evaluation.report import ReportData, _gallery_order, report_libraries_missing, write_report
-from efficientad_ext.synthetic import make_synthetic_dataset
+from efficientad_ext.data.synthetic import make_synthetic_dataset
 
 needs_report_libraries = pytest.mark.skipif(report_libraries_missing() is not None,
                                             reason=str(report_libraries_missing()))

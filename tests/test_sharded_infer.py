@@ -13,7 +13,7 @@ from test_train import write_images
 
 from efficientad_ext import DecisionThreshold, EfficientAD, save_model
 from efficientad_ext.cli import main
-from efficientad_ext.sharded_infer import read_shards, sharded_infer
+from efficientad_ext.inference.sharded import read_shards, sharded_infer
 
 
 @pytest.fixture()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientad_ext import synthetic
+from efficientad_ext.data import synthetic
 from efficientad_ext.data import ImageDataset, mvtec_ad
-from efficientad_ext.synthetic import DEFECT_TYPES, make_synthetic_dataset
+from efficientad_ext.data.synthetic import DEFECT_TYPES, make_synthetic_dataset
 
 
 def digest(root) -> dict[str, str]:

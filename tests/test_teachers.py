@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import efficientad_ext.training.teacher_choice as teachers
-from efficientad_ext.pdn import build_pdn
+from efficientad_ext.models.pdn import build_pdn
 from efficientad_ext.formats.teacher_file import load_teacher_weights
 
 

@@ -15,7 +15,7 @@ from efficientad_ext.evaluation.threshold import (
     f1_optimal_threshold,
     threshold_at_fpr,
 )
-from efficientad_ext._inference.result import normalize_score
+from efficientad_ext.inference.result import normalize_score
 from efficientad_ext.formats.model_file import ModelFileError, load_model, save_model
 
 

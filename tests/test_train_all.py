@@ -7,8 +7,8 @@ import json
 import pytest
 from distributed_launch import torchrun
 
-from efficientad_ext.synthetic import make_synthetic_dataset
-from efficientad_ext.train_all import assign, find_categories, format_table, train_all
+from efficientad_ext.data.synthetic import make_synthetic_dataset
+from efficientad_ext.training.many_models import assign, find_categories, format_table, train_all
 
 
 def test_assignment_is_balanced_and_deterministic():

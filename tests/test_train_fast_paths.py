@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from efficientad_ext import EfficientAD, ModelConfig, ops
-from efficientad_ext.pdn import PDN
+from efficientad_ext.models.pdn import PDN
 from efficientad_ext.training.augment import color_jitter_one_of
 from efficientad_ext.training.trainer import TeacherCache, TrainConfig, TrainStep
 
@@ -121,7 +121,7 @@ def test_float32_fast_step_equals_the_plain_step(cached, memory_format):
 
 
 def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):
-    from efficientad_ext.training.images import ImageSource
+    from efficientad_ext.data.image_source import ImageSource
     from efficientad_ext.training.trainer import teacher_channel_stats
 
     from test_train import write_images
@@ -142,7 +142,7 @@ def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):
 
 
 def test_teacher_cache_keeps_the_first_images_when_not_all_fit(tmp_path):
-    from efficientad_ext.training.images import ImageSource
+    from efficientad_ext.data.image_source import ImageSource
     from efficientad_ext.training.trainer import teacher_channel_stats
 
     from test_train import write_images

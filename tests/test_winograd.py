@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from efficientad_ext import reference
-from efficientad_ext._inference.winograd import DEFAULT_TILE, prepare_weights, transform_matrices
+from efficientad_ext.inference.winograd import DEFAULT_TILE, prepare_weights, transform_matrices
 from efficientad_ext.ops import winograd_conv2d
 
 REL_TOL = {torch.float32: 2e-5, torch.float64: 1e-11}

@@ -1,6 +1,6 @@
 """``python -m efficientad_ext ...`` is the ``efficientad`` command line (:mod:`.cli`)."""
 import sys
 
-from .cli import main
+from efficientad_ext.cli import main
 
 sys.exit(main())

@@ -12,7 +12,8 @@ import time
 import torch
 
 import efficientad_ext
-from efficientad_ext import Autoencoder, build_pdn, ops, reference
+from efficientad_ext import Autoencoder, build_pdn, ops
+from efficientad_ext.ops import reference
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -42,18 +42,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import list_images, resize_image
-from ..formats.atomic import write_text_atomically
-from ..formats.stale_files import remove_stale_temp_files
-from ..formats.teacher_file import save_teacher
-from ..pdn import PDN, build_pdn
-from ..precision import PRECISIONS, autocast, describe_cpu, resolve_precision
-from ..progress import Progress, format_duration
-from ..training.augment import draw_resized_crops, grayscale, resized_crops
-from ..training.driver import run_steps
-from ..training.images import ImageSource, split_holdout, to_unit_float
-from ..training.state import read_state, restore_optimizer_and_rng, save_state
-from .extractors import EXTRACTORS, RawFeatureExtractor, RawMoments, TargetHead, build_extractor
+from efficientad_ext.data import list_images, resize_image
+from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.formats.stale_files import remove_stale_temp_files
+from efficientad_ext.formats.teacher_file import save_teacher
+from efficientad_ext.models.pdn import PDN, build_pdn
+from efficientad_ext.training.precision import PRECISIONS, autocast, describe_cpu, resolve_precision
+from efficientad_ext.progress import Progress, format_duration
+from efficientad_ext.training.augment import draw_resized_crops, grayscale, resized_crops
+from efficientad_ext.training.driver import run_steps
+from efficientad_ext.data.image_source import ImageSource, split_holdout, to_unit_float
+from efficientad_ext.training.state import read_state, restore_optimizer_and_rng, save_state
+from efficientad_ext.distillation.extractors import EXTRACTORS, RawFeatureExtractor, RawMoments, TargetHead, build_extractor
 
 log = logging.getLogger("efficientad_ext.distill")
 

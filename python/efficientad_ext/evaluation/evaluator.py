@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import ImageDataset, Sample
-from ..formats.atomic import write_text_atomically
-from .metrics import au_pro, image_auroc, pixel_auroc
-from .report import DEFAULT_GALLERY_SIZE
-from .threshold import decision_metrics, f1_max
-from ..model import EfficientAD
-from ..progress import Progress
+from efficientad_ext.data import ImageDataset, Sample
+from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.evaluation.metrics import au_pro, image_auroc, pixel_auroc
+from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
+from efficientad_ext.evaluation.threshold import decision_metrics, f1_max
+from efficientad_ext.models.efficientad import EfficientAD
+from efficientad_ext.progress import Progress
 
 log = logging.getLogger("efficientad_ext.evaluate")
 
@@ -95,7 +95,7 @@ def evaluate(
     image AUROC needs both classes.
     """
     if report:  # refused before the long part, not after it
-        from .report import check_report_request
+        from efficientad_ext.evaluation.report import check_report_request
 
         check_report_request(out_dir, report_gallery)
     t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def evaluate(
     if out_dir is not None:
         out_dir = Path(out_dir)
         if write_images:
-            from .visualize import save_heatmap_png
+            from efficientad_ext.evaluation.visualize import save_heatmap_png
 
             vmax = float(maps.max())
             for i, sample in enumerate(samples):
@@ -148,7 +148,7 @@ def evaluate(
                        for s, v in zip(samples, scores)]
         write_text_atomically(out_dir / "metrics.json", json.dumps({**result, "scores": scores_rows}, indent=2))
         if report:
-            from .report import REPORT_FILE, ReportData, write_report
+            from efficientad_ext.evaluation.report import REPORT_FILE, ReportData, write_report
 
             t = model.threshold
             data = ReportData(result, samples, scores, maps, masks, lambda i: dataset[i]["image"],

@@ -15,7 +15,7 @@ Two ways, recorded with the threshold (``DecisionThreshold.method``):
   F1 (anomalous = positive), the midpoint between the two scores it separates.
 
 A score above the threshold is anomalous; a NaN score (broken input) is anomalous too, never
-silently normal (:func:`efficientad_ext._inference.result.decide`, the one rule). The normalised
+silently normal (:func:`efficientad_ext.inference.result.decide`, the one rule). The normalised
 score ``0.5 * score / threshold`` (``normalize_score``) puts the threshold at 0.5
 (0 stays 0); it needs a positive threshold, which the normalised maps give (a normal image's
 score is the maximum of maps whose 90th percentile of normal pixels is 0).
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._inference.result import decide
-from ..model import DecisionThreshold
+from efficientad_ext.inference.result import decide
+from efficientad_ext.models.efficientad import DecisionThreshold
 
 DEFAULT_TARGET_FPR = 0.01
 

@@ -13,7 +13,7 @@ map's maximum); with the model's decision threshold also ``is_anomalous``.
   ``is_anomalous`` (bool [B]) when the model has a threshold.
 
 The graph is traced from the plain ``torch.nn`` reference of Algorithm 2
-(:func:`efficientad_ext.reference.anomaly_maps`), the same computation as the fused ops (tests
+(:func:`efficientad_ext.ops.reference.anomaly_maps`), the same computation as the fused ops (tests
 compare the exported files run in onnxruntime and OpenVINO with :meth:`EfficientAD.infer`).
 Needs the optional packages ``onnx`` and ``onnxscript`` (``pip install ".[export]"``); the
 OpenVINO format also ``openvino`` (it converts the ONNX graph).
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import reference
-from .._inference.result import decide
-from ..model import EfficientAD
-from .atomic import write_atomically
+from efficientad_ext.ops import reference
+from efficientad_ext.inference.result import decide
+from efficientad_ext.models.efficientad import EfficientAD
+from efficientad_ext.formats.atomic import write_atomically
 
 FORMATS = ("onnx", "openvino")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -8,7 +8,7 @@ with ``q_a >= q_b`` (the map normalisation divides by ``q_b - q_a``). Failures r
 
 Ranges (a file outside them cannot come from our writer):
 
-- ``config.arch``: one of :data:`~efficientad_ext.pdn.PDN_ARCHITECTURES`;
+- ``config.arch``: one of :data:`~efficientad_ext.models.pdn.PDN_ARCHITECTURES`;
 - ``config.padded``: ``true`` / ``false``;
 - ``config.image_size``: two integers in ``IMAGE_SIZE_RANGE``;
 - ``config.teacher_channels``: an integer in ``TEACHER_CHANNELS_RANGE`` (bounds the memory the
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..model import DecisionThreshold, ModelConfig, TrainingRecord
-from ..pdn import PDN_ARCHITECTURES
+from efficientad_ext.models.efficientad import DecisionThreshold, ModelConfig, TrainingRecord
+from efficientad_ext.models.pdn import PDN_ARCHITECTURES
 
 IMAGE_SIZE_RANGE = (256, 16384)
 TEACHER_CHANNELS_RANGE = (1, 4096)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from . import integrity, metadata_schema
-from .atomic import write_atomically
-from .state_dict import key_mismatch, shape_mismatch
-from ..model import EfficientAD, ModelConfig, TrainingRecord
+from efficientad_ext.formats import integrity, metadata_schema
+from efficientad_ext.formats.atomic import write_atomically
+from efficientad_ext.formats.state_dict import key_mismatch, shape_mismatch
+from efficientad_ext.models.efficientad import EfficientAD, ModelConfig, TrainingRecord
 
 FORMAT_NAME = "efficientad_ext.model"
 FORMAT_VERSION = 1

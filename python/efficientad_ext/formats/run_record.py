@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text_atomically
+from efficientad_ext.formats.atomic import write_text_atomically
 
 RUN_FILE = "run.json"
 FORMAT = "efficientad_ext.run"

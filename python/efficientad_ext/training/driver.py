@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..progress import Progress
+from efficientad_ext.progress import Progress
 
 
 @dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..formats import integrity
-from ..formats.atomic import write_atomically
-from ..formats.model_file import ModelFileError
+from efficientad_ext.formats import integrity
+from efficientad_ext.formats.atomic import write_atomically
+from efficientad_ext.formats.model_file import ModelFileError
 
 FORMAT_VERSION = "1"
 

@@ -30,23 +30,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import ops
-from ..data import Sample, list_images, load_image, resize_image
-from ..distributed import DataParallel
-from ..evaluation.threshold import threshold_at_fpr
-from ..formats.atomic import write_text_atomically
-from ..formats.stale_files import remove_stale_temp_files
-from ..formats.model_file import save_model
-from ..formats.teacher_file import load_teacher_weights
-from ..model import EfficientAD, ModelConfig, TrainingRecord
-from ..precision import MEMORY_FORMATS, PRECISIONS, autocast, describe_cpu, resolve_memory_format, resolve_precision, torch_memory_format
-from ..progress import Progress, format_duration
-from .augment import color_jitter_one_of, penalty_transform
-from .driver import LoopTimer, run_steps
-from .images import ImageSource, split_validation, to_unit_float
-from .learning_curve import LearningCurve, eval_steps, evaluate_snapshot
-from .state import read_state, restore_optimizer_and_rng, save_state
-from .teacher_choice import resolve_teacher
+from efficientad_ext import ops
+from efficientad_ext.data import Sample, list_images, load_image, resize_image
+from efficientad_ext.training.distributed import DataParallel
+from efficientad_ext.evaluation.threshold import threshold_at_fpr
+from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.formats.stale_files import remove_stale_temp_files
+from efficientad_ext.formats.model_file import save_model
+from efficientad_ext.formats.teacher_file import load_teacher_weights
+from efficientad_ext.models.efficientad import EfficientAD, ModelConfig, TrainingRecord
+from efficientad_ext.training.precision import MEMORY_FORMATS, PRECISIONS, autocast, describe_cpu, resolve_memory_format, resolve_precision, torch_memory_format
+from efficientad_ext.progress import Progress, format_duration
+from efficientad_ext.training.augment import color_jitter_one_of, penalty_transform
+from efficientad_ext.training.driver import LoopTimer, run_steps
+from efficientad_ext.data.image_source import ImageSource, split_validation, to_unit_float
+from efficientad_ext.training.learning_curve import LearningCurve, eval_steps, evaluate_snapshot
+from efficientad_ext.training.state import read_state, restore_optimizer_and_rng, save_state
+from efficientad_ext.training.teacher_choice import resolve_teacher
 
 log = logging.getLogger("efficientad_ext.train")
 
@@ -193,13 +193,13 @@ class TeacherCache:
 class TrainStep:
     """One optimisation step of Algorithm 1 (lines 6-27) on a batch of images.
 
-    ``precision`` ("float32" or "bfloat16", see :mod:`efficientad_ext.precision`): the
+    ``precision`` ("float32" or "bfloat16", see :mod:`efficientad_ext.training.precision`): the
     networks' forward passes under bf16 autocast or not. The weights, Adam's state, the losses
     and their reductions are float32 either way: every network output is cast to float32
     before the losses, so the hard-feature quantile is taken exactly on float32 differences.
 
     ``memory_format`` ("contiguous" or "channels_last", see
-    :func:`efficientad_ext.precision.resolve_memory_format`): the layout of the three networks'
+    :func:`efficientad_ext.training.precision.resolve_memory_format`): the layout of the three networks'
     weights and of every image batch the step feeds them. Channels-last converts the model's
     parameters in place (their values are unchanged; the model file and the training state are
     written contiguous either way).
@@ -592,7 +592,7 @@ def train(
             ``config.eval_every`` / ``config.eval_at`` into ``out_dir/curve.json`` (and
             ``curve.png``); the quantiles of each point come from the validation images.
         data_parallel: train data-parallel over the ranks of the initialised
-            ``torch.distributed`` process group (see :mod:`efficientad_ext.distributed`);
+            ``torch.distributed`` process group (see :mod:`efficientad_ext.training.distributed`);
             None: when one with more than one rank is initialised.
     """
     model_config, config = model_config or ModelConfig(), config or TrainConfig()

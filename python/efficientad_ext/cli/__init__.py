@@ -28,7 +28,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .training.trainer import TrainConfig
+    from efficientad_ext.training.trainer import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M")
@@ -65,7 +65,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_config(args):
-    from .model import ModelConfig
+    from efficientad_ext.models.efficientad import ModelConfig
 
     size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
     if len(size) != 2:
@@ -74,7 +74,7 @@ def _model_config(args):
 
 
 def _train_config(args):
-    from .training.trainer import TrainConfig
+    from efficientad_ext.training.trainer import TrainConfig
 
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -85,8 +85,8 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from .api import train
-    from .distributed import process_group, rank_device
+    from efficientad_ext.api import train
+    from efficientad_ext.training.distributed import process_group, rank_device
 
     device = rank_device(_device(args.device))  # under torchrun, data-parallel over its ranks
     with process_group(device) as env:
@@ -99,8 +99,8 @@ def cmd_train(args) -> int:
 
 def cmd_train_all(args) -> int:
     """One model per category of an MVTec-style root, one per rank (train_all.py)."""
-    from .distributed import process_group, rank_device
-    from .train_all import format_table, train_all
+    from efficientad_ext.training.distributed import process_group, rank_device
+    from efficientad_ext.training.many_models import format_table, train_all
 
     device = rank_device(_device(args.device))
     # gloo even on GPUs: the ranks only meet at the end (a barrier), after hours of training.
@@ -123,9 +123,9 @@ def _default_distill_images() -> Path | None:
 
 
 def cmd_distill(args) -> int:
-    from .api import distill
-    from .distillation.distiller import DistillConfig
-    from .distillation.extractors import EXTRACTORS
+    from efficientad_ext.api import distill
+    from efficientad_ext.distillation.distiller import DistillConfig
+    from efficientad_ext.distillation.extractors import EXTRACTORS
 
     images = args.images or _default_distill_images()
     if images is None:
@@ -147,11 +147,11 @@ def cmd_distill(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .api import evaluate
-    from .evaluation.evaluator import format_summary
+    from efficientad_ext.api import evaluate
+    from efficientad_ext.evaluation.evaluator import format_summary
 
-    from .formats.run_record import RunRecord
-    from .formats.stale_files import remove_stale_temp_files, subfolders
+    from efficientad_ext.formats.run_record import RunRecord
+    from efficientad_ext.formats.stale_files import remove_stale_temp_files, subfolders
 
     remove_stale_temp_files([args.out, *subfolders(Path(args.out) / "images")])
     record = RunRecord(args.out, "eval", args.model).start()
@@ -166,13 +166,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_infer(args) -> int:
-    from .distributed import torchrun_env
+    from efficientad_ext.training.distributed import torchrun_env
 
     if torchrun_env() is not None:  # under torchrun, sharded and resumable (sharded_infer.py)
         return cmd_infer_sharded(args)
-    from .data import list_images
-    from .evaluation.infer_folder import infer_folder
-    from .formats.model_file import load_model
+    from efficientad_ext.data import list_images
+    from efficientad_ext.inference.folder import infer_folder
+    from efficientad_ext.formats.model_file import load_model
 
     model = load_model(args.model, device=_device(args.device))
     paths = list_images(args.images)
@@ -185,8 +185,8 @@ def cmd_infer(args) -> int:
 
 
 def cmd_infer_sharded(args) -> int:
-    from .distributed import process_group, rank_device
-    from .sharded_infer import sharded_infer
+    from efficientad_ext.training.distributed import process_group, rank_device
+    from efficientad_ext.inference.sharded import sharded_infer
 
     device = rank_device(_device(args.device))
     with process_group(device) as env:
@@ -201,11 +201,11 @@ def cmd_infer_sharded(args) -> int:
 
 def cmd_demo(args) -> int:
     """The built-in main job: synthetic dataset -> train -> evaluate -> heatmaps -> metrics."""
-    from .api import evaluate, train
-    from .evaluation.evaluator import format_summary
-    from .evaluation.report import report_libraries_missing
-    from .synthetic import make_synthetic_dataset
-    from .training.trainer import TrainConfig
+    from efficientad_ext.api import evaluate, train
+    from efficientad_ext.evaluation.evaluator import format_summary
+    from efficientad_ext.evaluation.report import report_libraries_missing
+    from efficientad_ext.data.synthetic import make_synthetic_dataset
+    from efficientad_ext.training.trainer import TrainConfig
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="efficientad-demo-"))
     data = make_synthetic_dataset(out / "dataset", seed=args.seed)
@@ -223,7 +223,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .api import calibrate
+    from efficientad_ext.api import calibrate
 
     t = calibrate(args.model, args.dataset, args.out, batch_size=args.batch_size, device=args.device)
     print(f"threshold {t.value:.6g} (F1-optimal on {t.details['images']} images, {t.details['anomalous']} anomalous: "
@@ -232,7 +232,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .api import export
+    from efficientad_ext.api import export
 
     for path in export(args.model, args.out, args.format, args.dtype):
         print(f"{path}")
@@ -240,7 +240,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_selfcheck(args) -> int:
-    from .selfcheck import selfcheck
+    from efficientad_ext.selfcheck import selfcheck
 
     ok = selfcheck(arch=args.arch, batch=args.batch, size=args.size, repeats=args.repeats, device=args.device)
     return 0 if ok else 1
@@ -248,8 +248,8 @@ def cmd_selfcheck(args) -> int:
 
 def cmd_convert(args) -> int:
     """anomalib 2.7.0 EfficientAdModel state dict <-> our model file (see convert.py)."""
-    from .formats.model_file import load_model, save_model
-    from .formats.anomalib import convert_anomalib_file, save_anomalib_state_dict
+    from efficientad_ext.formats.model_file import load_model, save_model
+    from efficientad_ext.formats.anomalib import convert_anomalib_file, save_anomalib_state_dict
 
     if args.source == "anomalib":
         size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="efficientad", description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)",
                                      formatter_class=_HelpWithDefaults)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level for every command")
-    from .evaluation.report import DEFAULT_GALLERY_SIZE
+    from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
 
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_all)
 
     p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
-    from .distillation.distiller import DistillConfig
-    from .distillation.extractors import EXTRACTORS
+    from efficientad_ext.distillation.distiller import DistillConfig
+    from efficientad_ext.distillation.extractors import EXTRACTORS
 
     d = DistillConfig()
     p.add_argument("--images", type=Path, help="folder of distillation images (default: $EFFICIENTAD_DATA/imagenet-samples "
@@ -429,14 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded by commands that keep provenance (distill)
-    from .distributed import torchrun_env
+    from efficientad_ext.training.distributed import torchrun_env
 
     env = torchrun_env()  # under torchrun, only rank 0 logs progress; every rank warns
     logging.basicConfig(level=logging.INFO if (args.verbose or args.command in ("train", "demo", "distill", "train-all"))
                         and (env is None or env.is_main) else logging.WARNING,
                         format=("" if env is None else f"[rank {env.rank}] ") + "%(levelname)s %(name)s: %(message)s")
-    from .formats.model_file import ModelFileError
-    from .data import ImageError
+    from efficientad_ext.formats.model_file import ModelFileError
+    from efficientad_ext.data import ImageError
 
     try:
         return args.func(args)

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..pdn import PDN
-from .teacher_student import concat_first_layers
+from efficientad_ext.models.pdn import PDN
+from efficientad_ext.inference.teacher_student import concat_first_layers
 
 if TYPE_CHECKING:
-    from ..model import EfficientAD
+    from efficientad_ext.models.efficientad import EfficientAD
 
 _CACHE_ATTR = "_inference_cache"
 _generation = itertools.count(1)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from efficientad_ext import ops
 
 PDN_ARCHITECTURES = ("small", "medium")
 Architecture = Literal["small", "medium"]

@@ -99,5 +99,5 @@ def inference_only(op: str, **tensors: Tensor | None) -> None:
         if t is not None and t.requires_grad:
             raise RuntimeError(
                 f"{op} is inference-only and {name} requires grad: call it under torch.no_grad() "
-                f"(or detach {name}); for training use the torch.nn modules / efficientad_ext.reference.{op}"
+                f"(or detach {name}); for training use the torch.nn modules / efficientad_ext.ops.reference.{op}"
             )

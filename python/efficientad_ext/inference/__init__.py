@@ -12,9 +12,9 @@ The model imports this package; nothing here imports the model at run time.
 """
 from __future__ import annotations
 
-from .engine import infer
-from .networks import clear
-from .options import InferenceOptions
-from .result import InferenceResult
+from efficientad_ext.inference.engine import infer
+from efficientad_ext.inference.networks import clear
+from efficientad_ext.inference.options import InferenceOptions
+from efficientad_ext.inference.result import InferenceResult
 
 __all__ = ["InferenceOptions", "InferenceResult", "clear", "infer"]

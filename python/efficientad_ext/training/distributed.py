@@ -1,7 +1,7 @@
 """Beyond one process, on PyTorch's own engine: ``torchrun`` and ``torch.distributed`` (gloo on
 CPUs, NCCL on GPUs). This module holds the torchrun environment, the process group, and the
 data-parallel part of training (:class:`DataParallel`); sharded scoring is in
-:mod:`efficientad_ext.sharded_infer`, one model per rank in :mod:`efficientad_ext.train_all`.
+:mod:`efficientad_ext.inference.sharded`, one model per rank in :mod:`efficientad_ext.training.many_models`.
 
 Data-parallel training, the invariants (``world_size`` ranks, global batch ``B`` =
 ``TrainConfig.batch_size``, ``b = B / world_size`` images per rank):
@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-log = logging.getLogger("efficientad_ext.distributed")
+log = logging.getLogger("efficientad_ext.training.distributed")
 
 # How long a collective (a barrier at the end of scoring, the final all-reduce) waits for the
 # slowest rank before failing; torchrun tears the job down on a crash long before that.
@@ -211,7 +211,7 @@ class DataParallel:
     # -- once per run
 
     def teacher_channel_stats(self, model, source) -> tuple[Tensor, Tensor]:
-        from .training.trainer import teacher_channel_stats
+        from efficientad_ext.training.trainer import teacher_channel_stats
 
         def reduce(total: Tensor, total_sq: Tensor, count: int):
             packed = torch.cat([total, total_sq, total.new_tensor([float(count)])])
@@ -269,9 +269,9 @@ class DataParallel:
                    size: tuple[int, int]) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
         """This rank's images, penalty images and jitter draws of the next global batch, from
         the draws one process makes for the whole batch, in its order (module docstring)."""
-        from .training.augment import draw_color_jitter, draw_grayscale
-        from .training.images import to_unit_float
-        from .training.trainer import penalty_batch
+        from efficientad_ext.training.augment import draw_color_jitter, draw_grayscale
+        from efficientad_ext.data.image_source import to_unit_float
+        from efficientad_ext.training.trainer import penalty_batch
 
         b, share = self.config.batch_size, self.share
         idx = torch.randint(len(source), (b,), generator=generator)[share].tolist()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..data import ImageError, load_image, resize_image
+from efficientad_ext.data import ImageError, load_image, resize_image
 
 log = logging.getLogger("efficientad_ext.training")
 

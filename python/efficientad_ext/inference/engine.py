@@ -5,7 +5,7 @@
 (:mod:`.cuda_graphs`), the CPU Winograd plan (:mod:`.cpu_winograd`) or the fused
 ``pdn_forward`` PDNs with the one-convolution first layer (:mod:`.teacher_student`); then the
 fused ``anomaly_maps`` op. The model is used through its public attributes only, so this
-package imports nothing from :mod:`efficientad_ext.model`.
+package imports nothing from :mod:`efficientad_ext.models.efficientad`.
 """
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import ops
-from . import autoencoder_cuda, cpu_winograd, cuda_graphs
-from .networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
-from .result import InferenceResult
-from .teacher_student import teacher_student_forward
+from efficientad_ext import ops
+from efficientad_ext.inference import autoencoder_cuda, cpu_winograd, cuda_graphs
+from efficientad_ext.inference.networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
+from efficientad_ext.inference.result import InferenceResult
+from efficientad_ext.inference.teacher_student import teacher_student_forward
 
 if TYPE_CHECKING:
-    from ..model import EfficientAD
-    from .options import InferenceOptions
+    from efficientad_ext.models.efficientad import EfficientAD
+    from efficientad_ext.inference.options import InferenceOptions
 
 
 @torch.no_grad()

@@ -23,9 +23,9 @@ class InferenceOptions:
     """Choices that change speed, never the function computed (up to float rounding).
 
     ``cpu_winograd``: float32/float64 CPU inference runs the 3x3/4x4 convolutions by Winograd
-    (:mod:`efficientad_ext._inference.cpu_winograd`); off: oneDNN direct convolutions.
+    (:mod:`efficientad_ext.inference.cpu_winograd`); off: oneDNN direct convolutions.
     ``fuse_first_layer``: device types ("cpu", "cuda") on which the teacher's and student's
-    first layers run as one convolution (:mod:`efficientad_ext._inference.teacher_student`).
+    first layers run as one convolution (:mod:`efficientad_ext.inference.teacher_student`).
     Default CUDA only: on 2 CPU cores it measured no faster (separate/one-conv time 0.92-1.03),
     the split halves cost a copy each; on CUDA it saves a launch and a read of the image.
     """

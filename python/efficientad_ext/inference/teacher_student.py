@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import ops
-from ..pdn import PDN
+from efficientad_ext import ops
+from efficientad_ext.models.pdn import PDN
 
 
 def first_layers_fusable(teacher: PDN, student: PDN) -> bool:

@@ -18,8 +18,8 @@ Invariants:
   decision threshold: the one-process ``infer``'s file) in input order, and ``corrupt.csv``
   (``path,error``), both atomically.
 * **Heatmaps** (unless ``--no-images``) use the one-process ``infer``'s fixed colour scale,
-  map values [0, :data:`~efficientad_ext.evaluation.infer_folder.HEATMAP_VMAX`] (see
-  :mod:`efficientad_ext.evaluation.infer_folder`), so a PNG is the same whichever rank or run
+  map values [0, :data:`~efficientad_ext.inference.folder.HEATMAP_VMAX`] (see
+  :mod:`efficientad_ext.inference.folder`), so a PNG is the same whichever rank or run
   drew it. They are a second pass, after the merge, over each rank's share of the scored images
   whose PNG is missing. The scale in use is kept in ``OUT/heatmaps/.vmax``; when a re-run finds
   another one there (a folder written on an older scale), the old PNGs are deleted first, so no
@@ -41,10 +41,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .data import ImageError, list_images, load_image, resize_image
-from .formats.atomic import write_text_atomically
+from efficientad_ext.data import ImageError, list_images, load_image, resize_image
+from efficientad_ext.formats.atomic import write_text_atomically
 
-log = logging.getLogger("efficientad_ext.sharded_infer")
+log = logging.getLogger("efficientad_ext.inference.sharded")
 
 SHARDS = "shards"
 SHARD_COLUMNS = ["path", "score", "map_max", "error"]
@@ -137,7 +137,7 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     """Scores ``images`` (a folder) with the model file ``model_path`` on this rank's share;
     see the module docstring. Every rank of the initialised process group must call it (one
     process without a group scores everything). Returns this rank's view of the job."""
-    from .formats.model_file import load_model
+    from efficientad_ext.formats.model_file import load_model
 
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
@@ -188,7 +188,7 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     scored = [(str(p), rows[str(p)]) for p in paths if not rows[str(p)]["error"]]
     corrupt = [(str(p), rows[str(p)]["error"]) for p in paths if rows[str(p)]["error"]]
     if rank == 0:
-        from .evaluation.infer_folder import score_table
+        from efficientad_ext.inference.folder import score_table
 
         threshold = None if model.threshold is None else model.threshold.value
         header, table = score_table([p for p, _ in scored], [float(r["score"]) for _, r in scored], threshold)
@@ -203,8 +203,8 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
 
 def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int, rank: int, world: int) -> None:
     """The second pass: heatmap PNGs on the fixed colour scale (module docstring)."""
-    from .evaluation.infer_folder import HEATMAP_VMAX
-    from .evaluation.visualize import save_heatmap_png
+    from efficientad_ext.inference.folder import HEATMAP_VMAX
+    from efficientad_ext.evaluation.visualize import save_heatmap_png
 
     vmax = HEATMAP_VMAX  # the plain ``infer`` path's fixed scale, not the folder's maximum
     folder = out / "heatmaps"

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _inference, ops
-from ._inference import InferenceOptions, InferenceResult
-from .input_checks import check_float_range
-from .autoencoder import Autoencoder
-from .pdn import PDN, PDN_ARCHITECTURES
+from efficientad_ext import inference as _inference, ops
+from efficientad_ext.inference import InferenceOptions, InferenceResult
+from efficientad_ext.models.batch_input import check_float_range
+from efficientad_ext.models.autoencoder import Autoencoder
+from efficientad_ext.models.pdn import PDN, PDN_ARCHITECTURES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,7 +133,7 @@ class EfficientAD(nn.Module):
         """Converts a batch to the normalised network input [B, 3, H, W] on the model's
         device and dtype, resized to ``config.image_size``. Returns it and the input's (H, W).
 
-        Accepts a float tensor in [0, 1] (see :mod:`efficientad_ext.input_checks` for the
+        Accepts a float tensor in [0, 1] (see :mod:`efficientad_ext.models.batch_input` for the
         tolerance) or a uint8 tensor, [B, 3, H, W] or [B, H, W, 3]
         ([B, 1, H, W] / [B, H, W, 1] grayscale is replicated to RGB; a single image without
         the batch dimension is accepted too), or a list of PIL images or numpy arrays of one size.
@@ -173,7 +173,7 @@ class EfficientAD(nn.Module):
         ``dtype``: the networks' compute dtype (``torch.float32``, ``torch.bfloat16``, ...,
         or its name); ``None``: bfloat16 on a CUDA GPU that supports it (float32 models),
         else the model's dtype. Images are normalised in the model's dtype first; the weights
-        are cast once and cached (:mod:`efficientad_ext._inference`); maps and scores are
+        are cast once and cached (:mod:`efficientad_ext.inference`); maps and scores are
         accumulated in float32 whatever the compute dtype. ``cuda_graph``: replay a CUDA graph
         captured for this batch shape when the batch is a tensor on the model's CUDA device;
         ``False`` always runs eagerly. ``branches``: also return the local and the global map
@@ -204,7 +204,7 @@ class EfficientAD(nn.Module):
 
     def reference_infer(self, batch: Tensor | Sequence[Any]) -> InferenceResult:
         """Algorithm 2 in plain torch.nn / reference ops (for tests and benchmarks)."""
-        from . import reference
+        from efficientad_ext.ops import reference
 
         with torch.no_grad():
             x, in_size = self.prepare(batch)
@@ -251,7 +251,7 @@ def _batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
 def _image_tensor(item: Any, index: int) -> Tensor:
     """[3, H, W] float in [0, 1] from a PIL image or a numpy array (HWC/HW, uint8 or float)."""
     if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image: the CLI's conversion (16-bit, float, palette modes)
-        from .data import pil_to_float_array
+        from efficientad_ext.data import pil_to_float_array
 
         item = pil_to_float_array(item, f"batch[{index}]")
     if isinstance(item, Tensor):

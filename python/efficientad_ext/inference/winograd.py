@@ -23,7 +23,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .. import _checks
+from efficientad_ext.ops import arg_checks as _checks
 
 # Interpolation points per (m, r): small magnitudes keep the transforms well conditioned.
 _POINTS: dict[tuple[int, int], tuple[Fraction, ...]] = {

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-log = logging.getLogger("efficientad_ext.precision")
+log = logging.getLogger("efficientad_ext.training.precision")
 
 Precision = Literal["auto", "float32", "bfloat16"]
 PRECISIONS = ("auto", "float32", "bfloat16")

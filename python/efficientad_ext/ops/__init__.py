@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from . import _checks
+from efficientad_ext.ops import arg_checks as _checks
 
 if TYPE_CHECKING:
-    from ._inference.winograd import WinogradWeights
+    from efficientad_ext.inference.winograd import WinogradWeights
 
 _ops = torch.ops.efficientad
 
@@ -388,11 +388,11 @@ def winograd_conv2d(
         input: [B, C_in, H, W] float32/float64 on the CPU (any strides with unit channel
             stride are read in place, e.g. a channel slice of a channels-last tensor).
         prepared: ``w`` and ``b`` transformed once by
-            :func:`efficientad_ext._inference.winograd.prepare_weights`.
+            :func:`efficientad_ext.inference.winograd.prepare_weights`.
         padding, relu, pool, pool_padding: as :func:`conv2d_relu_pool`.
 
     Returns:
-        A channels-last tensor equal to :func:`efficientad_ext.reference.winograd_conv2d` up to
+        A channels-last tensor equal to :func:`efficientad_ext.ops.reference.winograd_conv2d` up to
         rounding (~1e-6 of the output's magnitude in float32).
     """
     _checks.tensor(input, "input")

@@ -11,7 +11,7 @@ import os
 
 from torch import Tensor, nn
 
-from ..formats.state_dict import load_strict, read_state_dict
+from efficientad_ext.formats.state_dict import load_strict, read_state_dict
 
 
 class Bottleneck(nn.Module):

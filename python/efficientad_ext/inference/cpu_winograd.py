@@ -15,7 +15,7 @@ Invariants:
 * The teacher's and student's first layers (same spec, same input) always run as one
   convolution with the entry's concatenated weights; the following Winograd layers read their
   halves in place.
-* The autoencoder runs through :func:`efficientad_ext.autoencoder.run_autoencoder`, the same
+* The autoencoder runs through :func:`efficientad_ext.models.autoencoder.run_autoencoder`, the same
   forward as the module's, with planned layers (eval mode: dropout is the identity).
 """
 from __future__ import annotations
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
-from ..autoencoder import Autoencoder, run_autoencoder
-from ..pdn import PDN
-from .teacher_student import first_layers_fusable
-from .winograd import DEFAULT_TILE, WinogradWeights, prepare_weights
+from efficientad_ext import ops
+from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
+from efficientad_ext.models.pdn import PDN
+from efficientad_ext.inference.teacher_student import first_layers_fusable
+from efficientad_ext.inference.winograd import DEFAULT_TILE, WinogradWeights, prepare_weights
 
 # Below this many input channels the transforms cost more than the multiplications they save.
 MIN_CHANNELS = 32

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .result import InferenceResult
+from efficientad_ext.inference.result import InferenceResult
 
 if TYPE_CHECKING:
-    from ..model import EfficientAD
-    from .options import InferenceOptions
+    from efficientad_ext.models.efficientad import EfficientAD
+    from efficientad_ext.inference.options import InferenceOptions
 
 MAX_GRAPHS = 8
 WARMUP_RUNS = 2

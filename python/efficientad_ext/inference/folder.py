@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageDataset, Sample
-from ..formats.atomic import write_text_atomically
-from ..model import EfficientAD
-from ..progress import Progress
-from ..formats.run_record import RunRecord
-from ..formats.stale_files import remove_stale_temp_files
+from efficientad_ext.data import ImageDataset, Sample
+from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.models.efficientad import EfficientAD
+from efficientad_ext.progress import Progress
+from efficientad_ext.formats.run_record import RunRecord
+from efficientad_ext.formats.stale_files import remove_stale_temp_files
 
 HEATMAP_VMAX = 0.2
 
@@ -38,7 +38,7 @@ def score_table(paths: Sequence[str], scores: Sequence[float], threshold: float 
     score (``%.6g``); with the model's decision threshold also ``is_anomalous`` (1/0) and
     ``normalized_score`` (the threshold at 0.5), by the one rule (``decide`` /
     ``normalize_score``) on the float32 scores."""
-    from .._inference.result import decide, normalize_score
+    from efficientad_ext.inference.result import decide, normalize_score
 
     values = torch.tensor(list(scores), dtype=torch.float32)
     if threshold is None:
@@ -76,7 +76,7 @@ def infer_folder(
         maps = result.anomaly_map[:, 0].float().cpu()
         scores.extend(float(v) for v in result.score.float().cpu())
         if write_images:
-            from .visualize import save_heatmap_png
+            from efficientad_ext.evaluation.visualize import save_heatmap_png
 
             for item, m in zip(items, maps):
                 stem = Path(item["path"]).stem

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .formats.atomic import write_text_atomically
+from efficientad_ext.formats.atomic import write_text_atomically
 
-log = logging.getLogger("efficientad_ext.train_all")
+log = logging.getLogger("efficientad_ext.training.many_models")
 
 RESULT = "result.json"
 FAILED = "failed.json"  # a failed category's row; the next run tries that category again
@@ -64,10 +64,10 @@ def assign(sizes: Sequence[int], world_size: int) -> list[list[int]]:
 
 
 def _train_one(category: Path, out: Path, model_config, config, teacher, device, evaluate_test: bool, rank: int) -> dict[str, Any]:
-    from .formats.model_file import load_model
-    from .data import open_dataset
-    from .evaluation.evaluator import evaluate
-    from .training.trainer import STATE_FILE, train
+    from efficientad_ext.formats.model_file import load_model
+    from efficientad_ext.data import open_dataset
+    from efficientad_ext.evaluation.evaluator import evaluate
+    from efficientad_ext.training.trainer import STATE_FILE, train
 
     splits = open_dataset(category)
     row: dict[str, Any] = {"category": category.name, "rank": rank, "device": str(device), "train_images": len(splits.train)}

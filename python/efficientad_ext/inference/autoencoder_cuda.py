@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..autoencoder import Autoencoder, run_autoencoder
+from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
 
 _SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
