@@ -37,7 +37,7 @@ from dataclasses import replace
 
 from efficientad_ext import reference
 from efficientad_ext.models.efficientad import EfficientAD, ModelConfig
-from efficientad_ext.training.trainer import TrainConfig, TrainStep
+from efficientad_ext.training import TrainConfig, TrainStep
 
 IMAGE = 256
 BATCHES = [1, 8]

@@ -55,7 +55,7 @@ from dataclasses import replace
 from efficientad_ext import EfficientAD, ModelConfig, reference
 from efficientad_ext.inference import clear as clear_inference_cache
 from efficientad_ext.training import trainer as train_module
-from efficientad_ext.training.trainer import TrainConfig, TrainStep
+from efficientad_ext.training import TrainConfig, TrainStep
 
 BF16_PEAK_FLOPS = 790e12  # measured dense bf16 rate of the H200 (issue 5)
 IMAGE = 256

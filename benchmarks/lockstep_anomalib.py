@@ -37,7 +37,7 @@ from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.formats.teacher_file import load_teacher_weights
 from efficientad_ext.models.efficientad import EfficientAD
 from efficientad_ext.training.augment import draw_color_jitter
-from efficientad_ext.training.trainer import TrainConfig, TrainStep, penalty_batch
+from efficientad_ext.training import TrainConfig, TrainStep, penalty_batch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

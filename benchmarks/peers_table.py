@@ -9,7 +9,6 @@ implementation, then ratios. ``X / ours`` > 1 means ours is X times faster. Stan
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from summarize import fmt_time, header, load, skipped

@@ -63,7 +63,7 @@ def run_anomalib(python: str, dataset: Path, penalty: Path, steps: int, seed: in
 
 
 def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: bool, precision: str = "auto") -> dict:
-    import efficientad_ext.training.trainer as training
+    import efficientad_ext.training as training
     from efficientad_ext.data import load_image, open_dataset, resize_image
     from efficientad_ext.evaluation.evaluator import evaluate
     from efficientad_ext.training.augment import penalty_transform

@@ -1,7 +1,7 @@
 """Median training-step time of EfficientAD-S at 256x256 (with penalty images), batch 1 and 8."""
 import time, torch
 from efficientad_ext import EfficientAD
-from efficientad_ext.training.trainer import TrainConfig, TrainStep
+from efficientad_ext.training import TrainConfig, TrainStep
 torch.manual_seed(0)
 for b, n in ((1, 6), (8, 3)):
     model = EfficientAD()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import efficientad_ext.training.trainer as tr
+import efficientad_ext.training as tr
 from efficientad_ext.training.distributed import process_group
 
 

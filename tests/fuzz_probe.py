@@ -13,7 +13,6 @@ A ``{"start": ...}`` line before each call names the call a crash happened in.
 """
 from __future__ import annotations
 
-import io
 import json
 import random
 import sys

@@ -2,7 +2,6 @@
 weight files, and MobileNetV2's ImageNet accuracy on the sample images."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

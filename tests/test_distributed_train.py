@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_train import write_images
 
 from efficientad_ext.training.distributed import DataParallel, rank_seed, torchrun_env
-from efficientad_ext.training.trainer import TrainConfig, train
+from efficientad_ext.training import TrainConfig, train
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 TRAINED = ("student.", "autoencoder.")

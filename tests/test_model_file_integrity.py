@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from efficientad_ext import EfficientAD, ModelConfig, ModelFileError, load_model, save_model
+from efficientad_ext import ModelFileError, load_model, save_model
 from corruption_probe import tiny_model
 from efficientad_ext.formats import integrity
 from efficientad_ext.cli import main
@@ -178,7 +178,8 @@ def test_the_cli_prints_one_line_and_exits_2(model_file, tmp_path, capsys):
 def test_training_state_and_teacher_files_carry_the_digest(tmp_path):
     from efficientad_ext.distillation.distiller import DistillRecord
     from efficientad_ext.formats.teacher_file import save_teacher
-    from efficientad_ext.training.trainer import TrainConfig, TrainStep, _load_state, _save_state
+    from efficientad_ext.training import TrainConfig, TrainStep
+    from efficientad_ext.training.run_setup import load_train_state as _load_state, save_train_state as _save_state
 
     # Teacher file written by distill.
     pdn = build_pdn("small", 8)

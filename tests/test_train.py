@@ -6,16 +6,17 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+
+import efficientad_ext
 import torch.nn.functional as F
 from PIL import Image
 
-from efficientad_ext import EfficientAD, ModelConfig, load_model, ops
+from efficientad_ext import EfficientAD, load_model, ops
 from efficientad_ext.training.augment import color_jitter_one_of, penalty_transform
-from efficientad_ext.training.trainer import (
-    ImageSource,
+from efficientad_ext.data.image_source import ImageSource, split_validation
+from efficientad_ext.training import (
     TrainConfig,
     TrainStep,
-    split_validation,
     teacher_channel_stats,
     train,
 )
@@ -36,7 +37,7 @@ def write_images(folder, n, size=(256, 256), seed=0):
 def interrupt_training_after(steps: int):
     """Runs the block with a KeyboardInterrupt raised instead of training step ``steps + 1``
     (as a Ctrl-C there would), and expects it to propagate out of the block."""
-    import efficientad_ext.training.trainer as tr
+    import efficientad_ext.training as tr
 
     original = tr.TrainStep.__call__
     calls = {"n": 0}
@@ -174,9 +175,8 @@ def test_batch_of_two_uses_per_sample_thresholds(monkeypatch):
         seen.append((teacher.shape[0], reduction))
         return original(teacher, student, p, reduction)
 
-    import efficientad_ext.training.trainer as tr
 
-    monkeypatch.setattr(tr.ops, "hard_feature_loss", spy)
+    monkeypatch.setattr(efficientad_ext.ops, "hard_feature_loss", spy)
     model = EfficientAD()
     step = TrainStep(model, TrainConfig(steps=5, batch_size=2), torch.Generator().manual_seed(0))
     losses = step(0, torch.rand(2, 3, 256, 256), torch.rand(2, 3, 256, 256))
@@ -242,7 +242,7 @@ def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
 
 def test_penalty_images_are_resized_once_from_the_original(tmp_path):
     from efficientad_ext.data import load_image, resize_image
-    from efficientad_ext.training.trainer import penalty_batch
+    from efficientad_ext.training import penalty_batch
 
     paths = write_images(tmp_path / "pen", 2, size=(300, 280), seed=3)
     p = penalty_batch(paths, (64, 48), torch.Generator().manual_seed(0))

@@ -12,10 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import efficientad_ext
+
 from efficientad_ext import EfficientAD, ModelConfig, ops
 from efficientad_ext.models.pdn import PDN
 from efficientad_ext.training.augment import color_jitter_one_of
-from efficientad_ext.training.trainer import TeacherCache, TrainConfig, TrainStep
+from efficientad_ext.training import TeacherCache, TrainConfig, TrainStep
 
 
 @pytest.mark.parametrize("arch, padded", [("small", False), ("small", True), ("medium", False)])
@@ -122,7 +124,7 @@ def test_float32_fast_step_equals_the_plain_step(cached, memory_format):
 
 def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):
     from efficientad_ext.data.image_source import ImageSource
-    from efficientad_ext.training.trainer import teacher_channel_stats
+    from efficientad_ext.training import teacher_channel_stats
 
     from test_train import write_images
 
@@ -143,7 +145,7 @@ def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):
 
 def test_teacher_cache_keeps_the_first_images_when_not_all_fit(tmp_path):
     from efficientad_ext.data.image_source import ImageSource
-    from efficientad_ext.training.trainer import teacher_channel_stats
+    from efficientad_ext.training import teacher_channel_stats
 
     from test_train import write_images
 
@@ -165,7 +167,7 @@ def test_teacher_cache_keeps_the_first_images_when_not_all_fit(tmp_path):
 def test_partly_cached_training_resumes_bit_for_bit_and_records_the_cache(tmp_path, monkeypatch):
     import json
 
-    from efficientad_ext.training.trainer import train
+    from efficientad_ext.training import train
 
     from test_train import interrupt_training_after, write_images
 
@@ -196,7 +198,6 @@ def test_partly_cached_training_resumes_bit_for_bit_and_records_the_cache(tmp_pa
 def test_bf16_step_keeps_float32_weights_and_losses_and_is_close_to_float32(monkeypatch, memory_format):
     """bf16 autocast: networks in bf16, the hard-feature quantile on float32 differences, float32
     master weights and Adam state; losses and gradients within bf16's tolerance of float32's."""
-    import efficientad_ext.training.trainer as tr
 
     seen = []
     original = ops.hard_feature_loss
@@ -205,7 +206,7 @@ def test_bf16_step_keeps_float32_weights_and_losses_and_is_close_to_float32(monk
         seen.append((teacher.dtype, student.dtype))
         return original(teacher, student, p, reduction)
 
-    monkeypatch.setattr(tr.ops, "hard_feature_loss", spy)
+    monkeypatch.setattr(efficientad_ext.ops, "hard_feature_loss", spy)
     model, images, penalty = _setup()
     got, grads, expected, ref_grads = _step_and_reference(model, images, penalty, precision="bfloat16", cached=True,
                                                           memory_format=memory_format)
@@ -234,7 +235,7 @@ def test_step_refuses_an_unresolved_precision_or_memory_format():
 def test_training_records_its_precision_and_refuses_to_resume_in_another(tmp_path):
     import json
 
-    from efficientad_ext.training.trainer import train
+    from efficientad_ext.training import train
 
     from test_train import write_images
 
@@ -259,7 +260,7 @@ def test_training_resumes_bit_for_bit_in_each_precision_and_layout(tmp_path, pre
     import json
 
     from efficientad_ext import load
-    from efficientad_ext.training.trainer import MODEL_FILE, train
+    from efficientad_ext.training import MODEL_FILE, train
 
     from test_train import interrupt_training_after, write_images
 

@@ -9,17 +9,23 @@ what the ``efficientad`` command line calls.
 from __future__ import annotations
 
 from efficientad_ext._loader import build_info, load_library
+from efficientad_ext._version import __version__ as __version__
 
 load_library()
 
 from efficientad_ext import ops
-from efficientad_ext.ops import reference  # noqa: E402  (ops need the library loaded)
-from efficientad_ext.inference import InferenceOptions  # noqa: E402
 from efficientad_ext.api import calibrate, distill, evaluate, export, infer, load, train  # noqa: E402
-from efficientad_ext.models.autoencoder import Autoencoder  # noqa: E402
 from efficientad_ext.formats.model_file import ModelFileError, load_model, save_model  # noqa: E402
-from efficientad_ext.models.efficientad import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig  # noqa: E402
+from efficientad_ext.inference import InferenceOptions  # noqa: E402
+from efficientad_ext.models.autoencoder import Autoencoder  # noqa: E402
+from efficientad_ext.models.efficientad import (  # noqa: E402
+    DecisionThreshold,
+    EfficientAD,
+    InferenceResult,
+    ModelConfig,
+)
 from efficientad_ext.models.pdn import PDN, PDN_ARCHITECTURES, build_pdn  # noqa: E402
+from efficientad_ext.ops import reference  # noqa: E402  (ops need the library loaded)
 
 __all__ = [
     "PDN",
@@ -45,4 +51,3 @@ __all__ = [
     "save_model",
     "train",
 ]
-__version__ = "0.1.0"

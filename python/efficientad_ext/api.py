@@ -14,14 +14,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from efficientad_ext.data import open_dataset
+from efficientad_ext.distillation.distiller import distill as distill_teacher
+from efficientad_ext.evaluation.evaluator import evaluate as evaluate_samples
+from efficientad_ext.evaluation.evaluator import predict
 from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
-from efficientad_ext.formats.model_file import load_model
-from efficientad_ext.models.efficientad import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig
+from efficientad_ext.evaluation.threshold import f1_optimal_threshold
+from efficientad_ext.formats.export import export_model
+from efficientad_ext.formats.model_file import load_model, save_model
+from efficientad_ext.models.efficientad import (
+    DecisionThreshold,
+    EfficientAD,
+    InferenceResult,
+    ModelConfig,
+)
+from efficientad_ext.training.config import TrainConfig
+from efficientad_ext.training.trainer import train as train_on_images
 
 if TYPE_CHECKING:
     from efficientad_ext.distillation.distiller import DistillConfig
     from efficientad_ext.models.pdn import PDN
-    from efficientad_ext.training.trainer import TrainConfig
 
 PathLike = str | os.PathLike[str]
 _current: EfficientAD | None = None
@@ -89,9 +101,6 @@ def train(
         eval_dataset: a labelled dataset for a learning curve at ``config.eval_every`` /
             ``config.eval_at`` (``out_dir/curve.json``, ``curve.png``).
     """
-    from efficientad_ext.data import open_dataset
-    from efficientad_ext.training.trainer import TrainConfig
-    from efficientad_ext.training.trainer import train as train_on_images
 
     config = config or TrainConfig()
     splits = open_dataset(dataset_root)
@@ -124,8 +133,6 @@ def evaluate(
     test image and (``report``) a self-contained ``report.html`` whose gallery shows
     ``report_gallery`` test images (0: all; needs ``pip install "efficientad_ext[report]"``).
     Returns the metrics dict (see :func:`efficientad_ext.evaluation.evaluator.evaluate`)."""
-    from efficientad_ext.data import open_dataset
-    from efficientad_ext.evaluation.evaluator import evaluate as evaluate_samples
 
     model_name = "in-memory model" if isinstance(model, EfficientAD) else str(model)
     if not isinstance(model, EfficientAD):
@@ -150,10 +157,6 @@ def calibrate(
     the model to ``out`` (default: ``model_path`` itself, replaced atomically). Returns the
     threshold, with its F1 and image counts in ``details``. Use a set kept apart from the one
     you report accuracy on: a threshold chosen on the test set flatters it."""
-    from efficientad_ext.data import open_dataset
-    from efficientad_ext.evaluation.evaluator import predict
-    from efficientad_ext.evaluation.threshold import f1_optimal_threshold
-    from efficientad_ext.formats.model_file import save_model
 
     model = load_model(model_path, device=device or default_device())
     samples = open_dataset(dataset_root).test
@@ -179,7 +182,6 @@ def export(
     file: onnxruntime, TensorRT) or ``"openvino"`` (``.xml`` + ``.bin``). Dynamic batch;
     ``dtype`` ``float32`` or ``float16``. Input: float images [B, 3, H, W] in [0, 1] at the
     model's image size. Returns the written files (see :mod:`efficientad_ext.formats.export`)."""
-    from efficientad_ext.formats.export import export_model
 
     if not isinstance(model, EfficientAD):
         model = load_model(model, device="cpu")
@@ -199,7 +201,6 @@ def distill(
     """Distils a PDN teacher (Algorithm 3) from a folder (or list) of ImageNet-like images;
     writes ``out_dir/teacher.safetensors`` (use it with ``train(..., teacher=path)``) and
     ``distill.json``. See :func:`efficientad_ext.distillation.distiller.distill`."""
-    from efficientad_ext.distillation.distiller import distill as distill_teacher
 
     return distill_teacher(images, out_dir, config, device=device or default_device(), resume=resume,
                            save_dtype=save_dtype, command=command)

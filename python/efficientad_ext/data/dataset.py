@@ -7,7 +7,15 @@ from collections.abc import Sequence
 
 import torch
 
-from efficientad_ext.data.images import ImageError, _check_size, _open_decoded, load_image, load_mask, resize_image, resize_mask
+from efficientad_ext.data.images import (
+    ImageError,
+    _check_size,
+    _open_decoded,
+    load_image,
+    load_mask,
+    resize_image,
+    resize_mask,
+)
 from efficientad_ext.data.layouts import Sample
 
 
@@ -23,11 +31,19 @@ class ImageDataset(torch.utils.data.Dataset):
     With ``skip_corrupt=False`` a corrupt file raises :class:`ImageError` when its item is
     read. With ``skip_corrupt=True`` every image (and mask) is decoded once at construction;
     samples that fail are dropped with a ``warnings.warn`` naming the file, and listed in
-    :attr:`skipped` as ``(sample, message)``.
+    :attr:`skipped` as ``(sample, message)``. With ``report_errors=True`` nothing is decoded
+    up front: an item that fails has ``image`` and ``mask`` ``None`` and ``error`` the message
+    (every item has ``error``, ``""`` when it read), so one pass over a large folder goes on past
+    corrupt files and can say which they were.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: Sequence[int], skip_corrupt: bool = False) -> None:
+    def __init__(self, samples: Sequence[Sample], image_size: Sequence[int], skip_corrupt: bool = False,
+                 report_errors: bool = False) -> None:
+        if skip_corrupt and report_errors:
+            raise ValueError("skip_corrupt and report_errors exclude each other: skip drops a corrupt sample "
+                             "up front, report returns it as an item with its error")
         self.image_size = _check_size(image_size)
+        self.report_errors = report_errors
         self.skip_corrupt = skip_corrupt
         self.skipped: list[tuple[Sample, str]] = []
         kept: list[Sample] = []
@@ -57,7 +73,16 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
+        if not self.report_errors:
+            return self._read(self.samples[index])
         s = self.samples[index]
+        try:
+            return {**self._read(s), "error": ""}
+        except ImageError as e:
+            return {"image": None, "mask": None, "label": int(s.label), "path": str(s.path), "original_size": None,
+                    "error": str(e)}
+
+    def _read(self, s: Sample) -> dict:
         image = load_image(s.path)
         h, w = int(image.shape[1]), int(image.shape[2])
         if s.mask_path is not None:

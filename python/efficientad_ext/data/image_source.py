@@ -46,11 +46,13 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getitem__(self, index: int) -> Tensor:
+        """uint8 [3, H, W]."""
+        return self._cache[index] if self._cache is not None else self._load(self.paths[index])
+
     def get(self, indices: Sequence[int]) -> Tensor:
         """uint8 [B, 3, H, W]."""
-        if self._cache is not None:
-            return torch.stack([self._cache[i] for i in indices])
-        return torch.stack([self._load(self.paths[i]) for i in indices])
+        return torch.stack([self[i] for i in indices])
 
 
 def to_unit_float(images_uint8: Tensor, device: torch.device) -> Tensor:

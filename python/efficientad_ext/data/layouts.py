@@ -13,6 +13,7 @@ from typing import Literal
 
 from efficientad_ext.data.images import IMAGE_EXTENSIONS, PathLike, list_images
 
+
 @dataclass
 class Sample:
     """One image of a dataset.
@@ -131,6 +132,33 @@ def mvtec_loco(root: PathLike) -> DatasetSplits:
     return DatasetSplits(train=train, test=_test_samples(r, _MVTEC_LOCO_LAYOUT, loco=True), validation=validation)
 
 
+def _visa_row(csv_path: Path, line: int, row: dict, r: Path, missing: list[Path]) -> tuple[str, Sample]:
+    """One checked CSV row as (split, sample); files that do not exist are added to ``missing``."""
+    split = (row["split"] or "").strip().lower()
+    label = (row["label"] or "").strip().lower()
+    image = (row["image"] or "").strip()
+    mask = (row["mask"] or "").strip()
+    if split not in ("train", "test"):
+        raise ValueError(f"{csv_path}, line {line}: split must be 'train' or 'test', got {split!r}")
+    if label not in ("normal", "anomaly"):
+        raise ValueError(f"{csv_path}, line {line}: label must be 'normal' or 'anomaly', got {label!r}")
+    if not image:
+        raise ValueError(f"{csv_path}, line {line}: empty image path")
+    img_path = r / image
+    if not img_path.is_file():
+        missing.append(img_path)
+    if label == "anomaly":
+        mask_path: Path | None = r / mask if mask else None  # empty: labelled per image only
+        if mask_path is not None and not mask_path.is_file():
+            missing.append(mask_path)
+        sample = Sample(img_path, 1, "anomaly", mask_path)
+    else:
+        sample = Sample(img_path, 0, "good", None)
+    if split == "train" and label != "normal":
+        raise ValueError(f"{csv_path}, line {line}: training image {image} is labelled anomalous")
+    return split, sample
+
+
 def visa(root: PathLike, split_csv: PathLike | None = None, category: str | None = None) -> DatasetSplits:
     """Read VisA from its split CSV (columns ``object,split,label,image,mask``; ``split`` is
     ``train``/``test``, ``label`` ``normal``/``anomaly``; paths relative to ``root``). The
@@ -166,32 +194,8 @@ def visa(root: PathLike, split_csv: PathLike | None = None, category: str | None
             objects.add(obj)
             if category is not None and obj != category:
                 continue
-            split = (row["split"] or "").strip().lower()
-            label = (row["label"] or "").strip().lower()
-            image = (row["image"] or "").strip()
-            mask = (row["mask"] or "").strip()
-            if split not in ("train", "test"):
-                raise ValueError(f"{csv_path}, line {line}: split must be 'train' or 'test', got {split!r}")
-            if label not in ("normal", "anomaly"):
-                raise ValueError(f"{csv_path}, line {line}: label must be 'normal' or 'anomaly', got {label!r}")
-            if not image:
-                raise ValueError(f"{csv_path}, line {line}: empty image path")
-            img_path = r / image
-            if not img_path.is_file():
-                missing.append(img_path)
-            if label == "anomaly":
-                mask_path: Path | None = r / mask if mask else None  # empty: labelled per image only
-                if mask_path is not None and not mask_path.is_file():
-                    missing.append(mask_path)
-                sample = Sample(img_path, 1, "anomaly", mask_path)
-            else:
-                sample = Sample(img_path, 0, "good", None)
-            if split == "train":
-                if label != "normal":
-                    raise ValueError(f"{csv_path}, line {line}: training image {image} is labelled anomalous")
-                train.append(sample)
-            else:
-                test.append(sample)
+            split, sample = _visa_row(csv_path, line, row, r, missing)
+            (train if split == "train" else test).append(sample)
     if category is not None and category not in objects:
         raise ValueError(f"{csv_path}: no rows of category {category!r}; categories: {sorted(objects)}")
     if missing:

@@ -139,6 +139,52 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
+def _check_counts(n_train: int, n_test_good: int, n_test_defect: int, size: int) -> None:
+    for name, value, low in (("n_train", n_train, 1), ("n_test_good", n_test_good, 0),
+                             ("n_test_defect", n_test_defect, 0), ("size", size, 32)):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if n_test_good + n_test_defect == 0:
+        raise ValueError("the test set must not be empty: n_test_good + n_test_defect >= 1")
+
+
+def _made_with(root: Path, settings: dict) -> bool:
+    """Whether ``root`` holds a dataset made with ``settings`` (its marker file says so)."""
+    try:
+        return json.loads((root / _MARKER).read_text()) == settings
+    except (OSError, ValueError):
+        return False
+
+
+def _write_dataset(tmp: Path, settings: dict) -> None:
+    """Every image, mask and the marker of the dataset ``settings`` describes, under ``tmp``."""
+    seed, size = settings["seed"], settings["size"]
+    params = _dataset_params(seed)
+
+    def image(split: int, index: int) -> tuple[np.ndarray, np.random.Generator]:
+        rng = np.random.default_rng([seed, split, index])
+        return _texture(rng, params, size), rng
+
+    for split, folder, count in ((1, tmp / "train" / "good", settings["n_train"]),
+                                 (2, tmp / "test" / "good", settings["n_test_good"])):
+        folder.mkdir(parents=True)
+        for i in range(count):
+            img, rng = image(split, i)
+            _save_png(_finish(img, rng), folder / f"{i:03d}.png")
+    counters = dict.fromkeys(DEFECT_TYPES, 0)
+    for i in range(settings["n_test_defect"]):
+        kind = DEFECT_TYPES[i % len(DEFECT_TYPES)]
+        stem = f"{counters[kind]:03d}"
+        counters[kind] += 1
+        img, rng = image(3, i)
+        mask = _DEFECTS[kind](img, rng, params)
+        for folder in (tmp / "test" / kind, tmp / "ground_truth" / kind):
+            folder.mkdir(parents=True, exist_ok=True)
+        _save_png(_finish(img, rng), tmp / "test" / kind / f"{stem}.png")
+        _save_png(mask.astype(np.uint8) * 255, tmp / "ground_truth" / kind / f"{stem}_mask.png")
+    (tmp / _MARKER).write_text(json.dumps(settings, indent=1) + "\n")
+
+
 def make_synthetic_dataset(
     root: str | Path,
     n_train: int = 60,
@@ -161,24 +207,12 @@ def make_synthetic_dataset(
     made with the same arguments (recorded in ``root/synthetic.json``) it is returned as is;
     any other non-empty ``root`` raises ``FileExistsError``.
     """
-    for name, value, low in (("n_train", n_train, 1), ("n_test_good", n_test_good, 0),
-                             ("n_test_defect", n_test_defect, 0), ("size", size, 32)):
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if n_test_good + n_test_defect == 0:
-        raise ValueError("the test set must not be empty: n_test_good + n_test_defect >= 1")
+    _check_counts(n_train, n_test_good, n_test_defect, size)
     root = Path(root)
     settings = {"version": _VERSION, "n_train": int(n_train), "n_test_good": int(n_test_good),
                 "n_test_defect": int(n_test_defect), "size": int(size), "seed": int(seed)}
-
-    def existing_matches() -> bool:
-        try:
-            return json.loads((root / _MARKER).read_text()) == settings
-        except (OSError, ValueError):
-            return False
-
     if root.exists():
-        if existing_matches():
+        if _made_with(root, settings):
             return root
         if not root.is_dir() or any(root.iterdir()):
             raise FileExistsError(f"{root} exists and is not empty (nor a synthetic dataset made with "
@@ -186,33 +220,7 @@ def make_synthetic_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        params = _dataset_params(seed)
-        size = int(size)
-
-        def image(split: int, index: int) -> tuple[np.ndarray, np.random.Generator]:
-            rng = np.random.default_rng([seed, split, index])
-            return _texture(rng, params, size), rng
-
-        (tmp / "train" / "good").mkdir(parents=True)
-        for i in range(n_train):
-            img, rng = image(1, i)
-            _save_png(_finish(img, rng), tmp / "train" / "good" / f"{i:03d}.png")
-        (tmp / "test" / "good").mkdir(parents=True)
-        for i in range(n_test_good):
-            img, rng = image(2, i)
-            _save_png(_finish(img, rng), tmp / "test" / "good" / f"{i:03d}.png")
-        counters = dict.fromkeys(DEFECT_TYPES, 0)
-        for i in range(n_test_defect):
-            kind = DEFECT_TYPES[i % len(DEFECT_TYPES)]
-            stem = f"{counters[kind]:03d}"
-            counters[kind] += 1
-            img, rng = image(3, i)
-            mask = _DEFECTS[kind](img, rng, params)
-            for folder in (tmp / "test" / kind, tmp / "ground_truth" / kind):
-                folder.mkdir(parents=True, exist_ok=True)
-            _save_png(_finish(img, rng), tmp / "test" / kind / f"{stem}.png")
-            _save_png(mask.astype(np.uint8) * 255, tmp / "ground_truth" / kind / f"{stem}_mask.png")
-        (tmp / _MARKER).write_text(json.dumps(settings, indent=1) + "\n")
+        _write_dataset(tmp, settings)
         if root.is_dir():
             try:
                 root.rmdir()  # empty (checked above); a rename cannot replace a folder
@@ -221,7 +229,7 @@ def make_synthetic_dataset(
         try:
             os.replace(tmp, root)
         except OSError:
-            if existing_matches():  # a concurrent call made the same dataset first
+            if _made_with(root, settings):  # a concurrent call made the same dataset first
                 return root
             raise FileExistsError(f"cannot move the new dataset into {root}: it exists and is not empty") from None
     finally:

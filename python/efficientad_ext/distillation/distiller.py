@@ -43,17 +43,37 @@ import torch
 from torch import Tensor
 
 from efficientad_ext.data import list_images, resize_image
+from efficientad_ext.data.batches import batches
+from efficientad_ext.data.image_source import ImageSource, split_holdout, to_unit_float
+from efficientad_ext.distillation.extractors import (
+    EXTRACTORS,
+    RawFeatureExtractor,
+    RawMoments,
+    TargetHead,
+    build_extractor,
+)
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.formats.stale_files import remove_stale_temp_files
 from efficientad_ext.formats.teacher_file import save_teacher
 from efficientad_ext.models.pdn import PDN, build_pdn
-from efficientad_ext.training.precision import PRECISIONS, autocast, describe_cpu, resolve_precision
 from efficientad_ext.progress import Progress, format_duration
-from efficientad_ext.training.augment import draw_resized_crops, grayscale, resized_crops
+from efficientad_ext.training.augment import (
+    draw_resized_crops,
+    grayscale,
+    resized_crops,
+)
 from efficientad_ext.training.driver import run_steps
-from efficientad_ext.data.image_source import ImageSource, split_holdout, to_unit_float
-from efficientad_ext.training.state import read_state, restore_optimizer_and_rng, save_state
-from efficientad_ext.distillation.extractors import EXTRACTORS, RawFeatureExtractor, RawMoments, TargetHead, build_extractor
+from efficientad_ext.training.precision import (
+    PRECISIONS,
+    autocast,
+    describe_cpu,
+    resolve_precision,
+)
+from efficientad_ext.training.state import (
+    read_state,
+    restore_optimizer_and_rng,
+    save_state,
+)
 
 log = logging.getLogger("efficientad_ext.distill")
 
@@ -206,17 +226,15 @@ def estimate_moments(extractor: RawFeatureExtractor, source: ImageSource, sample
         order = torch.randperm(len(source), generator=generator)
     order = order[:samples].tolist()
     gray = (torch.rand(samples, generator=generator) < p_grayscale).tolist()
-    progress = Progress(samples, label="feature statistics", every=max(1, samples // 10 // batch_size * batch_size), unit="images")
-    for i in range(0, samples, batch_size):
-        idx = order[i : i + batch_size]
-        x = to_unit_float(source.get(idx), device)
-        g = torch.tensor(gray[i : i + batch_size], device=device).view(-1, 1, 1, 1)
+    done = 0
+    for _, images in batches(source, batch_size, indices=order, label="feature statistics"):
+        x = to_unit_float(torch.stack(images), device)
+        g = torch.tensor(gray[done : done + len(images)], device=device).view(-1, 1, 1, 1)
+        done += len(images)
         x = torch.where(g, _gray3(x), x)
         if next(extractor.parameters()).is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         moments.update(extractor(x))
-        progress.update(min(i + batch_size, samples))
-    progress.close()
     return moments
 
 

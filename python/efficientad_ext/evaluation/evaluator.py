@@ -14,12 +14,19 @@ import torch
 from torch import Tensor
 
 from efficientad_ext.data import ImageDataset, Sample
-from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.data.batches import batches
 from efficientad_ext.evaluation.metrics import au_pro, image_auroc, pixel_auroc
-from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
+from efficientad_ext.evaluation.report import (
+    DEFAULT_GALLERY_SIZE,
+    REPORT_FILE,
+    ReportData,
+    check_report_request,
+    write_report,
+)
 from efficientad_ext.evaluation.threshold import decision_metrics, f1_max
+from efficientad_ext.evaluation.visualize import save_heatmap_png
+from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.models.efficientad import EfficientAD
-from efficientad_ext.progress import Progress
 
 log = logging.getLogger("efficientad_ext.evaluate")
 
@@ -40,16 +47,12 @@ def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, 
     dataset = ImageDataset(list(samples), model.config.image_size, skip_corrupt=skip_corrupt)
     maps, scores = [], []
     parts: dict[str, list[Tensor]] = {name: [] for name in BRANCHES}
-    progress = Progress(len(dataset), label="eval", every=max(1, len(dataset) // 10), unit="images")
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+    for _, items in batches(dataset, batch_size, label="eval"):
         result = model.infer(torch.stack([it["image"] for it in items]), dtype=dtype, branches=branches)
         maps.append(result.anomaly_map[:, 0].float().cpu())
         scores.append(result.score.float().cpu())
         for name in parts if branches else ():
             parts[name].append(result.branches[name][:, 0].float().cpu())
-        progress.update(start + len(items))
-    progress.close()
     if not branches:
         return dataset, torch.cat(maps), torch.cat(scores)
     per_branch = {}
@@ -70,6 +73,64 @@ def branch_metrics(per_branch: dict[str, tuple[Tensor, Tensor]], labels: Tensor,
             row["au_pro"] = au_pro(maps, masks, fpr_limit=0.3)
         out[name] = row
     return out
+
+
+def _image_metrics(model: EfficientAD, samples: Sequence[Sample], scores: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Image AUROC (overall and per defect type), F1-max and the metrics at the model's threshold."""
+    result: dict[str, Any] = {}
+    if 0 < int(labels.sum()) < len(labels):
+        result["image_auroc"] = image_auroc(scores, labels)
+        per_type = {}
+        for t in sorted({s.defect_type for s in samples if s.label == 1}):
+            keep = torch.tensor([s.label == 0 or s.defect_type == t for s in samples])
+            per_type[t] = image_auroc(scores[keep], labels[keep])
+        result["image_auroc_per_type"] = per_type
+        result["f1_max"], result["f1_max_threshold"] = f1_max(scores, labels)
+        if model.threshold is not None:
+            result["threshold"] = {"value": model.threshold.value, "method": model.threshold.method}
+            result["at_threshold"] = decision_metrics(scores, labels, model.threshold.value)
+    else:
+        log.warning("image AUROC needs normal and anomalous test images; skipped")
+    return result
+
+
+def _pixel_metrics(samples: Sequence[Sample], maps: Tensor, masks: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Pixel AUROC and AU-PRO, or ``pixel_metrics_skipped`` saying why there are none."""
+    result: dict[str, Any] = {}
+    unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
+    if unmasked:
+        # A subset's pixel metrics would not be the set's: all anomalous images or none.
+        result["pixel_metrics_skipped"] = (f"{len(unmasked)} of {int(labels.sum())} anomalous test images have no "
+                                           f"ground-truth mask (e.g. {unmasked[0].path})")
+        log.warning("pixel AUROC and AU-PRO skipped: %s; image metrics only", result["pixel_metrics_skipped"])
+    elif masks.any():
+        result["pixel_auroc"] = pixel_auroc(maps, masks)
+        result["au_pro"] = au_pro(maps, masks, fpr_limit=0.3)
+    else:
+        result["pixel_metrics_skipped"] = "every ground-truth mask is empty"
+        log.warning("no non-empty ground-truth masks: pixel AUROC and AU-PRO skipped")
+    return result
+
+
+def _write_outputs(model: EfficientAD, dataset, result: dict[str, Any], scores: Tensor, maps: Tensor, masks: Tensor,
+                   out_dir: Path, write_images: bool, report: bool, report_gallery: int, names: tuple[str, str]) -> None:
+    """``metrics.json``, the heatmap PNGs and the HTML report under ``out_dir``."""
+    samples = dataset.samples
+    if write_images:
+        vmax = float(maps.max())
+        for i, sample in enumerate(samples):
+            item = dataset[i]
+            mask = item["mask"][0] if sample.mask_path is not None else None
+            save_heatmap_png(item["image"], maps[i], out_dir / "images" / sample.defect_type / f"{Path(sample.path).stem}.png",
+                             mask=mask, vmin=0.0, vmax=vmax)
+    scores_rows = [{"path": str(s.path), "defect_type": s.defect_type, "label": s.label, "score": float(v)}
+                   for s, v in zip(samples, scores)]
+    write_text_atomically(out_dir / "metrics.json", json.dumps({**result, "scores": scores_rows}, indent=2))
+    if report:
+        t = model.threshold
+        data = ReportData(result, samples, scores, maps, masks, lambda i: dataset[i]["image"],
+                          None if t is None else t.value, None if t is None else t.method, *names)
+        write_report(data, out_dir / REPORT_FILE, gallery_size=report_gallery)
 
 
 def evaluate(
@@ -95,8 +156,6 @@ def evaluate(
     image AUROC needs both classes.
     """
     if report:  # refused before the long part, not after it
-        from efficientad_ext.evaluation.report import check_report_request
-
         check_report_request(out_dir, report_gallery)
     t0 = time.perf_counter()
     dataset, maps, scores, per_branch = predict(model, test_samples, batch_size, skip_corrupt, branches=True)
@@ -105,55 +164,13 @@ def evaluate(
     masks = torch.stack([dataset[i]["mask"][0] for i in range(len(dataset))])
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = {"images": len(samples), "anomalous": int(labels.sum()), "seconds": round(seconds, 2)}
-    if 0 < int(labels.sum()) < len(labels):
-        result["image_auroc"] = image_auroc(scores, labels)
-        per_type = {}
-        for t in sorted({s.defect_type for s in samples if s.label == 1}):
-            keep = torch.tensor([s.label == 0 or s.defect_type == t for s in samples])
-            per_type[t] = image_auroc(scores[keep], labels[keep])
-        result["image_auroc_per_type"] = per_type
-        result["f1_max"], result["f1_max_threshold"] = f1_max(scores, labels)
-        if model.threshold is not None:
-            result["threshold"] = {"value": model.threshold.value, "method": model.threshold.method}
-            result["at_threshold"] = decision_metrics(scores, labels, model.threshold.value)
-    else:
-        log.warning("image AUROC needs normal and anomalous test images; skipped")
-    unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
-    if unmasked:
-        # A subset's pixel metrics would not be the set's: all anomalous images or none.
-        result["pixel_metrics_skipped"] = (f"{len(unmasked)} of {int(labels.sum())} anomalous test images have no "
-                                           f"ground-truth mask (e.g. {unmasked[0].path})")
-        log.warning("pixel AUROC and AU-PRO skipped: %s; image metrics only", result["pixel_metrics_skipped"])
-    elif masks.any():
-        result["pixel_auroc"] = pixel_auroc(maps, masks)
-        result["au_pro"] = au_pro(maps, masks, fpr_limit=0.3)
-    else:
-        result["pixel_metrics_skipped"] = "every ground-truth mask is empty"
-        log.warning("no non-empty ground-truth masks: pixel AUROC and AU-PRO skipped")
+    result.update(_image_metrics(model, samples, scores, labels))
+    result.update(_pixel_metrics(samples, maps, masks, labels))
     if "image_auroc" in result:  # what each of Algorithm 2's two maps finds on its own, beside the combined map
         result["branches"] = branch_metrics(per_branch, labels, masks if "pixel_metrics_skipped" not in result else None)
         result["branches"]["combined"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "au_pro") if k in result}
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        if write_images:
-            from efficientad_ext.evaluation.visualize import save_heatmap_png
-
-            vmax = float(maps.max())
-            for i, sample in enumerate(samples):
-                item = dataset[i]
-                mask = item["mask"][0] if sample.mask_path is not None else None
-                save_heatmap_png(item["image"], maps[i], out_dir / "images" / sample.defect_type / f"{Path(sample.path).stem}.png",
-                                 mask=mask, vmin=0.0, vmax=vmax)
-        scores_rows = [{"path": str(s.path), "defect_type": s.defect_type, "label": s.label, "score": float(v)}
-                       for s, v in zip(samples, scores)]
-        write_text_atomically(out_dir / "metrics.json", json.dumps({**result, "scores": scores_rows}, indent=2))
-        if report:
-            from efficientad_ext.evaluation.report import REPORT_FILE, ReportData, write_report
-
-            t = model.threshold
-            data = ReportData(result, samples, scores, maps, masks, lambda i: dataset[i]["image"],
-                              None if t is None else t.value, None if t is None else t.method, *names)
-            write_report(data, out_dir / REPORT_FILE, gallery_size=report_gallery)
+        _write_outputs(model, dataset, result, scores, maps, masks, Path(out_dir), write_images, report, report_gallery, names)
     return result
 
 

@@ -24,11 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from efficientad_ext.inference.result import NORMALISED_THRESHOLD, decide, normalize_score
+from efficientad_ext._version import __version__
 from efficientad_ext.data import Sample
-from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.evaluation.curves import pixel_roc_curve, pro_curve, roc_curve
 from efficientad_ext.evaluation.visualize import heatmap_panels
+from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.inference.result import (
+    NORMALISED_THRESHOLD,
+    decide,
+    normalize_score,
+)
 
 __all__ = ["DEFAULT_GALLERY_SIZE", "REPORT_FILE", "ReportData", "check_report_request", "report_libraries_missing", "write_report"]
 
@@ -126,8 +131,6 @@ def _decision_cut(data: ReportData) -> tuple[float | None, str]:
 
 
 def _software() -> str:
-    from efficientad_ext import __version__
-
     return f"efficientad_ext {__version__}, torch {torch.__version__}, Python {platform.python_version()}"
 
 

@@ -112,6 +112,42 @@ def save_heatmap_png(
     save_png_atomic(Image.fromarray(np.concatenate(panels, axis=1)), path)
 
 
+def _image_hwc(image: Tensor | np.ndarray) -> np.ndarray:
+    """float32 [H, W, 3] in [0, 1] from [3, H, W], [1, H, W] or [H, W] (NaN drawn as 0)."""
+    img = _as_array(image, "image").astype(np.float32)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img
+        img = img.transpose(1, 2, 0)
+    elif img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    else:
+        raise ValueError(f"image must be [3, H, W], [1, H, W] or [H, W], got shape {img.shape}")
+    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
+
+    return img
+
+
+def _map_2d(anomaly_map: Tensor | np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """float32 [H, W] from [H', W'] or [1, H', W'], resized bilinearly to ``hw``."""
+    amap = _as_array(anomaly_map, "anomaly_map").astype(np.float32)
+    if amap.ndim == 3 and amap.shape[0] == 1:
+        amap = amap[0]
+    if amap.ndim != 2:
+        raise ValueError(f"anomaly_map must be [H, W] or [1, H, W], got shape {amap.shape}")
+    amap = _resize_to(amap, hw, nearest=False)
+    return amap
+
+
+def _mask_2d(mask: Tensor | np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """bool [H, W] (nonzero = anomalous) from [H', W'] or [1, H', W'], nearest-neighbour resized."""
+    m = _as_array(mask, "mask")
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"mask must be [H, W] or [1, H, W], got shape {m.shape}")
+    return _resize_to((m != 0).astype(np.float32), hw, nearest=True) > 0.5
+
+
 def heatmap_panels(
     image: Tensor | np.ndarray,
     anomaly_map: Tensor | np.ndarray,
@@ -138,23 +174,9 @@ def heatmap_panels(
     differs; ``mask`` (nonzero = anomalous) is resized by nearest neighbour. NaN map pixels
     are drawn as ``vmin``.
     """
-    img = _as_array(image, "image").astype(np.float32)
-    if img.ndim == 3 and img.shape[0] in (1, 3):
-        img = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img
-        img = img.transpose(1, 2, 0)
-    elif img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    else:
-        raise ValueError(f"image must be [3, H, W], [1, H, W] or [H, W], got shape {img.shape}")
+    img = _image_hwc(image)
     h, w = img.shape[:2]
-    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
-
-    amap = _as_array(anomaly_map, "anomaly_map").astype(np.float32)
-    if amap.ndim == 3 and amap.shape[0] == 1:
-        amap = amap[0]
-    if amap.ndim != 2:
-        raise ValueError(f"anomaly_map must be [H, W] or [1, H, W], got shape {amap.shape}")
-    amap = _resize_to(amap, (h, w), nearest=False)
+    amap = _map_2d(anomaly_map, (h, w))
     lo = float(vmin)
     finite = amap[np.isfinite(amap)]
     hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else lo)
@@ -167,12 +189,7 @@ def heatmap_panels(
 
     panels = [to_u8(img), to_u8(overlay)]
     if mask is not None:
-        m = _as_array(mask, "mask")
-        if m.ndim == 3 and m.shape[0] == 1:
-            m = m[0]
-        if m.ndim != 2:
-            raise ValueError(f"mask must be [H, W] or [1, H, W], got shape {m.shape}")
-        m = _resize_to((m != 0).astype(np.float32), (h, w), nearest=True) > 0.5
+        m = _mask_2d(mask, (h, w))
         if outline_width < 1:
             raise ValueError(f"outline_width must be >= 1, got {outline_width}")
         outlined = panels[1].copy()

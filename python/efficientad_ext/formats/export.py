@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from efficientad_ext.ops import reference
+from efficientad_ext.formats.atomic import write_atomically
 from efficientad_ext.inference.result import decide
 from efficientad_ext.models.efficientad import EfficientAD
-from efficientad_ext.formats.atomic import write_atomically
+from efficientad_ext.ops import reference
 
 FORMATS = ("onnx", "openvino")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -31,7 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from efficientad_ext.models.efficientad import DecisionThreshold, ModelConfig, TrainingRecord
+from efficientad_ext.models.efficientad import (
+    DecisionThreshold,
+    ModelConfig,
+    TrainingRecord,
+)
 from efficientad_ext.models.pdn import PDN_ARCHITECTURES
 
 IMAGE_SIZE_RANGE = (256, 16384)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
+from safetensors import SafetensorError, safe_open
+
 from efficientad_ext.formats import integrity, metadata_schema
 from efficientad_ext.formats.atomic import write_atomically
 from efficientad_ext.formats.state_dict import key_mismatch, shape_mismatch
-from efficientad_ext.models.efficientad import EfficientAD, ModelConfig, TrainingRecord
+from efficientad_ext.models.efficientad import EfficientAD
 
 FORMAT_NAME = "efficientad_ext.model"
 FORMAT_VERSION = 1
@@ -62,16 +64,8 @@ def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def load_model(
-    path: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None
-) -> EfficientAD:
-    """Reads a model file written by :func:`save_model`; checks format, version, the integrity
-    digest (a file without one loads after one warning), every metadata field's type and
-    range, every tensor's name, shape and values. Raises :class:`ModelFileError` (or
-    FileNotFoundError) with the file's path and what is wrong."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
+def _read_checked_metadata(path: Path):
+    """The file's tensors and parsed metadata: format, version, digest and every field checked."""
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
@@ -94,6 +88,12 @@ def load_model(
     except metadata_schema.FieldError as e:
         raise ModelFileError(f"{path} has corrupt metadata: {e}") from None
 
+    return tensors, config, calibrated, record, threshold
+
+
+def _model_for(path: Path, config, tensors: dict[str, torch.Tensor]) -> EfficientAD:
+    """A new model of ``config`` once ``tensors`` are shown to be exactly its tensors (names,
+    shapes, floating point, finite and in range)."""
     try:
         model = EfficientAD(config)
     except (RuntimeError, TypeError, ValueError) as e:  # ranges checked above; kept as a backstop
@@ -114,6 +114,19 @@ def load_model(
         metadata_schema.check_model_values(tensors)
     except metadata_schema.FieldError as e:
         raise ModelFileError(f"{path}: {e}") from None
+    return model
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> EfficientAD:
+    """Reads a model file written by :func:`save_model`; checks format, version, the integrity
+    digest (a file without one loads after one warning), every metadata field's type and
+    range, every tensor's name, shape and values. Raises :class:`ModelFileError` (or
+    FileNotFoundError) with the file's path and what is wrong."""
+    path = Path(path)
+    tensors, config, calibrated, record, threshold = _read_checked_metadata(path)
+    model = _model_for(path, config, tensors)
     with torch.no_grad():
         for prefix in ("teacher", "student", "autoencoder"):
             getattr(model, prefix).load_state_dict(

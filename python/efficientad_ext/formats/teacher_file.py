@@ -22,10 +22,14 @@ from typing import Any
 
 import torch
 
-from efficientad_ext.models.pdn import PDN
 from efficientad_ext.formats import anomalib_layout, integrity
 from efficientad_ext.formats.atomic import write_atomically
-from efficientad_ext.formats.state_dict import key_mismatch, read_state_dict, shape_mismatch
+from efficientad_ext.formats.state_dict import (
+    key_mismatch,
+    read_state_dict,
+    shape_mismatch,
+)
+from efficientad_ext.models.pdn import PDN
 
 ACCEPTED_LAYOUTS = (
     "a PDN state dict with nn.Sequential keys (0.weight, 0.bias, 3.weight, ...: ours, nelson1425/EfficientAD's), "

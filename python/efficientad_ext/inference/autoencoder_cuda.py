@@ -32,7 +32,6 @@ import os
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder

@@ -28,10 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efficientad_ext import ops
+from efficientad_ext.inference.teacher_student import first_layers_fusable
+from efficientad_ext.inference.winograd import (
+    DEFAULT_TILE,
+    WinogradWeights,
+    prepare_weights,
+)
 from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
 from efficientad_ext.models.pdn import PDN
-from efficientad_ext.inference.teacher_student import first_layers_fusable
-from efficientad_ext.inference.winograd import DEFAULT_TILE, WinogradWeights, prepare_weights
 
 # Below this many input channels the transforms cost more than the multiplications they save.
 MIN_CHANNELS = 32

@@ -33,8 +33,8 @@ from torch import Tensor
 from efficientad_ext.inference.result import InferenceResult
 
 if TYPE_CHECKING:
-    from efficientad_ext.models.efficientad import EfficientAD
     from efficientad_ext.inference.options import InferenceOptions
+    from efficientad_ext.models.efficientad import EfficientAD
 
 MAX_GRAPHS = 8
 WARMUP_RUNS = 2

@@ -17,14 +17,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from efficientad_ext import ops
-from efficientad_ext.inference import autoencoder_cuda, cpu_winograd, cuda_graphs
-from efficientad_ext.inference.networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
+from efficientad_ext.inference import (
+    autoencoder_cuda,
+    batch_input,
+    cpu_winograd,
+    cuda_graphs,
+)
+from efficientad_ext.inference.networks import (
+    InferenceNetworks,
+    cache_of,
+    networks_for,
+    resolve_dtype,
+)
 from efficientad_ext.inference.result import InferenceResult
 from efficientad_ext.inference.teacher_student import teacher_student_forward
 
 if TYPE_CHECKING:
-    from efficientad_ext.models.efficientad import EfficientAD
     from efficientad_ext.inference.options import InferenceOptions
+    from efficientad_ext.models.efficientad import EfficientAD
 
 
 @torch.no_grad()
@@ -43,7 +53,7 @@ def infer(model: EfficientAD, batch: Tensor | Sequence[Any], dtype: torch.dtype 
 
 def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNetworks, options: InferenceOptions,
            branches: bool = False) -> InferenceResult:
-    x, in_size = model.prepare(batch)
+    x, in_size = batch_input.prepare(model, batch)
     x = x.to(nets.dtype)
     if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
         teacher, student, autoencoder = cpu_winograd.plan_for(nets).forward(x, model.feature_size)

@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 
 from efficientad_ext.data import ImageDataset, Sample
+from efficientad_ext.data.batches import batches
+from efficientad_ext.evaluation.visualize import save_heatmap_png
 from efficientad_ext.formats.atomic import write_text_atomically
-from efficientad_ext.models.efficientad import EfficientAD
-from efficientad_ext.progress import Progress
 from efficientad_ext.formats.run_record import RunRecord
 from efficientad_ext.formats.stale_files import remove_stale_temp_files
+from efficientad_ext.inference.result import decide, normalize_score
+from efficientad_ext.models.efficientad import EfficientAD
 
 HEATMAP_VMAX = 0.2
 
@@ -38,7 +40,6 @@ def score_table(paths: Sequence[str], scores: Sequence[float], threshold: float 
     score (``%.6g``); with the model's decision threshold also ``is_anomalous`` (1/0) and
     ``normalized_score`` (the threshold at 0.5), by the one rule (``decide`` /
     ``normalize_score``) on the float32 scores."""
-    from efficientad_ext.inference.result import decide, normalize_score
 
     values = torch.tensor(list(scores), dtype=torch.float32)
     if threshold is None:
@@ -69,20 +70,15 @@ def infer_folder(
     samples = [Sample(path=Path(p), label=0, defect_type="images", mask_path=None) for p in paths]
     dataset = ImageDataset(samples, model.config.image_size, skip_corrupt=skip_corrupt)
     scores: list[float] = []
-    progress = Progress(len(dataset), label="infer", every=max(1, len(dataset) // 10), unit="images")
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+    for _, items in batches(dataset, batch_size, label="infer"):
         result = model.infer(torch.stack([it["image"] for it in items]), dtype=torch.float32)
         maps = result.anomaly_map[:, 0].float().cpu()
         scores.extend(float(v) for v in result.score.float().cpu())
         if write_images:
-            from efficientad_ext.evaluation.visualize import save_heatmap_png
 
             for item, m in zip(items, maps):
                 stem = Path(item["path"]).stem
                 save_heatmap_png(item["image"], m, out / "heatmaps" / f"{stem}.png", vmin=0.0, vmax=HEATMAP_VMAX)
-        progress.update(start + len(items))
-    progress.close()
     buf = io.StringIO()
     writer = csv.writer(buf)
     threshold = None if model.threshold is None else model.threshold.value

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from efficientad_ext.models.pdn import PDN
 from efficientad_ext.inference.teacher_student import concat_first_layers
+from efficientad_ext.models.pdn import PDN
 
 if TYPE_CHECKING:
     from efficientad_ext.models.efficientad import EfficientAD

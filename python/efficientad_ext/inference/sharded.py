@@ -41,8 +41,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from efficientad_ext.data import ImageError, list_images, load_image, resize_image
+from efficientad_ext.data.batches import batches
+from efficientad_ext.data.dataset import ImageDataset
+from efficientad_ext.data.images import list_images
+from efficientad_ext.data.layouts import Sample
+from efficientad_ext.evaluation.visualize import save_heatmap_png
 from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.formats.model_file import load_model
+from efficientad_ext.inference.folder import HEATMAP_VMAX, score_table
 
 log = logging.getLogger("efficientad_ext.inference.sharded")
 
@@ -59,27 +65,6 @@ class ShardedResult:
     skipped: int  # already in a shard when this run started
     corrupt: int
     seconds: float
-
-
-class _Images(torch.utils.data.Dataset):
-    """(position, image [3, H, W] or None, error) per image; decoded in the worker."""
-
-    def __init__(self, paths: Sequence[Path], positions: Sequence[int], size: tuple[int, int]) -> None:
-        self.paths, self.positions, self.size = paths, list(positions), size
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int):
-        pos = self.positions[i]
-        try:
-            return pos, resize_image(load_image(self.paths[pos]), self.size), ""
-        except ImageError as e:
-            return pos, None, str(e)
-
-
-def _collate(items):
-    return items  # positions, images and errors stay together; stacking happens after the filter
 
 
 def default_workers(local_world_size: int) -> int:
@@ -117,14 +102,15 @@ def _write_csv(path: Path, header: Sequence[str], rows) -> None:
     write_text_atomically(path, buf.getvalue())
 
 
-def _loader(paths, positions, size, batch_size: int, workers: int):
-    return torch.utils.data.DataLoader(_Images(paths, positions, size), batch_size=batch_size, num_workers=workers,
-                                       collate_fn=_collate, shuffle=False)
+def _dataset(paths: Sequence[Path], size: tuple[int, int]) -> ImageDataset:
+    """Every image of the folder by its position; a corrupt one is an item with its error."""
+    return ImageDataset([Sample(path=p, label=0, defect_type="images") for p in paths], size, report_errors=True)
 
 
 @torch.no_grad()
-def _infer(model, items):
-    good = [(pos, image) for pos, image, _ in items if image is not None]
+def _infer(model, positions: Sequence[int], items: Sequence[dict]):
+    """The readable items' (position, image) pairs, their maps [n, H, W] and scores [n]."""
+    good = [(pos, it["image"]) for pos, it in zip(positions, items, strict=True) if not it["error"]]
     if not good:
         return [], None, None
     result = model.infer(torch.stack([image for _, image in good]), dtype=torch.float32)
@@ -137,7 +123,6 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     """Scores ``images`` (a folder) with the model file ``model_path`` on this rank's share;
     see the module docstring. Every rank of the initialised process group must call it (one
     process without a group scores everything). Returns this rank's view of the job."""
-    from efficientad_ext.formats.model_file import load_model
 
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
@@ -167,12 +152,13 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
             _write_csv(out / SHARDS / f"rank{rank:05d}-{run}-{chunks:06d}.csv", SHARD_COLUMNS, pending)
             chunks, pending = chunks + 1, []
 
-    for items in _loader(paths, mine, size, batch_size, workers):
-        good, maps, scores = _infer(model, items)
-        for pos, _, error in items:
-            if error:
-                log.warning("skipping corrupt image: %s", error)
-                pending.append([str(paths[pos]), "", "", error])
+    dataset = _dataset(paths, size)
+    for positions, items in batches(dataset, batch_size, indices=mine, workers=workers, label=f"infer (rank {rank})"):
+        good, maps, scores = _infer(model, positions, items)
+        for pos, item in zip(positions, items, strict=True):
+            if item["error"]:
+                log.warning("skipping corrupt image: %s", item["error"])
+                pending.append([str(paths[pos]), "", "", item["error"]])
         for (pos, _), m, s in zip(good, maps if maps is not None else [], scores if scores is not None else []):
             pending.append([str(paths[pos]), repr(float(s)), repr(float(m.max())), ""])
         if len(pending) >= chunk_size:
@@ -188,7 +174,6 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     scored = [(str(p), rows[str(p)]) for p in paths if not rows[str(p)]["error"]]
     corrupt = [(str(p), rows[str(p)]["error"]) for p in paths if rows[str(p)]["error"]]
     if rank == 0:
-        from efficientad_ext.inference.folder import score_table
 
         threshold = None if model.threshold is None else model.threshold.value
         header, table = score_table([p for p, _ in scored], [float(r["score"]) for _, r in scored], threshold)
@@ -203,8 +188,6 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
 
 def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int, rank: int, world: int) -> None:
     """The second pass: heatmap PNGs on the fixed colour scale (module docstring)."""
-    from efficientad_ext.inference.folder import HEATMAP_VMAX
-    from efficientad_ext.evaluation.visualize import save_heatmap_png
 
     vmax = HEATMAP_VMAX  # the plain ``infer`` path's fixed scale, not the folder's maximum
     folder = out / "heatmaps"
@@ -217,7 +200,8 @@ def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int
     _barrier()  # stale PNGs are gone before any rank looks for missing ones
     need = [i for i, p in enumerate(paths) if not rows[str(p)]["error"] and not (folder / f"{p.stem}.png").is_file()]
     _barrier()  # every rank has its list before any rank writes
-    for items in _loader(paths, need[rank::world], size, batch_size, workers):
-        good, maps, _ = _infer(model, items)
+    for positions, items in batches(_dataset(paths, size), batch_size, indices=need[rank::world], workers=workers,
+                                    label=f"heatmaps (rank {rank})"):
+        good, maps, _ = _infer(model, positions, items)
         for (pos, image), m in zip(good, maps if maps is not None else []):
             save_heatmap_png(image, m, folder / f"{paths[pos].stem}.png", vmin=0.0, vmax=vmax)

@@ -11,16 +11,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from efficientad_ext import inference as _inference, ops
-from efficientad_ext.inference import InferenceOptions, InferenceResult
-from efficientad_ext.models.batch_input import check_float_range
+from efficientad_ext import inference as _inference
+from efficientad_ext import ops
+from efficientad_ext.inference import InferenceOptions, InferenceResult, batch_input
 from efficientad_ext.models.autoencoder import Autoencoder
 from efficientad_ext.models.pdn import PDN, PDN_ARCHITECTURES
+from efficientad_ext.ops import reference
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,18 +138,7 @@ class EfficientAD(nn.Module):
         ([B, 1, H, W] / [B, H, W, 1] grayscale is replicated to RGB; a single image without
         the batch dimension is accepted too), or a list of PIL images or numpy arrays of one size.
         """
-        x = _batch_tensor(batch)
-        in_size = (int(x.shape[-2]), int(x.shape[-1]))
-        x = x.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = x.to(self.dtype) / 255.0
-        else:
-            x = x.to(self.dtype)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if in_size != self.config.image_size:
-            x = F.interpolate(x, size=self.config.image_size, mode="bilinear", align_corners=False, antialias=True)
-        return self.normalize(x), in_size
+        return batch_input.prepare(self, batch)
 
     def normalize(self, x: Tensor) -> Tensor:
         """ImageNet normalisation of float images in [0, 1] (done once, before all networks)."""
@@ -204,7 +193,6 @@ class EfficientAD(nn.Module):
 
     def reference_infer(self, batch: Tensor | Sequence[Any]) -> InferenceResult:
         """Algorithm 2 in plain torch.nn / reference ops (for tests and benchmarks)."""
-        from efficientad_ext.ops import reference
 
         with torch.no_grad():
             x, in_size = self.prepare(batch)
@@ -214,65 +202,3 @@ class EfficientAD(nn.Module):
                 t, self.teacher_mean, self.teacher_std, s, a, self.quantiles, in_size, self.map_border
             )
         return InferenceResult(anomaly_map, score)
-
-
-def _batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
-    """A [B, C, H, W] tensor (C 1 or 3) from any supported batch form, on its own device."""
-    if isinstance(batch, Tensor):
-        x = batch
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4:
-            raise ValueError(f"batch must be [B, 3, H, W] or [B, H, W, 3] (or one image without B), got shape {tuple(batch.shape)}")
-        if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-            x = x.permute(0, 3, 1, 2)
-        if x.shape[1] not in (1, 3):
-            raise ValueError(
-                f"batch must have 3 (RGB) or 1 (grayscale) channels, as [B, 3, H, W] or [B, H, W, 3]; got shape "
-                f"{tuple(batch.shape)} (drop an alpha channel first)"
-            )
-        if x.dtype != torch.uint8 and not x.is_floating_point():
-            raise TypeError(f"batch must be uint8 (0-255) or floating point (0-1), got {x.dtype}")
-        if x.numel() == 0:
-            raise ValueError(f"batch must not be empty, got shape {tuple(batch.shape)}")
-        if x.is_floating_point() and x.device.type == "cpu":
-            # Cheap on the CPU (no device sync): catch 0-255 or normalised floats instead of returning garbage.
-            check_float_range(x, "batch")
-        return x
-    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) > 0:
-        images = [_image_tensor(item, i) for i, item in enumerate(batch)]
-        sizes = {tuple(im.shape[-2:]) for im in images}
-        if len(sizes) > 1:
-            raise ValueError(f"all images of one batch must have the same size to return maps at that size, got {sorted(sizes)}")
-        return torch.stack(images)
-    raise TypeError(f"batch must be a tensor or a non-empty list of PIL images / numpy arrays, got {type(batch).__name__}")
-
-
-def _image_tensor(item: Any, index: int) -> Tensor:
-    """[3, H, W] float in [0, 1] from a PIL image or a numpy array (HWC/HW, uint8 or float)."""
-    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image: the CLI's conversion (16-bit, float, palette modes)
-        from efficientad_ext.data import pil_to_float_array
-
-        item = pil_to_float_array(item, f"batch[{index}]")
-    if isinstance(item, Tensor):
-        item = item.detach().cpu().numpy()
-    if not isinstance(item, np.ndarray):
-        raise TypeError(f"batch[{index}] must be a PIL image or numpy array, got {type(item).__name__}")
-    a = item
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValueError(f"batch[{index}] must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"batch[{index}] must not be empty, got shape {a.shape}")
-    a = a[:, :, :3]
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    if a.dtype == np.uint8:
-        t = torch.tensor(a).permute(2, 0, 1).float() / 255.0
-    elif np.issubdtype(a.dtype, np.floating):
-        t = torch.tensor(a, dtype=torch.float32).permute(2, 0, 1)
-        check_float_range(t, f"batch[{index}]")
-    else:
-        raise TypeError(f"batch[{index}] must be uint8 or float, got {a.dtype}")
-    return t

@@ -47,7 +47,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from efficientad_ext.data.image_source import to_unit_float
+from efficientad_ext.training.augment import draw_color_jitter, draw_grayscale
+from efficientad_ext.training.penalty import penalty_batch
+from efficientad_ext.training.statistics import teacher_channel_stats
 
 log = logging.getLogger("efficientad_ext.training.distributed")
 
@@ -211,8 +218,6 @@ class DataParallel:
     # -- once per run
 
     def teacher_channel_stats(self, model, source) -> tuple[Tensor, Tensor]:
-        from efficientad_ext.training.trainer import teacher_channel_stats
-
         def reduce(total: Tensor, total_sq: Tensor, count: int):
             packed = torch.cat([total, total_sq, total.new_tensor([float(count)])])
             dist.all_reduce(packed)
@@ -238,8 +243,6 @@ class DataParallel:
         """Wraps the student and the autoencoder in DistributedDataParallel (it broadcasts rank
         0's weights, a no-op here since every rank built or loaded the same) and puts this rank
         on its own RNG stream: the saved one when resuming, else :func:`rank_seed`."""
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ids = [self.device.index] if self.device.type == "cuda" else None
         stepper.student = DDP(stepper.model.student, device_ids=ids)
         stepper.autoencoder = DDP(stepper.model.autoencoder, device_ids=ids)
@@ -251,8 +254,6 @@ class DataParallel:
             torch.manual_seed(rank_seed(self.config.seed, self.rank))
 
     def _saved_rng(self, state_path: Path) -> Tensor | None:
-        from safetensors import safe_open
-
         with safe_open(str(state_path), framework="pt", device="cpu") as f:
             keys = set(f.keys())
             saved_world = int(f.get_tensor("dist.world_size").item()) if "dist.world_size" in keys else 1
@@ -269,10 +270,6 @@ class DataParallel:
                    size: tuple[int, int]) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
         """This rank's images, penalty images and jitter draws of the next global batch, from
         the draws one process makes for the whole batch, in its order (module docstring)."""
-        from efficientad_ext.training.augment import draw_color_jitter, draw_grayscale
-        from efficientad_ext.data.image_source import to_unit_float
-        from efficientad_ext.training.trainer import penalty_batch
-
         b, share = self.config.batch_size, self.share
         idx = torch.randint(len(source), (b,), generator=generator)[share].tolist()
         images = to_unit_float(source.get(idx), self.device)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from efficientad_ext.evaluation.evaluator import evaluate
 from efficientad_ext.formats.atomic import write_atomically, write_text_atomically
 
 log = logging.getLogger("efficientad_ext.learning_curve")
@@ -125,8 +126,6 @@ def plot_curve(points: Sequence[dict[str, Any]], path: Path, title: str = "") ->
 def evaluate_snapshot(model, calibrate: Callable[[], None], samples, batch_size: int = 8) -> dict[str, Any]:
     """Calibrates ``model``'s quantiles (``calibrate``), evaluates it on ``samples`` and puts it
     back in training mode (teacher stays in eval mode)."""
-    from efficientad_ext.evaluation.evaluator import evaluate
-
     was_training = model.student.training
     model.eval()
     try:

@@ -33,7 +33,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from efficientad_ext.data import open_dataset
+from efficientad_ext.evaluation.evaluator import evaluate
 from efficientad_ext.formats.atomic import write_text_atomically
+from efficientad_ext.formats.model_file import load_model
+from efficientad_ext.training.config import STATE_FILE
+from efficientad_ext.training.trainer import train
 
 log = logging.getLogger("efficientad_ext.training.many_models")
 
@@ -64,10 +69,6 @@ def assign(sizes: Sequence[int], world_size: int) -> list[list[int]]:
 
 
 def _train_one(category: Path, out: Path, model_config, config, teacher, device, evaluate_test: bool, rank: int) -> dict[str, Any]:
-    from efficientad_ext.formats.model_file import load_model
-    from efficientad_ext.data import open_dataset
-    from efficientad_ext.evaluation.evaluator import evaluate
-    from efficientad_ext.training.trainer import STATE_FILE, train
 
     splits = open_dataset(category)
     row: dict[str, Any] = {"category": category.name, "rank": rank, "device": str(device), "train_images": len(splits.train)}

