@@ -12,6 +12,7 @@ the local map, the global map and the combined map. Prints one JSON line (the la
 
 Needs anomalib (``.ci/peers-requirements.txt``), scikit-learn and efficientad_ext in this Python.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,11 @@ from pathlib import Path
 import torch
 
 # The tool beside the checkout (../shared/tools), or where $ANOMALIB_TRAIN_LOOP points.
-TOOL = Path(os.environ.get("ANOMALIB_TRAIN_LOOP", Path(__file__).resolve().parents[2] / "shared" / "tools" / "anomalib_train_loop.py"))
+TOOL = Path(
+    os.environ.get(
+        "ANOMALIB_TRAIN_LOOP", Path(__file__).resolve().parents[2] / "shared" / "tools" / "anomalib_train_loop.py"
+    )
+)
 
 
 def main(argv: list[str]) -> int:
@@ -44,8 +49,18 @@ def main(argv: list[str]) -> int:
         model.quantiles.copy_(torch.stack([q[k].float() for k in ("qa_st", "qb_st", "qa_ae", "qb_ae")]))
     model.calibrated = True
     metrics = evaluate(model, open_dataset(argv[0]).test, out_dir=None, write_images=False)
-    print(json.dumps({"tool_image_auroc": float(tool["auc"]), "seconds_per_step": tool["train_s"] / int(argv[2]),
-                      **{k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro", "image_auroc_per_type", "branches")}}))
+    print(
+        json.dumps(
+            {
+                "tool_image_auroc": float(tool["auc"]),
+                "seconds_per_step": tool["train_s"] / int(argv[2]),
+                **{
+                    k: metrics.get(k)
+                    for k in ("image_auroc", "pixel_auroc", "au_pro", "image_auroc_per_type", "branches")
+                },
+            }
+        )
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ Each group: one input set at EfficientAD-S feature sizes, float32;
 impls: ``ours`` = ``ops.anomaly_maps`` / ``ops.anomaly_maps_raw``, ``eager`` = the
 ``reference`` function, ``compiled`` = ``torch.compile(reference)`` (static shapes).
 """
+
 from __future__ import annotations
 
 import pytest

@@ -24,16 +24,16 @@ convolutions fall back to a reference path ~10x slower than float32) unless
     python -m pytest benchmarks/bench_cpu_peers.py --benchmark-only -rs --benchmark-json=peers.json \\
         && python benchmarks/peers_table.py peers.json
 """
+
 from __future__ import annotations
 
 import copy
 import os
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import Tensor, nn
-
-from dataclasses import replace
 
 from efficientad_ext import reference
 from efficientad_ext.models.efficientad import EfficientAD, ModelConfig
@@ -121,7 +121,9 @@ def _anomalib():
     try:
         from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
     except Exception as exc:  # noqa: BLE001 - any import failure means "not installed here"
-        pytest.skip(f"anomalib not importable: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        pytest.skip(
+            f"anomalib not importable: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        )
     try:
         from efficientad_ext.formats.anomalib import to_anomalib_state_dict
     except ImportError as exc:
@@ -131,8 +133,12 @@ def _anomalib():
 
 def _anomalib_model(model: EfficientAD):
     EfficientAdModel, EfficientAdModelSize, to_anomalib_state_dict = _anomalib()
-    peer = EfficientAdModel(teacher_out_channels=model.config.teacher_channels, model_size=EfficientAdModelSize.S,
-                            padding=model.config.padded, pad_maps=True)
+    peer = EfficientAdModel(
+        teacher_out_channels=model.config.teacher_channels,
+        model_size=EfficientAdModelSize.S,
+        padding=model.config.padded,
+        pad_maps=True,
+    )
     peer.load_state_dict(to_anomalib_state_dict(model), strict=True)
     return peer
 
@@ -157,7 +163,9 @@ class _ReferenceInference(nn.Module):
         m = self.model
         xn = m.normalize(x)
         t, s, a = m.teacher(xn), m.student(xn), m.autoencoder(xn, m.feature_size)
-        return reference.anomaly_maps(t, m.teacher_mean, m.teacher_std, s, a, m.quantiles, tuple(x.shape[-2:]), m.map_border)
+        return reference.anomaly_maps(
+            t, m.teacher_mean, m.teacher_std, s, a, m.quantiles, tuple(x.shape[-2:]), m.map_border
+        )
 
 
 # ----------------------------------------------------------------------------- inference
@@ -177,8 +185,10 @@ def test_infer(measure, model, expected, batch, impl):
         if impl == "ours_bf16":
             rel = 0.05  # bfloat16 features: reported, not a conformance check
             if not _native_bf16() and os.environ.get("EFFICIENTAD_BENCH_SLOW_BF16") != "1":
-                pytest.skip("no native bfloat16 on this CPU: bf16 convolutions fall back to ATen's reference path "
-                            "(~10x slower than float32); EFFICIENTAD_BENCH_SLOW_BF16=1 runs it anyway")
+                pytest.skip(
+                    "no native bfloat16 on this CPU: bf16 convolutions fall back to ATen's reference path "
+                    "(~10x slower than float32); EFFICIENTAD_BENCH_SLOW_BF16=1 runs it anyway"
+                )
         winograd = impl == "ours"
 
         def fn():
@@ -205,8 +215,9 @@ def test_infer(measure, model, expected, batch, impl):
         core = ov.Core()
         ov_model = ov.convert_model(_ReferenceInference(model), example_input=x)
         compiled = core.compile_model(
-            ov_model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": THREADS,
-                              "PERFORMANCE_HINT": "LATENCY"}
+            ov_model,
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"},
         )
         request = compiled.create_infer_request()
         used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
@@ -220,9 +231,15 @@ def test_infer(measure, model, expected, batch, impl):
             return torch.from_numpy(res[0].copy()), torch.from_numpy(res[1].copy())
 
     measure(
-        fn, check=_check_against(exp_map, exp_score, rel), op="peers infer",
-        group=f"peers infer S {IMAGE}x{IMAGE} B={batch}", impl=impl, case=f"infer B={batch}", batch=batch,
-        target_s=4.0, **extra,
+        fn,
+        check=_check_against(exp_map, exp_score, rel),
+        op="peers infer",
+        group=f"peers infer S {IMAGE}x{IMAGE} B={batch}",
+        impl=impl,
+        case=f"infer B={batch}",
+        batch=batch,
+        target_s=4.0,
+        **extra,
     )
 
 
@@ -265,6 +282,12 @@ def test_train_step(measure, model, batch, impl):
         assert loss == loss and abs(loss) < float("inf"), loss
 
     measure(
-        fn, check=check, op="peers train step", group=f"peers train step S {IMAGE}x{IMAGE} B={batch}", impl=impl,
-        case=f"train step B={batch}", batch=batch, target_s=4.0,
+        fn,
+        check=check,
+        op="peers train step",
+        group=f"peers train step S {IMAGE}x{IMAGE} B={batch}",
+        impl=impl,
+        case=f"train step B={batch}",
+        batch=batch,
+        target_s=4.0,
     )

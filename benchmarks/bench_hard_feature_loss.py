@@ -6,6 +6,7 @@ does not require grad). Impls: ``ours`` = ``ops.hard_feature_loss`` (radix-selec
 fused backward), ``eager`` = ``reference.hard_feature_loss`` (torch.quantile + boolean mask),
 ``compiled`` = ``torch.compile(reference.hard_feature_loss)`` (static shapes).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -49,7 +50,9 @@ def test_hard_feature_loss_fwd_bwd(measure, reference_cache, device, batch, hw, 
         loss = step(reference.hard_feature_loss).detach()
         return loss, student.grad.clone()
 
-    want_loss, want_grad = reference_cache.get(("hard_feature_loss", str(device), batch, hw, reduction), reference_result)
+    want_loss, want_grad = reference_cache.get(
+        ("hard_feature_loss", str(device), batch, hw, reduction), reference_result
+    )
 
     def check(got_loss):
         torch.testing.assert_close(got_loss.detach(), want_loss, rtol=1e-4, atol=1e-6)

@@ -12,6 +12,7 @@ and 8, and - to see where the PDN time goes - layers 2-4 of the student at batch
 inputs are random, with the shapes the layer sees inside the PDN; ``ours`` and ``eager_cl`` get
 them channels-last (as inside ``pdn_forward``), ``eager`` and ``compiled`` NCHW.
 """
+
 from __future__ import annotations
 
 import copy

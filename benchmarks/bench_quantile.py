@@ -8,6 +8,7 @@ Impls: ``ours`` = ``ops.quantile`` (radix select, no size limit), ``eager`` =
 Sizes: 50 maps of 256x256 (a validation set), 2^24 (torch.quantile's limit), 10^8 (ours target:
 under 2 s; torch.quantile cannot run there, its cases are skipped with that reason).
 """
+
 from __future__ import annotations
 
 import math

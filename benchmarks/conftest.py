@@ -16,6 +16,7 @@ Options:
     --bench-no-compile   skip the torch.compile baselines (they cost ~5-30 s of compilation each).
 Environment: threads are left at torch's default (``torch.get_num_threads()`` is recorded).
 """
+
 from __future__ import annotations
 
 import fnmatch

@@ -5,6 +5,7 @@ image AUROC per defect type.
 
     python benchmarks/curve_table.py runs/curve/curve.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,14 @@ def table(curve: dict) -> str:
     points = curve["points"]
     types = sorted({t for p in points for t in (p.get("image_auroc_per_type") or {})})
     branch_cols = [(b, k) for b in ("local", "global") for k in ("image_auroc", "pixel_auroc")]
-    head = ["step", "image AUROC", "pixel AUROC", "AU-PRO", *(f"{b} {'image' if k == 'image_auroc' else 'pixel'}" for b, k in branch_cols),
-            *types]
+    head = [
+        "step",
+        "image AUROC",
+        "pixel AUROC",
+        "AU-PRO",
+        *(f"{b} {'image' if k == 'image_auroc' else 'pixel'}" for b, k in branch_cols),
+        *types,
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
 
     def fmt(v) -> str:
@@ -27,8 +34,14 @@ def table(curve: dict) -> str:
     for p in points:
         per_type = p.get("image_auroc_per_type") or {}
         branches = p.get("branches") or {}
-        row = [str(p["step"]), fmt(p.get("image_auroc")), fmt(p.get("pixel_auroc")), fmt(p.get("au_pro")),
-               *(fmt(branches.get(b, {}).get(k)) for b, k in branch_cols), *(fmt(per_type.get(t)) for t in types)]
+        row = [
+            str(p["step"]),
+            fmt(p.get("image_auroc")),
+            fmt(p.get("pixel_auroc")),
+            fmt(p.get("au_pro")),
+            *(fmt(branches.get(b, {}).get(k)) for b, k in branch_cols),
+            *(fmt(per_type.get(t)) for t in types),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ The model is EfficientAD-S 256x256 with seeded random weights and calibrated-loo
 (latency does not depend on the weights' values). Reported per batch: the median seconds per
 call of each runtime and ours / runtime (above 1: ours is faster).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def main(argv=None) -> int:
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        compiled = ov.Core().compile_model(str(Path(tmp) / "m.xml"), "CPU",
-                                           {"INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = ov.Core().compile_model(
+            str(Path(tmp) / "m.xml"), "CPU", {"INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"}
+        )
         runners = {
             "ours": lambda x: model.infer(x, dtype=torch.float32),
             "onnxruntime": lambda x: session.run(None, {"images": x.numpy()}),
@@ -72,12 +74,24 @@ def main(argv=None) -> int:
                     run(x)
                     times[name].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append({"batch": batch, "seconds": med, "ms_per_image": {k: 1e3 * v / batch for k, v in med.items()},
-                         "ours_speedup": {k: med[k] / med["ours"] for k in med if k != "ours"}})
+            rows.append(
+                {
+                    "batch": batch,
+                    "seconds": med,
+                    "ms_per_image": {k: 1e3 * v / batch for k, v in med.items()},
+                    "ours_speedup": {k: med[k] / med["ours"] for k in med if k != "ours"},
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
-              "threads": args.threads, "torch": torch.__version__, "onnxruntime": ort.__version__,
-              "openvino": ov.__version__, "repeats": args.repeats, "rows": rows}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "openvino": ov.__version__,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
     write_text_atomically(args.out, json.dumps(result, indent=2))
     return 0
 

@@ -31,6 +31,7 @@ time per image. Jobs run in priority order; a job is skipped when its estimated 
 longer fits ``--budget-s``; the table is rewritten after every row, so a run killed from
 outside still leaves every finished row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,16 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 import efficientad_ext
-from dataclasses import replace
-
 from efficientad_ext import EfficientAD, ModelConfig, reference
 from efficientad_ext.inference import clear as clear_inference_cache
-from efficientad_ext.training import trainer as train_module
 from efficientad_ext.training import TrainConfig, TrainStep
+from efficientad_ext.training import trainer as train_module
 
 BF16_PEAK_FLOPS = 790e12  # measured dense bf16 rate of the H200 (issue 5)
 IMAGE = 256
@@ -106,8 +105,11 @@ class Table:
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
-        print(f"  {row.arch:6s} {row.kind:5s} {row.impl:9s} {row.precision:5s} B={row.batch:<3d} graph={row.graph:3s} "
-              f"{row.ms_per_call:9.3f} ms/call {row.images_per_s:10.1f} img/s", flush=True)
+        print(
+            f"  {row.arch:6s} {row.kind:5s} {row.impl:9s} {row.precision:5s} B={row.batch:<3d} graph={row.graph:3s} "
+            f"{row.ms_per_call:9.3f} ms/call {row.images_per_s:10.1f} img/s",
+            flush=True,
+        )
         self.write()
 
     def skip(self, what: str, why: str) -> None:
@@ -156,8 +158,11 @@ class Table:
                 f"| {r.arch} | {r.kind} | {r.impl} | {r.precision} | {r.batch} | {r.graph} | {r.ms_per_call:.3f} | "
                 f"{p90} | {r.images_per_s:.1f} | {speedup} | {floor} |"
             )
-        lines += ["", "x ref: inference rows vs the eager fp16 reference of the same arch and batch; training rows vs the "
-                  "reference training step (fp32). % bf16 floor: FLOPs per image / 790 TFLOP/s over the measured time per image."]
+        lines += [
+            "",
+            "x ref: inference rows vs the eager fp16 reference of the same arch and batch; training rows vs the "
+            "reference training step (fp32). % bf16 floor: FLOPs per image / 790 TFLOP/s over the measured time per image.",
+        ]
         lines += [f"FLOPs per image ({a}): {f / 1e9:.1f} GFLOP" for a, f in self.flops.items()]
         lines += [f"- {n}" for n in self.notes]
         lines += [f"- skipped {k}" for k in self.skipped]
@@ -169,10 +174,20 @@ class Table:
         self.settings.out.mkdir(parents=True, exist_ok=True)
         for name, text in (
             ("gpu_table.md", self.markdown()),
-            ("gpu_table.json", json.dumps({"rows": [asdict(r) for r in self.rows], "notes": self.notes,
-                                            "skipped": self.skipped, "flops": self.flops,
-                                            "profiles": self.profiles,
-                                            "build_info": efficientad_ext.build_info()}, indent=1)),
+            (
+                "gpu_table.json",
+                json.dumps(
+                    {
+                        "rows": [asdict(r) for r in self.rows],
+                        "notes": self.notes,
+                        "skipped": self.skipped,
+                        "flops": self.flops,
+                        "profiles": self.profiles,
+                        "build_info": efficientad_ext.build_info(),
+                    },
+                    indent=1,
+                ),
+            ),
         ):
             tmp = self.settings.out / (name + ".tmp")
             try:
@@ -270,8 +285,12 @@ def kernel_breakdown(fn: Callable[[], object], device: torch.device, iters: int)
     total = sum(device_us(e) for e in events) or 1.0
     events.sort(key=device_us, reverse=True)
     return [
-        {"name": e.key, "calls_per_infer": e.count / iters, "us_per_infer": round(device_us(e) / iters, 2),
-         "pct": round(100.0 * device_us(e) / total, 2)}
+        {
+            "name": e.key,
+            "calls_per_infer": e.count / iters,
+            "us_per_infer": round(device_us(e) / iters, 2),
+            "pct": round(100.0 * device_us(e) / total, 2),
+        }
         for e in events[:PROFILE_TOP]
     ]
 
@@ -308,7 +327,10 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
     """(name, estimated seconds, run) for every inference row of ``arch``."""
     dev = s.device
     model = random_model(arch, s.teacher_channels, dev)
-    inputs = {b: torch.rand(b, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(b)).to(dev) for b in (s.small_batch, s.large_batch)}
+    inputs = {
+        b: torch.rand(b, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(b)).to(dev)
+        for b in (s.small_batch, s.large_batch)
+    }
     want = {}
 
     def ref_fp16(x):
@@ -333,12 +355,20 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
         def run() -> None:
             x = inputs[batch]
             fn = lambda: model.infer(x, dtype=dtype, cuda_graph=graph)  # noqa: E731
-            measure(fn, "ours", "bf16" if dtype == torch.bfloat16 else "fp32", batch, "yes" if graph and dev.type == "cuda" else "no")
+            measure(
+                fn,
+                "ours",
+                "bf16" if dtype == torch.bfloat16 else "fp32",
+                batch,
+                "yes" if graph and dev.type == "cuda" else "no",
+            )
+
         return run
 
     def ours_other_first_layer(dtype: torch.dtype, batch: int) -> Callable[[], None]:
         """ours with the first-layer choice of InferenceOptions.fuse_first_layer flipped for this
         device (one conv for teacher+student vs two): the measurement behind that default."""
+
         def run() -> None:
             options = model.inference_options
             default = options.fuses_first_layer(dev.type)
@@ -346,11 +376,18 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
             try:
                 x = inputs[batch]
                 label = "ours-1conv" if not default else "ours-2conv"
-                measure(lambda: model.infer(x, dtype=dtype), label, "bf16" if dtype == torch.bfloat16 else "fp32",
-                        batch, "yes" if dev.type == "cuda" else "no", first_layer="one conv" if not default else "two convs")
+                measure(
+                    lambda: model.infer(x, dtype=dtype),
+                    label,
+                    "bf16" if dtype == torch.bfloat16 else "fp32",
+                    batch,
+                    "yes" if dev.type == "cuda" else "no",
+                    first_layer="one conv" if not default else "two convs",
+                )
             finally:
                 model.inference_options = options
                 clear_inference_cache(model)  # the other path's graphs are not needed again
+
         return run
 
     def ref(low: bool, batch: int) -> Callable[[], None]:
@@ -358,37 +395,50 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
             x = inputs[batch]
             fn = (lambda: ref_fp16(x)) if low else (lambda: model.reference_infer(x))
             measure(fn, "ref", "fp16" if low else "fp32", batch, "no")
+
         return run
 
     def ours_switched(var: str, label: str, dtype: torch.dtype, batch: int) -> Callable[[], None]:
         """ours with the environment switch ``var`` = 1 (read at every call: the CUDA PDN layers'
         EFFICIENTAD_CUDNN_FUSION, and efficientad_ext.inference.autoencoder_cuda's switches)."""
+
         def run() -> None:
             old = os.environ.get(var)
             os.environ[var] = "1"
             clear_inference_cache(model)  # graphs keep the path they were captured with
             try:
                 x = inputs[batch]
-                measure(lambda: model.infer(x, dtype=dtype), label, "bf16" if dtype == torch.bfloat16 else "fp32",
-                        batch, "yes" if dev.type == "cuda" else "no", switch=f"{var}=1")
+                measure(
+                    lambda: model.infer(x, dtype=dtype),
+                    label,
+                    "bf16" if dtype == torch.bfloat16 else "fp32",
+                    batch,
+                    "yes" if dev.type == "cuda" else "no",
+                    switch=f"{var}=1",
+                )
             finally:
                 if old is None:
                     os.environ.pop(var, None)
                 else:
                     os.environ[var] = old
                 clear_inference_cache(model)
+
         return run
 
     def profile(dtype: torch.dtype, batch: int) -> Callable[[], None]:
         """Per-kernel device time of eager ``infer`` (no graph: the profiler sees each kernel)."""
+
         def run() -> None:
             x = inputs[batch]
             fn = lambda: model.infer(x, dtype=dtype, cuda_graph=False)  # noqa: E731
             for _ in range(2 if dev.type == "cuda" else 0 if s.dry_run else 1):
                 fn()
             sync(dev)
-            table.profile(f"{arch} {'bf16' if dtype == torch.bfloat16 else 'fp32'} B={batch}",
-                          kernel_breakdown(fn, dev, 1 if s.dry_run else 5))
+            table.profile(
+                f"{arch} {'bf16' if dtype == torch.bfloat16 else 'fp32'} B={batch}",
+                kernel_breakdown(fn, dev, 1 if s.dry_run else 5),
+            )
+
         return run
 
     def compiled(precision: str, batch: int) -> Callable[[], None]:
@@ -403,6 +453,7 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
             sync(dev)
             compile_s = time.perf_counter() - t0
             measure(lambda: fn_c(x), "compiled", precision, batch, "auto", compile_s=round(compile_s, 1))
+
         return run
 
     def measure(fn: Callable[[], object], impl: str, precision: str, batch: int, graph: str, **extra) -> None:
@@ -436,14 +487,26 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
                 jobs.append((f"{arch} ours {dtype} graph={graph} B={batch}", 4, ours(dtype, graph, batch)))
         alt_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32  # the CPU dry run: float32 (fast)
         if batch == b1:
-            jobs.append((f"{arch} ours {alt_dtype} first layer flipped B={batch}", 4, ours_other_first_layer(alt_dtype, batch)))
+            jobs.append(
+                (f"{arch} ours {alt_dtype} first layer flipped B={batch}", 4, ours_other_first_layer(alt_dtype, batch))
+            )
         if batch == b1 or not s.dry_run:
-            jobs.append((f"{arch} ours {alt_dtype} cuDNN fusion B={batch}", 4,
-                         ours_switched("EFFICIENTAD_CUDNN_FUSION", "ours-cudnnfuse", alt_dtype, batch)))
+            jobs.append(
+                (
+                    f"{arch} ours {alt_dtype} cuDNN fusion B={batch}",
+                    4,
+                    ours_switched("EFFICIENTAD_CUDNN_FUSION", "ours-cudnnfuse", alt_dtype, batch),
+                )
+            )
             jobs.append((f"{arch} profile {alt_dtype} B={batch}", 6, profile(alt_dtype, batch)))
         if batch == b1:  # the autoencoder on a side stream (batch 1 only, by design)
-            jobs.append((f"{arch} ours {alt_dtype} autoencoder side stream B={batch}", 4,
-                         ours_switched("EFFICIENTAD_AE_SIDE_STREAM", "ours-aestream", alt_dtype, batch)))
+            jobs.append(
+                (
+                    f"{arch} ours {alt_dtype} autoencoder side stream B={batch}",
+                    4,
+                    ours_switched("EFFICIENTAD_AE_SIDE_STREAM", "ours-aestream", alt_dtype, batch),
+                )
+            )
         if low_precision_fits(f"{arch} ref fp16 B={batch}", batch):
             jobs.append((f"{arch} ref fp16 B={batch}", 4, ref(True, batch)))
         jobs.append((f"{arch} ref fp32 B={batch}", 4, ref(False, batch)))
@@ -486,6 +549,7 @@ def train_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
 
 def summary(table: Table) -> list[str]:
     """The issue's targets as ratios from this run (never asserted)."""
+
     def find(**kw) -> Row | None:
         for r in table.rows:
             if all(getattr(r, k) == v for k, v in kw.items()):
@@ -496,9 +560,11 @@ def summary(table: Table) -> list[str]:
     s = table.settings
     for arch in s.archs:
         b1 = find(arch=arch, kind="infer", impl="ours", precision="bf16", batch=s.small_batch, graph="yes") or find(
-            arch=arch, kind="infer", impl="ours", precision="bf16", batch=s.small_batch)
+            arch=arch, kind="infer", impl="ours", precision="bf16", batch=s.small_batch
+        )
         bn = find(arch=arch, kind="infer", impl="ours", precision="bf16", batch=s.large_batch, graph="yes") or find(
-            arch=arch, kind="infer", impl="ours", precision="bf16", batch=s.large_batch)
+            arch=arch, kind="infer", impl="ours", precision="bf16", batch=s.large_batch
+        )
         fp16 = find(arch=arch, kind="infer", impl="ref", precision="fp16", batch=s.small_batch)
         comp = [r for r in table.rows if r.arch == arch and r.impl == "compiled" and r.batch == s.small_batch]
         best_comp = min(comp, key=lambda r: r.ms_per_call) if comp else None
@@ -508,12 +574,18 @@ def summary(table: Table) -> list[str]:
         if bn:
             out.append(f"{arch}: batch-{s.large_batch} bf16 throughput {bn.images_per_s:.0f} img/s (target S >= 6000)")
         if b1 and fp16:
-            out.append(f"{arch}: batch 1 vs eager fp16 reference: {fp16.ms_per_call / b1.ms_per_call:.2f}x (target >= 2)")
+            out.append(
+                f"{arch}: batch 1 vs eager fp16 reference: {fp16.ms_per_call / b1.ms_per_call:.2f}x (target >= 2)"
+            )
         if b1 and best_comp:
-            out.append(f"{arch}: batch 1 vs best torch.compile max-autotune ({best_comp.precision}): "
-                       f"{best_comp.ms_per_call / b1.ms_per_call:.2f}x (target >= 1.3)")
+            out.append(
+                f"{arch}: batch 1 vs best torch.compile max-autotune ({best_comp.precision}): "
+                f"{best_comp.ms_per_call / b1.ms_per_call:.2f}x (target >= 1.3)"
+            )
         if tr:
-            out.append(f"{arch}: 70,000 training steps at batch 1 would take {tr.extra.get('70k_steps_min')} min (target S <= 15)")
+            out.append(
+                f"{arch}: 70,000 training steps at batch 1 would take {tr.extra.get('70k_steps_min')} min (target S <= 15)"
+            )
     return out
 
 
@@ -522,11 +594,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, no compile: tests this script")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --dry-run)")
     p.add_argument("--archs", default="small,medium")
-    p.add_argument("--budget-s", type=float, default=240.0, help="skip jobs that no longer fit (a started job runs to its end)")
-    p.add_argument("--compile", default=None, help="torch.compile baselines to run (EfficientAD-S, batch 1): comma list "
-                   "of fp16,fp32 or 'none' (default: fp16 on CUDA, none with --dry-run)")
-    p.add_argument("--jobs", choices=("all", "cheap", "compiled"), default="all",
-                   help="'compiled': only the torch.compile rows (a second call on a warm machine)")
+    p.add_argument(
+        "--budget-s", type=float, default=240.0, help="skip jobs that no longer fit (a started job runs to its end)"
+    )
+    p.add_argument(
+        "--compile",
+        default=None,
+        help="torch.compile baselines to run (EfficientAD-S, batch 1): comma list "
+        "of fp16,fp32 or 'none' (default: fp16 on CUDA, none with --dry-run)",
+    )
+    p.add_argument(
+        "--jobs",
+        choices=("all", "cheap", "compiled"),
+        default="all",
+        help="'compiled': only the torch.compile rows (a second call on a warm machine)",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for gpu_table.md / gpu_table.json")
     p.add_argument("--no-train", action="store_true")
     args = p.parse_args(argv)
@@ -561,7 +643,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     budget = Budget(s.budget_s)
     table = Table(s, {a: flops_per_image(a, s.teacher_channels) for a in s.archs})
-    print(f"gpu_table: device {device_name(device)}, budget {s.budget_s:.0f} s, build {efficientad_ext.build_info()}", flush=True)
+    print(
+        f"gpu_table: device {device_name(device)}, budget {s.budget_s:.0f} s, build {efficientad_ext.build_info()}",
+        flush=True,
+    )
 
     # Priority: every cheap row of every arch first (ours, eager references, training), then
     # the torch.compile rows, which can take minutes each.

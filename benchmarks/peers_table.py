@@ -6,6 +6,7 @@
 Rows: inference and training step at each batch size; columns: per-image median time of each
 implementation, then ratios. ``X / ours`` > 1 means ours is X times faster. Standard library only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,14 @@ from summarize import fmt_time, header, load, skipped
 INFER = ["ours", "ours_direct", "ours_bf16", "anomalib", "openvino_f32", "openvino_bf16"]
 TRAIN = ["ours", "anomalib"]
 # (numerator impl, denominator impl): how many times faster the denominator is.
-INFER_RATIOS = [("anomalib", "ours"), ("openvino_f32", "ours"), ("openvino_bf16", "ours"), ("ours_direct", "ours"),
-                ("anomalib", "ours_bf16"), ("openvino_bf16", "ours_bf16")]
+INFER_RATIOS = [
+    ("anomalib", "ours"),
+    ("openvino_f32", "ours"),
+    ("openvino_bf16", "ours"),
+    ("ours_direct", "ours"),
+    ("anomalib", "ours_bf16"),
+    ("openvino_bf16", "ours_bf16"),
+]
 TRAIN_RATIOS = [("anomalib", "ours")]
 
 
@@ -47,9 +54,15 @@ def table(data: dict, op: str, impls: list[str], ratios: list[tuple[str, str]]) 
         t = {i: per_image(by_impl.get(i)) for i in present}
         row = [case] + [fmt_time(t[i]) for i in present] + [ratio(t[n], t[d]) for n, d in present_ratios]
         out.append("| " + " | ".join(row) + " |")
-    notes = sorted({f"{b['extra_info'].get('impl')}: precision hint {b['extra_info']['precision_hint']}, used "
-                    f"{b['extra_info']['precision_used']} (OpenVINO {b['extra_info'].get('openvino')})"
-                    for g in groups.values() for b in g.values() if "precision_used" in b.get("extra_info", {})})
+    notes = sorted(
+        {
+            f"{b['extra_info'].get('impl')}: precision hint {b['extra_info']['precision_hint']}, used "
+            f"{b['extra_info']['precision_used']} (OpenVINO {b['extra_info'].get('openvino')})"
+            for g in groups.values()
+            for b in g.values()
+            if "precision_used" in b.get("extra_info", {})
+        }
+    )
     threads = sorted({str(b.get("extra_info", {}).get("threads")) for g in groups.values() for b in g.values()})
     out += ["", f"threads: {', '.join(threads)}"] + [f"- {n}" for n in notes] + [""]
     return out

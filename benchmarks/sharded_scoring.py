@@ -8,6 +8,7 @@ command (start, model load, decoding in DataLoader workers, scoring, the merge; 
 for each process count, each into a fresh output folder (a used one would resume: skip everything). Prints one row per count with the
 load average before the run, since shared machines make these numbers move.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,40 @@ def main() -> int:
             (images / p.name).symlink_to(p.resolve())
         torch.manual_seed(0)
         save_model(EfficientAD(), tmp / "model.safetensors")
-        print(f"{len(paths)} images from {args.folder}, EfficientAD-S 256x256, CPU, batch {args.batch_size}, "
-              f"{args.workers} decoding worker(s) per rank, {os.cpu_count()} CPUs")
+        print(
+            f"{len(paths)} images from {args.folder}, EfficientAD-S 256x256, CPU, batch {args.batch_size}, "
+            f"{args.workers} decoding worker(s) per rank, {os.cpu_count()} CPUs"
+        )
         print("procs | seconds | images/s | load average before (1 min)")
         for run, n in enumerate(args.procs):
             load = os.getloadavg()[0]
             env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-                            "-m", "efficientad_ext", "infer", str(tmp / "model.safetensors"), str(images),
-                            "--out", str(tmp / f"out{run}"), "--no-images", "--workers", str(args.workers),
-                            "--batch-size", str(args.batch_size), "--device", "cpu"], env=env, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc-per-node={n}",
+                    "-m",
+                    "efficientad_ext",
+                    "infer",
+                    str(tmp / "model.safetensors"),
+                    str(images),
+                    "--out",
+                    str(tmp / f"out{run}"),
+                    "--no-images",
+                    "--workers",
+                    str(args.workers),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--device",
+                    "cpu",
+                ],
+                env=env,
+                check=True,
+            )
             seconds = time.perf_counter() - t0
             print(f"{n} | {seconds:.1f} | {len(paths) / seconds:.2f} | {load:.1f}")
     return 0

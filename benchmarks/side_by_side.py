@@ -17,6 +17,7 @@ image AUROC and, for ours, pixel AUROC and AU-PRO.
     python benchmarks/side_by_side.py ../shared/data/magnetic-tile --steps 300 --seeds 0 1 2 \
         --anomalib-python /path/to/venv-with-anomalib/bin/python --out benchmarks/results/side_by_side.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,26 +41,47 @@ TOOL = HERE.parent.parent / "shared" / "tools" / "anomalib_train_loop.py"
 BRANCHES_TOOL = HERE / "anomalib_loop_branches.py"
 
 
-def run_anomalib(python: str, dataset: Path, penalty: Path, steps: int, seed: int, teacher: Path, threads: int,
-                 branches: bool = False) -> dict:
+def run_anomalib(
+    python: str,
+    dataset: Path,
+    penalty: Path,
+    steps: int,
+    seed: int,
+    teacher: Path,
+    threads: int,
+    branches: bool = False,
+) -> dict:
     """anomalib's loop; with ``branches``, through :mod:`anomalib_loop_branches` (the same loop,
     then scored by our evaluator per branch; needs efficientad_ext in ``python``)."""
     env = {**os.environ, "SEED": str(seed), "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     script = BRANCHES_TOOL if branches else TOOL
-    out = subprocess.run([python, str(script), str(dataset), str(penalty), str(steps), str(teacher)], env=env,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [python, str(script), str(dataset), str(penalty), str(steps), str(teacher)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"anomalib run failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
     if branches:
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        return {**r, "image_auroc": r["tool_image_auroc"], "our_eval_image_auroc": r["image_auroc"],
-                "wall_seconds": round(time.perf_counter() - t0, 1)}
+        return {
+            **r,
+            "image_auroc": r["tool_image_auroc"],
+            "our_eval_image_auroc": r["image_auroc"],
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        }
     m = re.search(r"([0-9.]+) s/step on CPU: image AUROC ([0-9.]+)", out.stdout)
     if not m:
         raise RuntimeError(f"cannot parse the anomalib tool's output:\n{out.stdout[-2000:]}")
-    return {"image_auroc": float(m.group(2)), "seconds_per_step": float(m.group(1)),
-            "wall_seconds": round(time.perf_counter() - t0, 1), "line": out.stdout.strip().splitlines()[-1]}
+    return {
+        "image_auroc": float(m.group(2)),
+        "seconds_per_step": float(m.group(1)),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "line": out.stdout.strip().splitlines()[-1],
+    }
 
 
 def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: bool, precision: str = "auto") -> dict:
@@ -70,6 +92,7 @@ def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: b
 
     original = training.penalty_batch
     if old_penalty:
+
         def blurred(paths, size, generator):
             raw = torch.stack([resize_image(load_image(p), size) for p in paths])
             return penalty_transform(raw, size, generator)
@@ -77,8 +100,14 @@ def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: b
         training.penalty_batch = blurred
     try:
         splits = open_dataset(dataset)
-        cfg = training.TrainConfig(steps=steps, seed=seed, penalty_dir=str(penalty), log_every=max(1, steps // 4),
-                                   checkpoint_every=steps, precision=precision)
+        cfg = training.TrainConfig(
+            steps=steps,
+            seed=seed,
+            penalty_dir=str(penalty),
+            log_every=max(1, steps // 4),
+            checkpoint_every=steps,
+            precision=precision,
+        )
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             model = training.train([s.path for s in splits.train], tmp, config=cfg)
@@ -87,10 +116,16 @@ def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: b
     finally:
         training.penalty_batch = original
     extra = model.record.extra or {}
-    return {"precision": extra.get("precision"), "memory_format": extra.get("memory_format"),
-            "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc"), "au_pro": metrics.get("au_pro"),
-            "image_auroc_per_type": metrics.get("image_auroc_per_type"), "branches": metrics.get("branches"),
-            "seconds_per_step": round(seconds / steps, 3)}
+    return {
+        "precision": extra.get("precision"),
+        "memory_format": extra.get("memory_format"),
+        "image_auroc": metrics["image_auroc"],
+        "pixel_auroc": metrics.get("pixel_auroc"),
+        "au_pro": metrics.get("au_pro"),
+        "image_auroc_per_type": metrics.get("image_auroc_per_type"),
+        "branches": metrics.get("branches"),
+        "seconds_per_step": round(seconds / steps, 3),
+    }
 
 
 def main(argv=None) -> int:
@@ -99,12 +134,20 @@ def main(argv=None) -> int:
     ap.add_argument("--penalty-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "imagenet-samples")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--sides", nargs="+", default=["anomalib", "ours"], choices=["anomalib", "ours", "ours-float32", "ours-bfloat16", "ours-old-penalty"],
-                    help="ours: precision auto; ours-float32 / ours-bfloat16: that precision; ours-old-penalty: the blurred penalty images")
+    ap.add_argument(
+        "--sides",
+        nargs="+",
+        default=["anomalib", "ours"],
+        choices=["anomalib", "ours", "ours-float32", "ours-bfloat16", "ours-old-penalty"],
+        help="ours: precision auto; ours-float32 / ours-bfloat16: that precision; ours-old-penalty: the blurred penalty images",
+    )
     ap.add_argument("--anomalib-python", default=sys.executable)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--branches", action="store_true",
-                    help="score anomalib's trained model with our evaluator too, per branch (benchmarks/anomalib_loop_branches.py)")
+    ap.add_argument(
+        "--branches",
+        action="store_true",
+        help="score anomalib's trained model with our evaluator too, per branch (benchmarks/anomalib_loop_branches.py)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -119,17 +162,37 @@ def main(argv=None) -> int:
                 continue
             print(f"=== {side} seed {seed}, {args.steps} steps", flush=True)
             if side == "anomalib":
-                r = run_anomalib(args.anomalib_python, args.dataset, args.penalty_dir, args.steps, seed, teacher, args.threads,
-                                 args.branches)
+                r = run_anomalib(
+                    args.anomalib_python,
+                    args.dataset,
+                    args.penalty_dir,
+                    args.steps,
+                    seed,
+                    teacher,
+                    args.threads,
+                    args.branches,
+                )
             else:
                 precision = {"ours-float32": "float32", "ours-bfloat16": "bfloat16"}.get(side, "auto")
-                r = run_ours(args.dataset, args.penalty_dir, args.steps, seed, old_penalty=side == "ours-old-penalty",
-                             precision=precision)
+                r = run_ours(
+                    args.dataset,
+                    args.penalty_dir,
+                    args.steps,
+                    seed,
+                    old_penalty=side == "ours-old-penalty",
+                    precision=precision,
+                )
             runs.append({"side": side, "seed": seed, "steps": args.steps, **r})
             shown = ", ".join(f"{b} {m['image_auroc']:.4f}" for b, m in (r.get("branches") or {}).items())
             print(f"    image AUROC {r['image_auroc']:.4f}" + (f" (per map: {shown})" if shown else ""), flush=True)
-            result = {"dataset": str(args.dataset), "teacher": str(teacher.name), "threads": args.threads,
-                      "machine": f"{platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}", "torch": torch.__version__, "runs": runs}
+            result = {
+                "dataset": str(args.dataset),
+                "teacher": str(teacher.name),
+                "threads": args.threads,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
+                "torch": torch.__version__,
+                "runs": runs,
+            }
             write_text_atomically(args.out, json.dumps(result, indent=2))
     return 0
 

@@ -12,6 +12,7 @@ above 1 means ours is that many times faster than ``impl``. Cases that were skip
 torch.compile failures, torch.quantile's size limit, ...) are listed with their reasons.
 Standard library only.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -24,6 +24,7 @@ random PDN is the floor, the extractor Psi the teacher imitates the ceiling it c
 teacher file, or a distillation's ``distill_state.safetensors`` (the teacher as of its last
 checkpoint, to follow a distillation while it runs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -126,7 +127,9 @@ def nn_scores(bank: torch.Tensor, test: torch.Tensor, chunk: int = 2048) -> torc
 
 
 @torch.no_grad()
-def greedy_coreset(points: torch.Tensor, count: int, generator: torch.Generator, projection_dim: int = 128) -> torch.Tensor:
+def greedy_coreset(
+    points: torch.Tensor, count: int, generator: torch.Generator, projection_dim: int = 128
+) -> torch.Tensor:
     """Indices of ``count`` rows of ``points`` [M, C] chosen by greedy k-centre selection
     (each next row the one farthest from the rows chosen so far), with the distances taken in a
     random Gaussian projection to ``projection_dim`` dimensions (PatchCore's approximation); the
@@ -157,11 +160,21 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", action="append", required=True)
     ap.add_argument("--protocol", choices=["coreset", "random"], default="coreset")
     ap.add_argument("--coreset", type=float, default=0.01, help="coreset: the bank's share of all training patches")
-    ap.add_argument("--coreset-images", type=int, default=0,
-                    help="coreset: build the bank from this many training images (a seeded choice; 0: all, PatchCore's protocol)")
+    ap.add_argument(
+        "--coreset-images",
+        type=int,
+        default=0,
+        help="coreset: build the bank from this many training images (a seeded choice; 0: all, PatchCore's protocol)",
+    )
     ap.add_argument("--bank-images", type=int, default=200, help="random: training images the bank is drawn from")
     ap.add_argument("--bank-size", type=int, default=8192, help="random: patch vectors in the bank")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="coreset: its random start and projection; random: the bank draw")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="coreset: its random start and projection; random: the bank draw",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     # Masks with anti-aliased edges (magnetic-tile has many) are binarised as eval does; one
@@ -173,8 +186,14 @@ def main(argv=None) -> int:
     labels = torch.tensor([s.label for s in test])
     masks = None
     if all(s.label == 0 or s.mask_path is not None for s in test):
-        masks = torch.stack([resize_mask(load_mask(s.mask_path), (256, 256))[0] if s.mask_path is not None
-                             else torch.zeros(256, 256, dtype=torch.bool) for s in test])
+        masks = torch.stack(
+            [
+                resize_mask(load_mask(s.mask_path), (256, 256))[0]
+                if s.mask_path is not None
+                else torch.zeros(256, 256, dtype=torch.bool)
+                for s in test
+            ]
+        )
     rows = []
     for name in args.teacher:
         label, run = make_extractor(name)
@@ -193,8 +212,12 @@ def main(argv=None) -> int:
             flat = (flat - mean) / std
             bank_count = max(1, round(args.coreset * flat.shape[0]))
         else:
-            picks = {seed: torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: args.bank_images].tolist()
-                     for seed in args.seeds}
+            picks = {
+                seed: torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[
+                    : args.bank_images
+                ].tolist()
+                for seed in args.seeds
+            }
             needed = sorted(set().union(*picks.values()))
             train_by_index = dict(zip(needed, features(run, [train[i] for i in needed])))
         for seed in args.seeds:
@@ -215,7 +238,12 @@ def main(argv=None) -> int:
                 pixel_aurocs.append(pixel_auroc(maps, masks))
             shown = f", pixel AUROC {pixel_aurocs[-1]:.4f}" if pixel_aurocs else ""
             print(f"{label}: seed {seed}: image AUROC {image_aurocs[-1]:.4f}{shown}", flush=True)
-        row = {"teacher": name, "label": label, "image_auroc_per_seed": image_aurocs, "seconds": round(time.perf_counter() - t0, 1)}
+        row = {
+            "teacher": name,
+            "label": label,
+            "image_auroc_per_seed": image_aurocs,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         for key, values in (("image_auroc", image_aurocs), ("pixel_auroc", pixel_aurocs)):
             if values:
                 t = torch.tensor(values)
@@ -223,13 +251,22 @@ def main(argv=None) -> int:
         row["pixel_auroc_per_seed"] = pixel_aurocs
         row["mean"], row["std"] = row["image_auroc_mean"], row["image_auroc_std"]
         rows.append(row)
-    result = {"dataset": str(args.dataset), "protocol": args.protocol, "seeds": args.seeds, "test_images": len(test),
-              "anomalous": int(labels.sum()),
-              **({"coreset": args.coreset, "train_images": len(train), "coreset_images": args.coreset_images or len(train)}
-                 if args.protocol == "coreset"
-                 else {"bank_images": args.bank_images, "bank_size": args.bank_size}),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    result = {
+        "dataset": str(args.dataset),
+        "protocol": args.protocol,
+        "seeds": args.seeds,
+        "test_images": len(test),
+        "anomalous": int(labels.sum()),
+        **(
+            {"coreset": args.coreset, "train_images": len(train), "coreset_images": args.coreset_images or len(train)}
+            if args.protocol == "coreset"
+            else {"bank_images": args.bank_images, "bank_size": args.bank_size}
+        ),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     print("| features | image AUROC (mean ± std over seeds) | pixel AUROC |\n|---|---:|---:|")
     for r in rows:
         pixel = f"{r['pixel_auroc_mean']:.4f} ± {r['pixel_auroc_std']:.4f}" if "pixel_auroc_mean" in r else ""

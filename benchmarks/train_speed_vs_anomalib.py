@@ -16,6 +16,7 @@ the medians, the ratios anomalib / ours and the CPU's flags.
     python benchmarks/train_speed_vs_anomalib.py ../shared/data/mvtec-hazelnut-reduced --steps 20 \\
         --reps 2 --threads 2 --anomalib-python /path/to/venv-with-anomalib/bin/python --out speed.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,15 @@ HERE = Path(__file__).resolve().parent
 TOOL = HERE.parent.parent / "shared" / "tools" / "anomalib_train_loop.py"
 
 
-VARIANTS = ("auto", "float32", "bfloat16", "float32/contiguous", "float32/channels_last",
-            "bfloat16/contiguous", "bfloat16/channels_last")
+VARIANTS = (
+    "auto",
+    "float32",
+    "bfloat16",
+    "float32/contiguous",
+    "float32/channels_last",
+    "bfloat16/contiguous",
+    "bfloat16/channels_last",
+)
 
 
 def run_ours(dataset: Path, penalty: Path, steps: int, variant: str, threads: int, seed: int) -> dict:
@@ -49,24 +57,54 @@ def run_ours(dataset: Path, penalty: Path, steps: int, variant: str, threads: in
     precision, _, memory_format = variant.partition("/")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "efficientad_ext", "train", str(dataset), "--out", tmp, "--steps", str(steps),
-               "--penalty-dir", str(penalty), "--precision", precision, "--memory-format", memory_format or "auto", "--seed", str(seed), "--device", "cpu",
-               "--checkpoint-every", str(steps)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "efficientad_ext",
+            "train",
+            str(dataset),
+            "--out",
+            tmp,
+            "--steps",
+            str(steps),
+            "--penalty-dir",
+            str(penalty),
+            "--precision",
+            precision,
+            "--memory-format",
+            memory_format or "auto",
+            "--seed",
+            str(seed),
+            "--device",
+            "cpu",
+            "--checkpoint-every",
+            str(steps),
+        ]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
         if out.returncode != 0:
             raise RuntimeError(f"efficientad train failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
         extra = json.loads((Path(tmp) / "training.json").read_text())["extra"]
-    return {"seconds_per_step": extra["seconds_per_step"], "wall_seconds": round(wall, 1),
-            "precision": extra["precision"], "memory_format": extra.get("memory_format"), "teacher_cache": extra.get("teacher_cache")}
+    return {
+        "seconds_per_step": extra["seconds_per_step"],
+        "wall_seconds": round(wall, 1),
+        "precision": extra["precision"],
+        "memory_format": extra.get("memory_format"),
+        "teacher_cache": extra.get("teacher_cache"),
+    }
 
 
 def run_anomalib(python: str, dataset: Path, penalty: Path, steps: int, teacher: Path, threads: int, seed: int) -> dict:
     env = {**os.environ, "SEED": str(seed), "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    out = subprocess.run([python, str(TOOL), str(dataset), str(penalty), str(steps), str(teacher)], env=env,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [python, str(TOOL), str(dataset), str(penalty), str(steps), str(teacher)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"anomalib run failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
@@ -97,8 +135,13 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=VARIANTS,
-                    help="our sides: a precision, optionally /memory-format (default auto for both)")
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["auto"],
+        choices=VARIANTS,
+        help="our sides: a precision, optionally /memory-format (default auto for both)",
+    )
     ap.add_argument("--anomalib-python", default=sys.executable)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -113,12 +156,20 @@ def main(argv=None) -> int:
         for p in args.precisions:
             row[f"ours_{p}"] = run_ours(args.dataset, args.penalty_dir, args.steps, p, args.threads, args.seed)
             print(f"rep {rep} ours {p}: {row[f'ours_{p}']}", flush=True)
-        row["anomalib"] = run_anomalib(args.anomalib_python, args.dataset, args.penalty_dir, args.steps, teacher, args.threads, args.seed)
+        row["anomalib"] = run_anomalib(
+            args.anomalib_python, args.dataset, args.penalty_dir, args.steps, teacher, args.threads, args.seed
+        )
         print(f"rep {rep} anomalib: {row['anomalib']}", flush=True)
         reps.append(row)
-        result = {"dataset": str(args.dataset), "steps": args.steps, "threads": args.threads, "torch": torch.__version__,
-                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
-                  "reps": reps, "median": summarise(reps, args.precisions)}
+        result = {
+            "dataset": str(args.dataset),
+            "steps": args.steps,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {describe_cpu()}",
+            "reps": reps,
+            "median": summarise(reps, args.precisions),
+        }
         write_text_atomically(args.out, json.dumps(result, indent=2))
     print(json.dumps(result["median"], indent=2))
     return 0

@@ -1,7 +1,12 @@
 """Median training-step time of EfficientAD-S at 256x256 (with penalty images), batch 1 and 8."""
-import time, torch
+
+import time
+
+import torch
+
 from efficientad_ext import EfficientAD
 from efficientad_ext.training import TrainConfig, TrainStep
+
 torch.manual_seed(0)
 for b, n in ((1, 6), (8, 3)):
     model = EfficientAD()
@@ -10,7 +15,11 @@ for b, n in ((1, 6), (8, 3)):
     step(0, imgs, pen)  # warm-up
     times = []
     for i in range(n):
-        t0 = time.perf_counter(); step(i + 1, imgs, pen); times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        step(i + 1, imgs, pen)
+        times.append(time.perf_counter() - t0)
     times.sort()
     med = times[len(times) // 2]
-    print(f"batch {b}: median {med:.2f} s/step over {n} steps ({med / b:.2f} s per image), threads {torch.get_num_threads()}")
+    print(
+        f"batch {b}: median {med:.2f} s/step over {n} steps ({med / b:.2f} s per image), threads {torch.get_num_threads()}"
+    )

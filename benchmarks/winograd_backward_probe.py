@@ -7,6 +7,7 @@ change every step). The weight gradient has no Winograd form here and stays oneD
 
     python benchmarks/winograd_backward_probe.py --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"CPU flags: {describe_cpu()}; torch {torch.__version__}; {args.threads} threads; best of {args.repeats}, seconds")
-    print("| layer | forward oneDNN | forward Winograd | input grad oneDNN | input grad Winograd | weight transforms | weight grad oneDNN | input-grad rel. error |")
+    print(
+        f"CPU flags: {describe_cpu()}; torch {torch.__version__}; {args.threads} threads; best of {args.repeats}, seconds"
+    )
+    print(
+        "| layer | forward oneDNN | forward Winograd | input grad oneDNN | input grad Winograd "
+        "| weight transforms | weight grad oneDNN | input-grad rel. error |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for cin, cout, k, h, b in LAYERS:
         x = torch.randn(b, cin, h, h)
@@ -59,7 +65,9 @@ def main() -> None:
             best_of(lambda: (prepare_weights(w), prepare_weights(flipped)), args.repeats),
             best_of(lambda: torch.nn.grad.conv2d_weight(x, w.shape, grad_out), args.repeats),
         ]
-        print(f"| {cin}->{cout} {k}x{k} at {h}, {b} image(s) | " + " | ".join(f"{v:.3f}" for v in row) + f" | {err:.1e} |")
+        print(
+            f"| {cin}->{cout} {k}x{k} at {h}, {b} image(s) | " + " | ".join(f"{v:.3f}" for v in row) + f" | {err:.1e} |"
+        )
 
 
 if __name__ == "__main__":

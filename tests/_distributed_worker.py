@@ -4,6 +4,7 @@ argv: images_dir penalty_dir out_dir. Runs, in one process group:
   equal/   2 steps, global batch 2, dropout off (compared with one process in the test);
   straight/ 2 steps with dropout; resumed/ interrupted after 1 step, then resumed to 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,16 @@ class Interrupted(Exception):
 def config(penalty_dir: str) -> tr.TrainConfig:
     # float32: the equality with one process is checked at float32 rounding (on a native-bf16
     # CPU, auto would train in bf16, whose rounding moves a tenth of the weights by > 1e-6).
-    return tr.TrainConfig(steps=2, batch_size=2, checkpoint_every=1, validation_fraction=0.25, seed=3,
-                          penalty_dir=penalty_dir, log_every=1, precision="float32")
+    return tr.TrainConfig(
+        steps=2,
+        batch_size=2,
+        checkpoint_every=1,
+        validation_fraction=0.25,
+        seed=3,
+        penalty_dir=penalty_dir,
+        log_every=1,
+        precision="float32",
+    )
 
 
 def main() -> int:
@@ -59,8 +68,9 @@ def main() -> int:
             tr.TrainStep.__call__ = original
         dist.barrier()
         if env.is_main:
-            (out / "interrupted.json").write_text(json.dumps(
-                {"model_written": (out / "resumed" / "model.safetensors").exists()}))
+            (out / "interrupted.json").write_text(
+                json.dumps({"model_written": (out / "resumed" / "model.safetensors").exists()})
+            )
         tr.train(paths, out / "resumed", config=config(penalty), resume=True)
     return 0
 

@@ -1,4 +1,5 @@
 """Shared fixtures: devices as a parameter, per-dtype tolerances, the shared data folder."""
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ Per variant, one JSON line: ``{"variant", "outcome", "detail"}`` with outcome
 
 Before each variant a ``{"start": name}`` line is printed, so a crash names its variant.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 
 from efficientad_ext import EfficientAD, ModelConfig, load_model, save_model
-from efficientad_ext.formats import integrity
 from efficientad_ext.cli import main as cli_main
+from efficientad_ext.formats import integrity
 
 Variant = tuple[str, Callable[[Path], None]]
 
@@ -99,20 +100,38 @@ def _raw_edit(name: str, key: str, text: str | None) -> None:
 
 
 for _name, _field, _value in [
-    ("no", "padded", "no"), ("1", "padded", 1), ("256.7", "image_size", [256.7, 256]), ("128", "image_size", [128, 128]),
-    ("3d", "image_size", [256, 256, 3]), ("-1", "teacher_channels", -1), ("1e12", "teacher_channels", 10**12),
-    ("x", "teacher_channels", "x"), ("7", "teacher_channels", 7), ("len2", "image_mean", [0.4, 0.4]),
-    ("neg", "image_mean", [-3.0, 0.4, 0.4]), ("std0", "image_std", [0.0, 0.2, 0.2]), ("stdneg", "image_std", [-0.2, 0.2, 0.2]),
-    ("large", "arch", "large"), ("none", "arch", None),
+    ("no", "padded", "no"),
+    ("1", "padded", 1),
+    ("256.7", "image_size", [256.7, 256]),
+    ("128", "image_size", [128, 128]),
+    ("3d", "image_size", [256, 256, 3]),
+    ("-1", "teacher_channels", -1),
+    ("1e12", "teacher_channels", 10**12),
+    ("x", "teacher_channels", "x"),
+    ("7", "teacher_channels", 7),
+    ("len2", "image_mean", [0.4, 0.4]),
+    ("neg", "image_mean", [-3.0, 0.4, 0.4]),
+    ("std0", "image_std", [0.0, 0.2, 0.2]),
+    ("stdneg", "image_std", [-0.2, 0.2, 0.2]),
+    ("large", "arch", "large"),
+    ("none", "arch", None),
 ]:
     _config_edit(_name, _field, _value)
 for _name, _key, _text in [
-    ("config=[]", "config", "[]"), ("config={", "config", "{"), ("config missing", "config", None),
-    ("config nested", "config", "[" * 50000 + "]" * 50000), ("config unknown field", "config", None),
-    ("calibrated=NaN", "calibrated", "NaN"), ("calibrated=2", "calibrated", "2"), ("calibrated=\"true\"", "calibrated", '"true"'),
-    ("training=[]", "training", "[]"), ("training.steps=-1", "training", '{"steps": -1}'),
-    ("training unknown field", "training", '{"stepz": 1}'), ("format_version=2", "format_version", "2"),
-    ("format=other", "format", "other"), ("unknown key", "extra", "1"),
+    ("config=[]", "config", "[]"),
+    ("config={", "config", "{"),
+    ("config missing", "config", None),
+    ("config nested", "config", "[" * 50000 + "]" * 50000),
+    ("config unknown field", "config", None),
+    ("calibrated=NaN", "calibrated", "NaN"),
+    ("calibrated=2", "calibrated", "2"),
+    ('calibrated="true"', "calibrated", '"true"'),
+    ("training=[]", "training", "[]"),
+    ("training.steps=-1", "training", '{"steps": -1}'),
+    ("training unknown field", "training", '{"stepz": 1}'),
+    ("format_version=2", "format_version", "2"),
+    ("format=other", "format", "other"),
+    ("unknown key", "extra", "1"),
 ]:
     _raw_edit(_name, _key, _text)
 
@@ -123,7 +142,10 @@ def _unknown_config_field(meta: dict) -> None:
     meta["config"] = json.dumps(config)
 
 
-METADATA_EDITS[[n for n, _ in METADATA_EDITS].index("config unknown field")] = ("config unknown field", _unknown_config_field)
+METADATA_EDITS[[n for n, _ in METADATA_EDITS].index("config unknown field")] = (
+    "config unknown field",
+    _unknown_config_field,
+)
 
 
 def _set(name: str, index: int, value: float) -> Callable[[dict], None]:
@@ -147,12 +169,18 @@ def _replace(name: str, make: Callable[[torch.Tensor], torch.Tensor | None]) -> 
 
 NAN, INF = float("nan"), float("inf")
 VALUE_EDITS: list[tuple[str, Callable[[dict], None]]] = [
-    ("quantiles NaN", _set("quantiles", 0, NAN)), ("quantiles inf", _set("quantiles", 1, INF)),
-    ("quantiles -inf", _set("quantiles", 2, -INF)), ("q_st_a == q_st_b", _set("quantiles", 0, 0.05)),
-    ("q_ae_a > q_ae_b", _set("quantiles", 2, 0.5)), ("teacher_std 0", _set("teacher_std", 1, 0.0)),
-    ("teacher_std < 0", _set("teacher_std", 2, -0.5)), ("teacher_std NaN", _set("teacher_std", 3, NAN)),
-    ("teacher_mean NaN", _set("teacher_mean", 0, NAN)), ("teacher_mean inf", _set("teacher_mean", 4, INF)),
-    ("teacher weight NaN", _set("teacher.0.weight", 11, NAN)), ("student weight inf", _set("student.3.weight", 5, INF)),
+    ("quantiles NaN", _set("quantiles", 0, NAN)),
+    ("quantiles inf", _set("quantiles", 1, INF)),
+    ("quantiles -inf", _set("quantiles", 2, -INF)),
+    ("q_st_a == q_st_b", _set("quantiles", 0, 0.05)),
+    ("q_ae_a > q_ae_b", _set("quantiles", 2, 0.5)),
+    ("teacher_std 0", _set("teacher_std", 1, 0.0)),
+    ("teacher_std < 0", _set("teacher_std", 2, -0.5)),
+    ("teacher_std NaN", _set("teacher_std", 3, NAN)),
+    ("teacher_mean NaN", _set("teacher_mean", 0, NAN)),
+    ("teacher_mean inf", _set("teacher_mean", 4, INF)),
+    ("teacher weight NaN", _set("teacher.0.weight", 11, NAN)),
+    ("student weight inf", _set("student.3.weight", 5, INF)),
     ("autoencoder bias NaN", _set("autoencoder.encoder.0.bias", 0, NAN)),
     ("shape changed", _replace("student.0.bias", lambda t: t[:-1].clone())),
     ("dtype int32", _replace("teacher_mean", lambda t: t.to(torch.int32))),
@@ -165,7 +193,24 @@ def variants(raw: bytes, seed: int) -> Iterator[Variant]:
     rng = random.Random(seed)
     n = int.from_bytes(raw[:8], "little")
     size = len(raw)
-    for cut in sorted({0, 1, 7, 8, 9, 8 + n // 2, 8 + n - 1, 8 + n, 8 + n + 1, 8 + n + 4096, size // 2, size - 4096, size - 4, size - 1}):
+    for cut in sorted(
+        {
+            0,
+            1,
+            7,
+            8,
+            9,
+            8 + n // 2,
+            8 + n - 1,
+            8 + n,
+            8 + n + 1,
+            8 + n + 4096,
+            size // 2,
+            size - 4096,
+            size - 4,
+            size - 1,
+        }
+    ):
         yield f"truncated to {cut} bytes", _bytes(raw[:cut])
     yield "1 byte appended", _bytes(raw + b"\x00")
     yield "4096 bytes appended", _bytes(raw + bytes(4096))
@@ -191,8 +236,14 @@ def variants(raw: bytes, seed: int) -> Iterator[Variant]:
     # Edits that change nothing a model computes: must load and give identical results.
     record = json.loads(metadata["training"])
     record["teacher"] = "edited description"
-    yield "training.teacher edited (digest sign)", _writer(tensors, {**metadata, "training": json.dumps(record)}, "sign")
-    yield "training.teacher edited (digest keep)", _writer(tensors, {**metadata, "training": json.dumps(record)}, "keep")
+    yield (
+        "training.teacher edited (digest sign)",
+        _writer(tensors, {**metadata, "training": json.dumps(record)}, "sign"),
+    )
+    yield (
+        "training.teacher edited (digest keep)",
+        _writer(tensors, {**metadata, "training": json.dumps(record)}, "keep"),
+    )
     yield "digest removed (file from before digests)", _writer(tensors, metadata, "drop")
 
 
@@ -208,7 +259,7 @@ def classify(path: Path, images: Path, out: Path, baseline, x: torch.Tensor) -> 
     if rc == 2:
         lines = text.strip().splitlines()
         if len(lines) == 1 and lines[0].startswith("efficientad infer: error: ") and path.name in lines[0]:
-            return "refused", lines[0][len("efficientad infer: error: "):][:400]
+            return "refused", lines[0][len("efficientad infer: error: ") :][:400]
         return "missed", f"exit 2 without a one-line error naming the file: {text[:300]!r}"
     if rc != 0:
         return "missed", f"exit {rc}: {text[:300]!r}"
@@ -222,7 +273,11 @@ def classify(path: Path, images: Path, out: Path, baseline, x: torch.Tensor) -> 
         and torch.equal(result.anomaly_map, baseline["map"])
         and torch.equal(result.score, baseline["score"])
     )
-    return ("harmless", "loads and computes exactly what the original does") if same else ("missed", "loaded with different results")
+    return (
+        ("harmless", "loads and computes exactly what the original does")
+        if same
+        else ("missed", "loaded with different results")
+    )
 
 
 def run(work: Path, seed: int = 0) -> None:
@@ -237,7 +292,12 @@ def run(work: Path, seed: int = 0) -> None:
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
     original = load_model(base)
     ref = original.infer(x)
-    baseline = {"config": original.config, "calibrated": original.calibrated, "map": ref.anomaly_map, "score": ref.score}
+    baseline = {
+        "config": original.config,
+        "calibrated": original.calibrated,
+        "map": ref.anomaly_map,
+        "score": ref.score,
+    }
     raw = base.read_bytes()
     for i, (name, write) in enumerate(variants(raw, seed)):
         print(json.dumps({"start": name}), flush=True)

@@ -11,6 +11,7 @@ Each call prints one JSON line ``{"target", "case", "outcome", "detail"}``, outc
 
 A ``{"start": ...}`` line before each call names the call a crash happened in.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 
 from efficientad_ext import EfficientAD, ModelConfig, load_model, ops, save_model
-from efficientad_ext.models.pdn import build_pdn
 from efficientad_ext.inference.winograd import prepare_weights
+from efficientad_ext.models.pdn import build_pdn
 from efficientad_ext.ops import winograd_conv2d
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool]
@@ -68,7 +69,10 @@ def _finite_if(result: torch.Tensor, *inputs: torch.Tensor) -> bool:
 
 def case_quantile(rnd: Rand):
     x = rnd.tensor([rnd.size(0, 40) for _ in range(rnd.size(0, 3))], rnd.pick(*DTYPES[:4], *DTYPES))
-    q = rnd.pick(0.0, 0.5, 1.0, 0.999, 0.3, [0.1, 0.9], torch.tensor([0.2, 0.7]), -0.1, 1.5, float("nan"), [], "0.5", True, 2)
+    q = rnd.pick(
+        0.0, 0.5, 1.0, 0.999, 0.3, [0.1, 0.9], torch.tensor([0.2, 0.7]), -0.1, 1.5, float("nan"), [], "0.5", True, 2
+    )
+
     def call():
         out = ops.quantile(x, q)
         if x.numel() and x.is_floating_point() and not isinstance(q, (str, bool)):
@@ -76,6 +80,7 @@ def case_quantile(rnd: Rand):
             finite = torch.isfinite(x).all()
             return bool(finite) <= bool(torch.allclose(out.double(), ref, rtol=1e-2, atol=1e-2, equal_nan=True))
         return True
+
     return f"quantile({tuple(x.shape)} {x.dtype}, {q!r})", call
 
 
@@ -86,9 +91,11 @@ def case_hard_feature_loss(rnd: Rand):
     student = rnd.tensor(other, rnd.pick(teacher.dtype, teacher.dtype, teacher.dtype, torch.float32))
     p = rnd.pick(0.999, 0.0, 1.0, 0.5, 0.9, 0.99, -1.0, 2.0, float("nan"))
     reduction = rnd.pick("batch", "per_sample", "batch", "per_sample", "mean", None)
+
     def call():
         loss = ops.hard_feature_loss(teacher, student, p, reduction)
         return loss.dim() == 0 and _finite_if(loss, teacher, student)
+
     return f"hard_feature_loss({shape} {teacher.dtype}, {other} {student.dtype}, {p}, {reduction})", call
 
 
@@ -100,10 +107,13 @@ def case_anomaly_maps(rnd: Rand):
     autoencoder = rnd.tensor([b, c, h, w], rnd.pick(dtype, dtype, torch.float32))
     mean = rnd.tensor([rnd.pick(c, c, c + 1)], torch.float32, special=False)
     std = rnd.tensor([c], torch.float32, special=False).abs() + 0.1
-    quantiles = rnd.pick(torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.5, 0.5, 0.0, 1.0]))
+    quantiles = rnd.pick(
+        torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.5, 0.5, 0.0, 1.0])
+    )
     size = rnd.pick((h + 8, w + 8), (16, 16), (0, 4), (1, 1), (-1, 5), (h, w))
     pad = rnd.pick(0, 4, -1, 1)
     raw = rnd.r.random() < 0.3
+
     def call():
         with torch.no_grad():
             if raw:
@@ -111,6 +121,7 @@ def case_anomaly_maps(rnd: Rand):
                 return out.map_st.shape == (b, 1, h, w)
             out = ops.anomaly_maps(teacher, mean, std, student, autoencoder, quantiles, size, pad)
             return tuple(out.anomaly_map.shape) == (b, 1, *size) and tuple(out.score.shape) == (b,)
+
     return f"anomaly_maps(raw={raw}, {b, c, h, w} {dtype}, size {size}, pad {pad}, q {quantiles.tolist()})", call
 
 
@@ -121,18 +132,26 @@ def case_conv2d_relu_pool(rnd: Rand):
     dtype = rnd.pick(*DTYPES[:4])
     x = rnd.tensor([b, rnd.pick(cin, cin, cin + 1), h, w], dtype, special=False)
     weight = rnd.tensor([cout, cin, k, k], rnd.pick(dtype, dtype, torch.float32), special=False)
-    bias = rnd.pick(None, rnd.tensor([cout], dtype, special=False), rnd.tensor([cout], dtype, special=False),
-                    rnd.tensor([cout + 1], dtype, special=False))
+    bias = rnd.pick(
+        None,
+        rnd.tensor([cout], dtype, special=False),
+        rnd.tensor([cout], dtype, special=False),
+        rnd.tensor([cout + 1], dtype, special=False),
+    )
     padding = rnd.pick(0, 1, 2, 3, 0, 1, -1, 2**40)
     pool, pool_padding, relu = rnd.pick(True, False), rnd.pick(0, 1, 0, 1, 2, -1), rnd.pick(True, False)
+
     def call():
         with torch.no_grad():
             out = ops.conv2d_relu_pool(x, weight, bias, padding, relu, pool, pool_padding)
-            ref = torch.nn.functional.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=padding)
+            ref = torch.nn.functional.conv2d(
+                x.double(), weight.double(), None if bias is None else bias.double(), padding=padding
+            )
             ref = ref.relu() if relu else ref
             ref = torch.nn.functional.avg_pool2d(ref, 2, 2, pool_padding) if pool else ref
             tol = 1e-1 if dtype in (torch.float16, torch.bfloat16) else 1e-4
             return out.shape == ref.shape and torch.allclose(out.double(), ref, rtol=tol, atol=tol)
+
     return f"conv2d_relu_pool({b, x.shape[1], h, w} {dtype}, k {k}, pad {padding}, pool {pool}/{pool_padding})", call
 
 
@@ -144,6 +163,7 @@ def case_winograd(rnd: Rand):
     weight = rnd.tensor([cout, cin, k, k], torch.float32 if dtype == torch.float16 else dtype, special=False)
     padding = rnd.pick(0, 1, 2, -1, 2**40)
     pool, pool_padding, relu = rnd.pick(True, False), rnd.pick(0, 1, 2), rnd.pick(True, False)
+
     def call():
         prepared = prepare_weights(weight)
         with torch.no_grad():
@@ -152,6 +172,7 @@ def case_winograd(rnd: Rand):
             ref = ref.relu() if relu else ref
             ref = torch.nn.functional.avg_pool2d(ref, 2, 2, pool_padding) if pool else ref
             return out.shape == ref.shape and torch.allclose(out.double(), ref, rtol=1e-3, atol=1e-3)
+
     return f"winograd_conv2d({tuple(x.shape)} {dtype}, k {k}, pad {padding}, pool {pool}/{pool_padding})", call
 
 
@@ -165,11 +186,15 @@ def case_pdn_forward(rnd: Rand):
         _PDNS[key] = build_pdn(arch, 4, padded).eval()
     pdn = _PDNS[key]
     h, w = rnd.pick(0, 8, 33, 40, 64), rnd.pick(8, 33, 40, 64)
-    x = rnd.tensor([rnd.size(0, 2), rnd.pick(3, 3, 1), h, w], rnd.pick(torch.float32, torch.float32, torch.float64), special=False)
+    x = rnd.tensor(
+        [rnd.size(0, 2), rnd.pick(3, 3, 1), h, w], rnd.pick(torch.float32, torch.float32, torch.float64), special=False
+    )
+
     def call():
         with torch.no_grad():
             out = ops.pdn_forward(x, pdn.to(x.dtype))
             return torch.allclose(out.double(), pdn(x).double(), rtol=1e-3, atol=1e-3)
+
     return f"pdn_forward({arch}, padded={padded}, {tuple(x.shape)} {x.dtype})", call
 
 
@@ -197,7 +222,9 @@ def case_infer(rnd: Rand):
         desc = f"tensor {tuple(batch.shape)} {dtype} x{scale}"
     elif kind == "pil":
         mode = rnd.pick("RGB", "L", "I;16", "I", "F", "1", "P", "LA", "RGBA", "CMYK")
-        a = np.random.default_rng(rnd.r.randrange(1 << 30)).integers(0, 255, (max(size[0], 1), max(size[1], 1), 3), dtype=np.uint8)
+        a = np.random.default_rng(rnd.r.randrange(1 << 30)).integers(
+            0, 255, (max(size[0], 1), max(size[1], 1), 3), dtype=np.uint8
+        )
         img = Image.fromarray(a).convert("L" if mode in ("I;16", "I", "F") else "RGB")
         if mode == "I;16":
             img = Image.fromarray((np.asarray(img).astype(np.uint16) * 257), "I;16")
@@ -215,9 +242,11 @@ def case_infer(rnd: Rand):
     else:
         batch = rnd.pick("x.png", [], [1, 2], None, {"a": 1}, torch.rand(5), [torch.rand(3, 256, 256)])
         desc = f"junk {type(batch).__name__}"
+
     def call():
         result = _model().infer(batch)
         return bool(torch.isfinite(result.score).all()) and result.anomaly_map.dim() == 4
+
     return f"infer({desc})", call
 
 
@@ -230,7 +259,12 @@ def case_load(rnd: Rand, work: Path):
     if how == "random bytes":
         data = bytes(rnd.r.randrange(256) for _ in range(rnd.size(1, 400)))
     elif how == "json header only":
-        header = json.dumps({"__metadata__": {"format": "efficientad_ext.model"}, "x": {"dtype": "F32", "shape": [rnd.size(0, 4)], "data_offsets": [0, rnd.size(0, 16)]}}).encode()
+        header = json.dumps(
+            {
+                "__metadata__": {"format": "efficientad_ext.model"},
+                "x": {"dtype": "F32", "shape": [rnd.size(0, 4)], "data_offsets": [0, rnd.size(0, 16)]},
+            }
+        ).encode()
         data = len(header).to_bytes(8, "little") + header + bytes(rnd.size(0, 16))
     elif how == "prefix of a good file":
         data = raw[: rnd.r.randrange(len(raw))]
@@ -242,6 +276,7 @@ def case_load(rnd: Rand, work: Path):
         data = b""
     path = work / "fuzz.safetensors"
     path.write_bytes(data)
+
     def call():
         from efficientad_ext import ModelFileError
 
@@ -250,14 +285,19 @@ def case_load(rnd: Rand, work: Path):
         except ModelFileError:
             raise ValueError("refused with ModelFileError") from None
         return False  # none of these is a valid model file
+
     return f"load_model({how}, {len(data)} bytes)", call
 
 
 CASES: list[tuple[str, Callable, int]] = [
-    ("quantile", case_quantile, 400), ("hard_feature_loss", case_hard_feature_loss, 400),
-    ("anomaly_maps", case_anomaly_maps, 400), ("conv2d_relu_pool", case_conv2d_relu_pool, 400),
-    ("winograd_conv2d", case_winograd, 250), ("pdn_forward", case_pdn_forward, 60),
-    ("infer", case_infer, 40), ("load_model", None, 40),
+    ("quantile", case_quantile, 400),
+    ("hard_feature_loss", case_hard_feature_loss, 400),
+    ("anomaly_maps", case_anomaly_maps, 400),
+    ("conv2d_relu_pool", case_conv2d_relu_pool, 400),
+    ("winograd_conv2d", case_winograd, 250),
+    ("pdn_forward", case_pdn_forward, 60),
+    ("infer", case_infer, 40),
+    ("load_model", None, 40),
 ]
 
 
@@ -265,7 +305,7 @@ def run(seed: int, scale: float, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rnd = Rand(seed)
     for target, make, n in CASES:
-        for i in range(max(1, int(n * scale))):
+        for _ in range(max(1, int(n * scale))):
             desc, call = case_load(rnd, work) if make is None else make(rnd)
             print(json.dumps({"start": f"{target}: {desc}"}), flush=True)
             try:
@@ -281,4 +321,8 @@ def run(seed: int, scale: float, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 1.0, Path(sys.argv[3] if len(sys.argv) > 3 else "/tmp/fuzz"))
+    run(
+        int(sys.argv[1]),
+        float(sys.argv[2]) if len(sys.argv) > 2 else 1.0,
+        Path(sys.argv[3] if len(sys.argv) > 3 else "/tmp/fuzz"),
+    )

@@ -1,4 +1,5 @@
 """efficientad::anomaly_maps / anomaly_maps_raw against the peers' unfused computation."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,9 @@ def features(b, c, h, w, device, dtype=torch.float32, channels_last=False):
     student = torch.randn(b, 2 * c, h, w, device=device).to(dtype)
     autoencoder = torch.randn(b, c, h, w, device=device).to(dtype)
     if channels_last:
-        teacher, student, autoencoder = (t.contiguous(memory_format=torch.channels_last) for t in (teacher, student, autoencoder))
+        teacher, student, autoencoder = (
+            t.contiguous(memory_format=torch.channels_last) for t in (teacher, student, autoencoder)
+        )
     mean = torch.randn(c, device=device)
     std = torch.rand(c, device=device) + 0.5
     return teacher, mean, std, student, autoencoder
@@ -129,7 +132,11 @@ def _bad(**changes):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (_bad(student=torch.randn(2, 4, 5, 5)), ValueError, r"student must have shape \[2, 8, 5, 5\] \(twice the teacher's 4 channels\)"),
+        (
+            _bad(student=torch.randn(2, 4, 5, 5)),
+            ValueError,
+            r"student must have shape \[2, 8, 5, 5\] \(twice the teacher's 4 channels\)",
+        ),
         (_bad(student=torch.randn(3, 8, 5, 5)), ValueError, "student must have shape"),
         (_bad(autoencoder=torch.randn(2, 4, 5, 6)), ValueError, "autoencoder must have the teacher's shape"),
         (_bad(teacher_mean=torch.randn(5)), ValueError, "teacher_mean must have 4 elements"),
@@ -138,7 +145,11 @@ def _bad(**changes):
         (_bad(teacher=torch.randn(4, 5, 5)), ValueError, "teacher must have 4 dimensions"),
         (_bad(student=torch.randn(2, 8, 5, 5).double()), TypeError, "student must have teacher's dtype"),
         (_bad(teacher=torch.zeros(2, 4, 5, 5, dtype=torch.int32)), TypeError, "teacher must be float16"),
-        (_bad(teacher=torch.zeros(0, 4, 5, 5), student=torch.zeros(0, 8, 5, 5), autoencoder=torch.zeros(0, 4, 5, 5)), ValueError, "teacher must not be empty"),
+        (
+            _bad(teacher=torch.zeros(0, 4, 5, 5), student=torch.zeros(0, 8, 5, 5), autoencoder=torch.zeros(0, 4, 5, 5)),
+            ValueError,
+            "teacher must not be empty",
+        ),
         (_bad(output_size=(0, 4)), ValueError, "output_size must be two positive integers"),
         (_bad(output_size=(4,)), ValueError, "output_size must be two positive integers"),
         (_bad(pad=-1), ValueError, r"pad must be an integer in \[0, 65536\], got -1"),

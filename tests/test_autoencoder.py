@@ -1,4 +1,5 @@
 """The autoencoder's decoder sizes follow the input size (the peers break off 256x256)."""
+
 from __future__ import annotations
 
 import pytest

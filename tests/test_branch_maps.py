@@ -1,5 +1,6 @@
 """The local and global maps each on its own: ``infer(branches=True)`` against the plain-torch
 reference of Algorithm 2, and eval's per-branch metrics (metrics.json, the summary, the report)."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ import torch.nn.functional as F
 
 from efficientad_ext import reference
 from efficientad_ext.api import evaluate
+from efficientad_ext.data.synthetic import make_synthetic_dataset
 from efficientad_ext.evaluation.evaluator import branch_metrics, format_summary
 from efficientad_ext.evaluation.metrics import image_auroc
 from efficientad_ext.models.efficientad import EfficientAD, ModelConfig
-from efficientad_ext.data.synthetic import make_synthetic_dataset
 
 
 def _calibrated(config: ModelConfig, seed: int = 0) -> EfficientAD:
@@ -40,8 +41,11 @@ def _reference_branches(model: EfficientAD, x: torch.Tensor) -> dict[str, torch.
     return out
 
 
-@pytest.mark.parametrize("padded,size,in_size", [(False, (256, 256), (256, 256)), (True, (256, 320), (300, 333))],
-                         ids=["unpadded", "padded_nonsquare_resized"])
+@pytest.mark.parametrize(
+    "padded,size,in_size",
+    [(False, (256, 256), (256, 256)), (True, (256, 320), (300, 333))],
+    ids=["unpadded", "padded_nonsquare_resized"],
+)
 def test_infer_branches_match_the_reference(padded, size, in_size):
     model = _calibrated(ModelConfig(padded=padded, image_size=size))
     x = torch.rand(2, 3, *in_size)

@@ -1,4 +1,5 @@
 """The build: build_info, registrations per device, refusal of a torch mismatch."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,14 @@ import torch
 
 import efficientad_ext
 
-OPS = ["quantile", "hard_feature_loss", "hard_feature_loss_backward", "anomaly_maps_raw", "anomaly_maps", "conv2d_relu_pool"]
+OPS = [
+    "quantile",
+    "hard_feature_loss",
+    "hard_feature_loss_backward",
+    "anomaly_maps_raw",
+    "anomaly_maps",
+    "conv2d_relu_pool",
+]
 
 
 def test_build_info_describes_the_build():
@@ -65,7 +73,11 @@ def test_torch_mismatch_is_refused_with_a_clear_message(tmp_path):
     config["torch_version"] = "1.0.0"
     (dst / "_build_config.json").write_text(json.dumps(config))
     proc = subprocess.run(
-        [sys.executable, "-c", _IMPORT_WITHOUT_EDITABLE_REDIRECT], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _IMPORT_WITHOUT_EDITABLE_REDIRECT],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "compiled against torch 1.0.0" in proc.stderr and "--no-build-isolation" in proc.stderr

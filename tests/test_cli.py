@@ -1,4 +1,5 @@
 """The `efficientad` command line end to end on a tiny synthetic dataset, and its errors."""
+
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,23 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     data = make_synthetic_dataset(root / "data", n_train=4, n_test_good=2, n_test_defect=3, seed=1)
     out = root / "run"
-    assert main(["train", str(data), "--out", str(out), "--steps", "2", "--checkpoint-every", "1", "--validation-fraction", "0.25"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--checkpoint-every",
+                "1",
+                "--validation-fraction",
+                "0.25",
+            ]
+        )
+        == 0
+    )
     return data, out
 
 
@@ -48,8 +65,24 @@ def test_train_eval_infer(trained, tmp_path, capsys):
     assert len(list((tmp_path / "inf" / "heatmaps").glob("*.png"))) == 3
 
     # resume to more steps continues from the saved state
-    assert main(["train", str(data), "--out", str(out), "--steps", "3", "--checkpoint-every", "1",
-                 "--validation-fraction", "0.25", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--checkpoint-every",
+                "1",
+                "--validation-fraction",
+                "0.25",
+                "--resume",
+            ]
+        )
+        == 0
+    )
 
 
 def test_errors_are_clear(tmp_path, capsys):
@@ -85,16 +118,25 @@ def test_image_labels_only_set_trains_and_evaluates(trained, tmp_path, capsys):
     labels_only = tmp_path / "labels_only"
     shutil.copytree(data, labels_only)
     shutil.rmtree(labels_only / "ground_truth")
-    assert main(["train", str(labels_only), "--out", str(tmp_path / "run"), "--steps", "1", "--validation-fraction", "0.25"]) == 0
+    assert (
+        main(
+            ["train", str(labels_only), "--out", str(tmp_path / "run"), "--steps", "1", "--validation-fraction", "0.25"]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["eval", str(out / "model.safetensors"), str(labels_only), "--out", str(tmp_path / "eval"), "--no-images"]) == 0
+    assert (
+        main(["eval", str(out / "model.safetensors"), str(labels_only), "--out", str(tmp_path / "eval"), "--no-images"])
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert "image_auroc" in metrics and "pixel_auroc" not in metrics and "au_pro" not in metrics
     assert metrics["pixel_metrics_skipped"].startswith("3 of 3 anomalous test images have no ground-truth mask")
     assert "image AUROC" in printed
     assert [line.split()[:4] for line in printed.splitlines() if line.startswith("pixel metrics")] == [
-        ["pixel", "metrics", "skipped:", "3"]]
+        ["pixel", "metrics", "skipped:", "3"]
+    ]
 
 
 def test_every_argument_has_help_that_states_its_default():
@@ -133,13 +175,21 @@ def test_threshold_from_training_then_calibrated_and_used(trained, tmp_path, cap
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     Image.fromarray(np.full((256, 256, 3), 90, np.uint8)).save(imgs / "a.png")
-    assert main(["infer", str(out / "model.safetensors"), str(imgs), "--out", str(tmp_path / "inf"), "--no-images"]) == 0
+    assert (
+        main(["infer", str(out / "model.safetensors"), str(imgs), "--out", str(tmp_path / "inf"), "--no-images"]) == 0
+    )
     rows = list(csv.DictReader((tmp_path / "inf" / "scores.csv").open()))
     assert rows[0]["is_anomalous"] == str(int(float(rows[0]["score"]) > t.value))
     assert float(rows[0]["normalized_score"]) == pytest.approx(0.5 * float(rows[0]["score"]) / t.value, rel=1e-4)
-    assert main(["eval", str(out / "model.safetensors"), str(data), "--out", str(tmp_path / "eval"), "--no-images"]) == 0
+    assert (
+        main(["eval", str(out / "model.safetensors"), str(data), "--out", str(tmp_path / "eval"), "--no-images"]) == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["threshold"]["method"] == "normal_holdout_fpr" and set(metrics["at_threshold"]) >= {"precision", "recall", "f1"}
+    assert metrics["threshold"]["method"] == "normal_holdout_fpr" and set(metrics["at_threshold"]) >= {
+        "precision",
+        "recall",
+        "f1",
+    }
     assert 0 < metrics["f1_max"] <= 1 and "F1-max" in capsys.readouterr().out
     calibrated = tmp_path / "calibrated.safetensors"
     assert main(["calibrate", str(out / "model.safetensors"), str(data), "--out", str(calibrated)]) == 0

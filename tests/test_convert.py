@@ -2,6 +2,7 @@
 anomalib 2.7.0's ``EfficientAdModel`` (read from its torch_model.py), a bit-exact round trip,
 the mapping's meaning (an anomalib-style PDN forward on the converted tensors), and errors.
 The comparison against anomalib itself is tests/test_peers_anomalib.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,14 @@ from efficientad_ext.formats.anomalib import (
 # output is the teacher's 384 channels (the student's 768).
 ANOMALIB_PDN = {
     "small": [(3, 128, 4, 3), (128, 256, 4, 3), (256, 256, 3, 1), (256, None, 4, 0)],
-    "medium": [(3, 256, 4, 3), (256, 512, 4, 3), (512, 512, 1, 0), (512, 512, 3, 1), (512, None, 4, 0), (None, None, 1, 0)],
+    "medium": [
+        (3, 256, 4, 3),
+        (256, 512, 4, 3),
+        (512, 512, 1, 0),
+        (512, 512, 3, 1),
+        (512, None, 4, 0),
+        (None, None, 1, 0),
+    ],
 }
 
 
@@ -60,7 +68,9 @@ def random_model(arch="small", padded=False, channels=384) -> EfficientAD:
     return model
 
 
-def anomalib_pdn_forward(state: dict[str, torch.Tensor], prefix: str, arch: str, padded: bool, x: torch.Tensor) -> torch.Tensor:
+def anomalib_pdn_forward(
+    state: dict[str, torch.Tensor], prefix: str, arch: str, padded: bool, x: torch.Tensor
+) -> torch.Tensor:
     """anomalib's PDN forward (conv/ReLU/pool order of its torch_model.py) from named tensors."""
     m = 1 if padded else 0
     n = len(ANOMALIB_PDN[arch])
@@ -111,7 +121,14 @@ def test_mapping_keeps_each_convolution_in_place(arch, padded):
 
 def test_unset_anomalib_statistics_give_the_same_identity():
     state = to_anomalib_state_dict(random_model())
-    for k in ("mean_std.mean", "mean_std.std", "quantiles.qa_st", "quantiles.qb_st", "quantiles.qa_ae", "quantiles.qb_ae"):
+    for k in (
+        "mean_std.mean",
+        "mean_std.std",
+        "quantiles.qa_st",
+        "quantiles.qb_st",
+        "quantiles.qa_ae",
+        "quantiles.qb_ae",
+    ):
         state[k] = torch.zeros_like(state[k])
     model = from_anomalib_state_dict(state)
     assert not model.calibrated
@@ -126,7 +143,10 @@ def test_lightning_state_dict_and_hyper_parameters(tmp_path):
     model = random_model("medium", padded=True)
     inner = to_anomalib_state_dict(model)
     ckpt = {
-        "state_dict": {**{f"model.{k}": v for k, v in inner.items()}, "post_processor.image_threshold": torch.tensor(0.5)},
+        "state_dict": {
+            **{f"model.{k}": v for k, v in inner.items()},
+            "post_processor.image_threshold": torch.tensor(0.5),
+        },
         "hyper_parameters": {"padding": True, "pad_maps": False, "teacher_out_channels": 384},
         "epoch": 3,
     }
@@ -149,7 +169,9 @@ def test_errors_name_the_key(tmp_path):
     with pytest.raises(ConversionError, match=r"unexpected keys \['extra.weight'\]"):
         from_anomalib_state_dict({**good, "extra.weight": torch.zeros(1)})
     bad = dict(good, **{"student.conv3.weight": torch.zeros(256, 256, 4, 4)})
-    with pytest.raises(ConversionError, match=r"student.conv3.weight has shape \(256, 256, 4, 4\), expected \(256, 256, 3, 3\)"):
+    with pytest.raises(
+        ConversionError, match=r"student.conv3.weight has shape \(256, 256, 4, 4\), expected \(256, 256, 3, 3\)"
+    ):
         from_anomalib_state_dict(bad)
     with pytest.raises(ConversionError, match="neither conv1..conv4"):
         from_anomalib_state_dict({k.replace("teacher.conv4", "teacher.conv9"): v for k, v in good.items()})
@@ -171,18 +193,51 @@ def test_errors_name_the_key(tmp_path):
 def test_cli_convert_both_ways(tmp_path, capsys):
     model = random_model("small", padded=False)
     save_model(model, tmp_path / "ours.safetensors")
-    assert main(["convert", "--from", "ours", str(tmp_path / "ours.safetensors"), "--to", str(tmp_path / "anomalib.pth")]) == 0
+    assert (
+        main(["convert", "--from", "ours", str(tmp_path / "ours.safetensors"), "--to", str(tmp_path / "anomalib.pth")])
+        == 0
+    )
     state = torch.load(tmp_path / "anomalib.pth", weights_only=True)
     assert {k: tuple(v.shape) for k, v in state.items()} == anomalib_shapes("small")
-    assert main(["convert", "--from", "anomalib", str(tmp_path / "anomalib.pth"), "--to", str(tmp_path / "back.safetensors"),
-                 "--image-size", "256"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "anomalib",
+                str(tmp_path / "anomalib.pth"),
+                "--to",
+                str(tmp_path / "back.safetensors"),
+                "--image-size",
+                "256",
+            ]
+        )
+        == 0
+    )
     assert "EfficientAD-S (unpadded, 256x256, calibrated)" in capsys.readouterr().out
     back = load_model(tmp_path / "back.safetensors")
     for a, b in zip(model.state_dict().values(), back.state_dict().values()):
         assert torch.equal(a, b)
     save_anomalib_state_dict(model, tmp_path / "anomalib.safetensors")
-    assert main(["convert", "--from", "anomalib", str(tmp_path / "anomalib.safetensors"), "--to", str(tmp_path / "b2.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "anomalib",
+                str(tmp_path / "anomalib.safetensors"),
+                "--to",
+                str(tmp_path / "b2.safetensors"),
+            ]
+        )
+        == 0
+    )
     # a teacher-only file is not a whole model: exit 2 with the reason
-    torch.save({k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")}, tmp_path / "teacher.pth")
-    assert main(["convert", "--from", "anomalib", str(tmp_path / "teacher.pth"), "--to", str(tmp_path / "x.safetensors")]) == 2
+    torch.save(
+        {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}, tmp_path / "teacher.pth"
+    )
+    assert (
+        main(["convert", "--from", "anomalib", str(tmp_path / "teacher.pth"), "--to", str(tmp_path / "x.safetensors")])
+        == 2
+    )
     assert "teacher.pth" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()

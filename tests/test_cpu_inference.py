@@ -4,12 +4,13 @@ direct path (oneDNN convolutions, the same weights).
 Stated tolerance: features agree to 2e-5 of their magnitude (test_winograd.py); maps and
 scores, after the teacher normalisation and quantile scaling, to 1e-4 of the map's range.
 """
+
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
-
-from dataclasses import replace
 
 from efficientad_ext import InferenceOptions
 from efficientad_ext.inference import cpu_winograd

@@ -1,6 +1,7 @@
 """efficientad_ext.inference.autoencoder_cuda (issue 18, item 6): the autoencoder with cuDNN's fused
 conv + bias + ReLU, and on a second stream at batch 1, both behind switches that are off by
 default. The structure check runs on the CPU; everything else needs a CUDA device."""
+
 from __future__ import annotations
 
 import copy
@@ -90,7 +91,11 @@ def test_infer_with_switch_equals_default(device, graph, switch, monkeypatch):
     assert again.anomaly_map.shape == got.anomaly_map.shape
     # The side stream runs the same kernels (only their order changes); fused cuDNN kernels and
     # graph replays may pick other algorithms, which round differently in bf16.
-    tol = dict(rtol=1e-5, atol=1e-6) if switch == "EFFICIENTAD_AE_SIDE_STREAM" and not graph else dict(rtol=2e-2, atol=2e-2)
+    tol = (
+        dict(rtol=1e-5, atol=1e-6)
+        if switch == "EFFICIENTAD_AE_SIDE_STREAM" and not graph
+        else dict(rtol=2e-2, atol=2e-2)
+    )
     torch.testing.assert_close(got.anomaly_map, want.anomaly_map, **tol)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

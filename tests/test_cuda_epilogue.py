@@ -3,6 +3,7 @@ and one pass applies bias + ReLU + pooling, 16 bytes per load where C, the split
 pointer allow it, one element per load otherwise; conv2d_relu_pool_split writes the two
 output-channel halves as dense channels-last tensors. Compared against float64 references
 with TF32 off. Skips without a CUDA device."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,7 +48,10 @@ def layer_inputs(c_in, c_out, size, dtype, k=3, bias=True):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("c_out", [16, 24, 7, 3])  # 16, 24: vectorised for every dtype; 7, 3: scalar
-@pytest.mark.parametrize("relu, pool, pool_padding", [(True, True, 1), (True, True, 0), (False, True, 1), (True, False, 0), (False, False, 0)])
+@pytest.mark.parametrize(
+    "relu, pool, pool_padding",
+    [(True, True, 1), (True, True, 0), (False, True, 1), (True, False, 0), (False, False, 0)],
+)
 def test_bias_relu_pool_in_one_pass(dtype, c_out, relu, pool, pool_padding):
     x, w, b = layer_inputs(5, c_out, (13, 10), dtype)
     got = ops.conv2d_relu_pool(x, w, b, 1, relu, pool, pool_padding)
@@ -87,7 +91,9 @@ def test_split_halves_are_dense_and_equal_the_slices(dtype, c_out, split, pool):
     for half, want in ((first, whole[:, :split]), (second, whole[:, split:])):
         assert half.is_contiguous(memory_format=torch.channels_last) and half.shape == want.shape
         torch.testing.assert_close(half, want, rtol=0, atol=0)  # same convolution, same epilogue math
-    torch.testing.assert_close(torch.cat([first, second], 1).double(), reference(x, w, b, 3, True, pool, 1), **TOL[dtype])
+    torch.testing.assert_close(
+        torch.cat([first, second], 1).double(), reference(x, w, b, 3, True, pool, 1), **TOL[dtype]
+    )
 
 
 def test_split_is_checked():

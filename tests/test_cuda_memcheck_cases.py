@@ -3,6 +3,7 @@
 tests too. Quantile with 7 q values, the hard-feature loss forward and backward, anomaly_maps
 on NCHW, channels-last and mixed layouts, and the convolution layer with pool_padding (the
 16-byte and the scalar epilogue, and the two-output split). Skips without a CUDA device."""
+
 from __future__ import annotations
 
 import pytest

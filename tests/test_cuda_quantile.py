@@ -6,6 +6,7 @@ find no prefix in their slots (empty slot loop): the path where the select kerne
 used to race thread 0's rebuild of the distinct-prefix count. Each case is repeated, since
 a race shows up only in some runs. Skips without a CUDA device.
 """
+
 from __future__ import annotations
 
 import numpy as np

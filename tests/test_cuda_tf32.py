@@ -6,6 +6,7 @@ TF32 rounds each operand to a 10-bit mantissa (relative error <= 2^-11 ~ 4.9e-4 
 and products accumulate in float32: the error of one output is at most ~2 * 2^-11 times the
 sum of |w * x| over its C_in * k * k terms. The tolerance below scales with that sum.
 Skips without a CUDA device."""
+
 from __future__ import annotations
 
 import pytest

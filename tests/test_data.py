@@ -1,4 +1,5 @@
 """Image loading, resizing, dataset layouts (MVTec AD / LOCO, VisA, folders) and ImageDataset."""
+
 from __future__ import annotations
 
 import io
@@ -42,7 +43,7 @@ def write(path: Path, array: np.ndarray, **save) -> Path:
 
 def write_mask(path: Path, h=8, w=12, box=(1, 3, 2, 5)) -> Path:
     m = np.zeros((h, w), np.uint8)
-    m[box[0]:box[1], box[2]:box[3]] = 255
+    m[box[0] : box[1], box[2] : box[3]] = 255
     return write(path, m)
 
 
@@ -218,8 +219,12 @@ def test_mvtec_ad(tmp_path):
     assert [p.path.name for p in s.train] == ["000.png", "001.png", "002.png"]
     assert all(x.label == 0 and x.defect_type == "good" and x.mask_path is None for x in s.train)
     assert [(x.path.parent.name, x.path.name, x.label) for x in s.test] == [
-        ("crack", "000.png", 1), ("crack", "001.jpg", 1), ("good", "000.png", 0), ("good", "001.PNG", 0),
-        ("hole", "000.png", 1)]
+        ("crack", "000.png", 1),
+        ("crack", "001.jpg", 1),
+        ("good", "000.png", 0),
+        ("good", "001.PNG", 0),
+        ("hole", "000.png", 1),
+    ]
     crack = s.test[1]
     assert crack.defect_type == "crack" and crack.mask_path == root / "ground_truth" / "crack" / "001_mask.png"
     assert open_dataset(root) == s
@@ -275,6 +280,7 @@ def test_mvtec_loco_multi_mask_union(tmp_path):
     assert ds[1]["mask"].sum() == 6
     assert open_dataset(root) == s
     import shutil
+
     shutil.rmtree(root / "validation")
     with pytest.raises(FileNotFoundError, match="validation"):
         mvtec_loco(root)
@@ -309,7 +315,10 @@ def test_visa(tmp_path):
     root = make_visa(tmp_path / "VisA")
     s = visa(root)
     assert [str(x.path.relative_to(root)) for x in s.train] == [
-        "candle/Data/Images/Normal/0000.JPG", "candle/Data/Images/Normal/0001.JPG", "pcb1/Data/Images/Normal/0000.JPG"]
+        "candle/Data/Images/Normal/0000.JPG",
+        "candle/Data/Images/Normal/0001.JPG",
+        "pcb1/Data/Images/Normal/0000.JPG",
+    ]
     assert [(x.label, x.defect_type) for x in s.test] == [(1, "anomaly"), (0, "good"), (1, "anomaly")]
     assert s.test[0].mask_path == root / "candle/Data/Masks/Anomaly/0000.png" and s.test[1].mask_path is None
     c = visa(root, category="candle")

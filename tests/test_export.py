@@ -1,6 +1,7 @@
 """Export of Algorithm 2 (issue 15, item 3): the ONNX file run in onnxruntime and the OpenVINO
 IR run in OpenVINO give infer's maps and scores (float32 within 1e-4 of the map range), with a
 dynamic batch, and the decision when the model has a threshold."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Atomic writes: a failed write keeps the old file; the new file gets normal permissions."""
+
 from __future__ import annotations
 
 import os

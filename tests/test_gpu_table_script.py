@@ -2,6 +2,7 @@
 table arithmetic (speed-ups against the right baseline, fraction of the bf16 floor) is right.
 The scripts' full dry run (`bash benchmarks/device_check.sh --dry-run`) takes minutes on two
 cores and is not part of the suite."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,8 +36,18 @@ def test_device_check_script_parses():
 def test_table_ratios_and_floor_fraction(tmp_path):
     gt = load_gpu_table()
     settings = gt.Settings(
-        device=torch.device("cpu"), dry_run=True, archs=["small"], teacher_channels=384, small_batch=1, large_batch=64,
-        train_batches=(1, 8), latency_iters=1, throughput_iters=1, train_iters=1, compile_jobs=[], budget_s=1.0,
+        device=torch.device("cpu"),
+        dry_run=True,
+        archs=["small"],
+        teacher_channels=384,
+        small_batch=1,
+        large_batch=64,
+        train_batches=(1, 8),
+        latency_iters=1,
+        throughput_iters=1,
+        train_iters=1,
+        compile_jobs=[],
+        budget_s=1.0,
         out=tmp_path,
     )
     flops = 79e9  # 0.1 ms per image at 790 TFLOP/s
@@ -47,8 +58,11 @@ def test_table_ratios_and_floor_fraction(tmp_path):
     table.add(gt.Row("small", "infer", "ours", "bf16", 64, "yes", 6.4, None, 10000.0))
     table.add(gt.Row("small", "train", "ref", "fp32", 1, "no", 30.0, 31.0, 33.3))
     table.add(gt.Row("small", "train", "ours", "fp32", 1, "no", 10.0, 11.0, 100.0, {"70k_steps_min": 11.7}))
-    lines = {tuple(c.strip() for c in line.split("|")[1:7]): line.split("|")[9:12] for line in table.markdown().splitlines()
-             if line.startswith("| small")}
+    lines = {
+        tuple(c.strip() for c in line.split("|")[1:7]): line.split("|")[9:12]
+        for line in table.markdown().splitlines()
+        if line.startswith("| small")
+    }
     ours_b1 = lines[("small", "infer", "ours", "bf16", "1", "yes")]
     assert ours_b1[0].strip() == "2000.0" and ours_b1[1].strip() == "4.00"  # vs the fp16 reference, not fp32
     assert ours_b1[2].strip() == "20.0"  # 0.1 ms floor / 0.5 ms measured
@@ -77,15 +91,26 @@ def _fake_tools(tmp_path, cmake_version: str, skbuild_error: str | None):
     (py_dir / "scikit_build_core" / "__init__.py").write_text("__version__ = '0.9.0'\n")
     body = f"raise ValueError({skbuild_error!r})" if skbuild_error else "return 'x.dist-info'"
     (py_dir / "scikit_build_core" / "build" / "__init__.py").write_text(
-        f"def prepare_metadata_for_build_wheel(d, config_settings=None):\n    {body}\n")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(py_dir), "PYTHON": sys.executable,
-           "CUDACXX": "/bin/true"}
+        f"def prepare_metadata_for_build_wheel(d, config_settings=None):\n    {body}\n"
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(py_dir),
+        "PYTHON": sys.executable,
+        "CUDACXX": "/bin/true",
+    }
     return env
 
 
 def _preflight(env):
-    result = subprocess.run(["bash", str(BENCHMARKS / "device_check.sh"), "--preflight"], capture_output=True, text=True,
-                            env=env, cwd=BENCHMARKS.parent)
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "device_check.sh"), "--preflight"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=BENCHMARKS.parent,
+    )
     return result.returncode, result.stdout.strip().splitlines(), result.stderr
 
 
@@ -115,13 +140,25 @@ def test_preflight_stops_with_one_clear_line(tmp_path, cmake_version, skbuild_er
 def test_table_leaves_no_tmp_files_and_profiles_land_in_the_json(tmp_path):
     gt = load_gpu_table()
     settings = gt.Settings(
-        device=torch.device("cpu"), dry_run=True, archs=["small"], teacher_channels=8, small_batch=1, large_batch=2,
-        train_batches=(1, 2), latency_iters=1, throughput_iters=1, train_iters=1, compile_jobs=[], budget_s=1.0,
+        device=torch.device("cpu"),
+        dry_run=True,
+        archs=["small"],
+        teacher_channels=8,
+        small_batch=1,
+        large_batch=2,
+        train_batches=(1, 2),
+        latency_iters=1,
+        throughput_iters=1,
+        train_iters=1,
+        compile_jobs=[],
+        budget_s=1.0,
         out=tmp_path,
     )
     table = gt.Table(settings, {"small": 1e9})
     x = torch.randn(1, 3, 16, 16)
-    kernels = gt.kernel_breakdown(lambda: torch.nn.functional.conv2d(x, torch.randn(4, 3, 3, 3)), torch.device("cpu"), 2)
+    kernels = gt.kernel_breakdown(
+        lambda: torch.nn.functional.conv2d(x, torch.randn(4, 3, 3, 3)), torch.device("cpu"), 2
+    )
     assert kernels and all(k.keys() == {"name", "calls_per_infer", "us_per_infer", "pct"} for k in kernels)
     table.profile("small bf16 B=1", kernels)
     table.add(gt.Row("small", "infer", "ours", "bf16", 1, "yes", 0.5, 0.6, 2000.0))

@@ -1,4 +1,5 @@
 """efficientad::hard_feature_loss (+ backward) against the torch.quantile reference."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,8 @@ def test_other_p(device, p):
     teacher, student = _pair((2, 5, 6, 7), device, torch.float32)
     for reduction in REDUCTIONS:
         torch.testing.assert_close(
-            ops.hard_feature_loss(teacher, student, p, reduction), reference.hard_feature_loss(teacher, student, p, reduction)
+            ops.hard_feature_loss(teacher, student, p, reduction),
+            reference.hard_feature_loss(teacher, student, p, reduction),
         )
 
 
@@ -184,7 +186,9 @@ def test_backward_arguments_are_named_when_wrong(device):
     assert g_student.shape == s.shape and g_teacher.numel() == 0
     with pytest.raises(TypeError, match="count must be int64, as returned by hard_feature_loss, got Float"):
         backward(one, t, s, threshold, count.float(), False, False)
-    with pytest.raises(ValueError, match=r"grad_loss must hold one element \(the gradient of the scalar loss\), got shape \[3\]"):
+    with pytest.raises(
+        ValueError, match=r"grad_loss must hold one element \(the gradient of the scalar loss\), got shape \[3\]"
+    ):
         backward(torch.ones(3, device=device), t, s, threshold, count, False, False)
     with pytest.raises(ValueError, match="threshold and count must have 2 elements \\(one per sample\\)"):
         backward(one, t, s, threshold, count, True, False)

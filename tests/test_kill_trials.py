@@ -2,6 +2,7 @@
 run again in the same folder. The rerun removes the temporary files the killed run left,
 finishes, and (train) resumes bit-exactly; `run.json` tells the interrupted run from the
 finished one. Small on purpose: a few seconds of work per command."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from efficientad_ext.data.synthetic import make_synthetic_dataset
 from efficientad_ext.formats.run_record import read_status
 from efficientad_ext.formats.stale_files import is_our_temp_file, remove_stale_temp_files
-from efficientad_ext.data.synthetic import make_synthetic_dataset
 
 CLI = [sys.executable, "-c", "import sys; from efficientad_ext.cli import main; sys.exit(main())"]
 TRAIN = ["--steps", "3", "--checkpoint-every", "1", "--validation-fraction", "0.25", "--teacher", "random"]
@@ -58,7 +59,9 @@ def kill_when(args: list[str], condition: Callable[[], bool], timeout: float = 6
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("kill") / "data", n_train=4, n_test_good=3, n_test_defect=5, seed=3)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("kill") / "data", n_train=4, n_test_good=3, n_test_defect=5, seed=3
+    )
 
 
 def _tensors(path: Path):
@@ -68,8 +71,19 @@ def _tensors(path: Path):
 
 
 def test_stale_temp_files_of_our_naming_only_are_removed(tmp_path):
-    ours = [".model.safetensors.abc_12x9.tmp", ".scores.csv.k2j3h4g5.tmp", ".000.png.zzzzzzzz.tmp", ".run.json.a1b2c3d4.tmp"]
-    theirs = [".notes.txt.abcdefgh.tmp", "model.safetensors.abcdefgh.tmp", ".model.safetensors.short.tmp", "keep.png", ".hidden"]
+    ours = [
+        ".model.safetensors.abc_12x9.tmp",
+        ".scores.csv.k2j3h4g5.tmp",
+        ".000.png.zzzzzzzz.tmp",
+        ".run.json.a1b2c3d4.tmp",
+    ]
+    theirs = [
+        ".notes.txt.abcdefgh.tmp",
+        "model.safetensors.abcdefgh.tmp",
+        ".model.safetensors.short.tmp",
+        "keep.png",
+        ".hidden",
+    ]
     for name in ours + theirs:
         (tmp_path / name).write_text("x")
     (tmp_path / ".dir.png.abcdefgh.tmp").mkdir()  # not a regular file: kept
@@ -101,7 +115,10 @@ def test_eval_and_infer_killed_mid_output_are_marked_and_rerun_cleanly(data, tmp
 
     # eval: killed once a heatmap exists (mid-way through the images), before metrics.json.
     out = tmp_path / "eval"
-    pngs = lambda: any(out.glob("images/*/*.png")) or any(temp_files(out / "images") if (out / "images").exists() else [])  # noqa: E731
+
+    def pngs() -> bool:
+        return any(out.glob("images/*/*.png")) or any(temp_files(out / "images") if (out / "images").exists() else [])
+
     assert kill_when(["eval", str(model), str(data), "--out", str(out)], pngs)
     assert read_status(out) == "running" and not (out / "metrics.json").exists()
     run(["eval", str(model), str(data), "--out", str(out)])
@@ -124,7 +141,9 @@ def test_eval_and_infer_killed_mid_output_are_marked_and_rerun_cleanly(data, tmp
     assert read_status(out) == "complete" and not temp_files(out)
     record = json.loads((out / "run.json").read_text())
     assert record["counts"] == {"images": 24, "scored": 24, "skipped": 0, "heatmaps": 24}
-    assert len((out / "scores.csv").read_text().splitlines()) == 25 and len(list((out / "heatmaps").glob("*.png"))) == 24
+    assert (
+        len((out / "scores.csv").read_text().splitlines()) == 25 and len(list((out / "heatmaps").glob("*.png"))) == 24
+    )
     import hashlib
 
     assert record["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()

@@ -13,6 +13,7 @@ Tolerances, and why:
   (1e-8) moves by up to lr on rounding noise alone (seen as 5e-5 of the largest weight after
   one step). Measured 1e-5; a wrong augmentation factor (the negative control) gives > 0.1.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,8 +27,10 @@ import torch
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     if os.environ.get("EFFICIENTAD_REQUIRE_ANOMALIB") != "1":
-        pytest.importorskip("anomalib.models.image.efficient_ad.torch_model",
-                            reason="anomalib (2.7.0) is not installed: pip install --no-deps -r .ci/peers-requirements.txt")
+        pytest.importorskip(
+            "anomalib.models.image.efficient_ad.torch_model",
+            reason="anomalib (2.7.0) is not installed: pip install --no-deps -r .ci/peers-requirements.txt",
+        )
         pytest.importorskip("torchvision")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lockstep_anomalib.py"
@@ -52,8 +55,16 @@ def _run(factor_offset: float = 0.0, teacher_cache: bool = False) -> list[tuple[
     out = []
     for s in range(STEPS):
         kind, factor = s % 3, 0.85 + 0.1 * s
-        terms = run.step(s, train_images[s % 4][None], penalties[s], kind, factor, dropout_seed=100 + s,
-                         teacher_cache=teacher_cache, ours_factor_offset=factor_offset)
+        terms = run.step(
+            s,
+            train_images[s % 4][None],
+            penalties[s],
+            kind,
+            factor,
+            dropout_seed=100 + s,
+            teacher_cache=teacher_cache,
+            ours_factor_offset=factor_offset,
+        )
         out.append((terms, run.weight_differences()))
     return out
 

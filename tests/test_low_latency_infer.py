@@ -1,5 +1,6 @@
 """Low-latency inference: the fused teacher+student first layer, the cached cast weights, the
 compute-dtype argument, CUDA-graph replay (CUDA only) and the absence of host syncs (CUDA only)."""
+
 from __future__ import annotations
 
 import pytest
@@ -102,7 +103,9 @@ def test_cast_weights_are_cached_and_follow_in_place_updates():
         model.student.convolutions()[2].weight.mul_(-1.0)  # an in-place update (as an optimiser step)
     again = inference_networks.networks_for(model, torch.bfloat16)
     assert again is nets and again.student.convolutions()[2].weight.data_ptr() == address  # refreshed in place
-    torch.testing.assert_close(again.student.convolutions()[2].weight, model.student.convolutions()[2].weight.bfloat16())
+    torch.testing.assert_close(
+        again.student.convolutions()[2].weight, model.student.convolutions()[2].weight.bfloat16()
+    )
     with torch.no_grad():  # the concatenated first layer follows too
         model.teacher.convolutions()[0].bias.add_(1.0)
     again = inference_networks.networks_for(model, torch.bfloat16)

@@ -1,4 +1,5 @@
 """AUROC and AU-PRO: hand-computed cases, sklearn / scipy cross-checks, a brute-force AU-PRO."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -81,8 +82,9 @@ def test_pixel_auroc_matches_sklearn():
     maps = np.round(maps, 2)  # ties
     expected = roc_auc_score(masks.ravel(), maps.ravel())
     assert pixel_auroc(maps, masks) == pytest.approx(expected, abs=1e-12)
-    assert pixel_auroc(torch.from_numpy(maps)[:, None], torch.from_numpy(masks.astype(np.uint8) * 255)[:, None]) \
-        == pytest.approx(expected, abs=1e-12)
+    assert pixel_auroc(
+        torch.from_numpy(maps)[:, None], torch.from_numpy(masks.astype(np.uint8) * 255)[:, None]
+    ) == pytest.approx(expected, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,12 +114,15 @@ def bfs_labels(mask: np.ndarray) -> np.ndarray:
 
 
 def test_connected_components_hand():
-    m = np.array([
-        [1, 0, 0, 1],
-        [0, 1, 0, 1],
-        [0, 0, 0, 0],
-        [1, 1, 0, 1],
-    ], bool)
+    m = np.array(
+        [
+            [1, 0, 0, 1],
+            [0, 1, 0, 1],
+            [0, 0, 0, 0],
+            [1, 1, 0, 1],
+        ],
+        bool,
+    )
     labels, n = connected_components(m)
     assert n == 4
     # the diagonal pair (0, 0)-(1, 1) is one component; numbered in raster order
@@ -189,13 +194,16 @@ def hand_case():
     return maps, masks
 
 
-@pytest.mark.parametrize("limit,expected", [
-    # curve: (0,0) (0,.25) (0,.75) (.2,.75) (.4,1) (.6,1) (.8,1) (1,1)
-    (0.2, 0.15 / 0.2),
-    (0.3, (0.15 + 0.1 * (0.75 + 0.875) / 2) / 0.3),  # interpolated at 0.3: PRO 0.875
-    (0.4, (0.15 + 0.2 * (0.75 + 1.0) / 2) / 0.4),
-    (1.0, 0.15 + 0.175 + 0.6),
-])
+@pytest.mark.parametrize(
+    "limit,expected",
+    [
+        # curve: (0,0) (0,.25) (0,.75) (.2,.75) (.4,1) (.6,1) (.8,1) (1,1)
+        (0.2, 0.15 / 0.2),
+        (0.3, (0.15 + 0.1 * (0.75 + 0.875) / 2) / 0.3),  # interpolated at 0.3: PRO 0.875
+        (0.4, (0.15 + 0.2 * (0.75 + 1.0) / 2) / 0.4),
+        (1.0, 0.15 + 0.175 + 0.6),
+    ],
+)
 def test_au_pro_hand(limit, expected):
     maps, masks = hand_case()
     assert au_pro(maps, masks, fpr_limit=limit) == pytest.approx(expected, abs=1e-12)
@@ -243,14 +251,15 @@ def test_au_pro_against_brute_force(seed, limit):
     for i in range(n - 1):  # the last image stays normal
         for _ in range(rng.integers(1, 4)):
             y, x = rng.integers(0, h - 2), rng.integers(0, w - 2)
-            masks[i, y:y + rng.integers(1, 4), x:x + rng.integers(1, 5)] = True
+            masks[i, y : y + rng.integers(1, 4), x : x + rng.integers(1, 5)] = True
     maps = rng.random((n, h, w)) + 0.4 * masks
     if seed % 2:
         maps = np.round(maps * 8) / 8  # heavy ties, between normal and anomalous pixels too
     got = au_pro(maps, masks, fpr_limit=limit)
     assert got == pytest.approx(brute_au_pro(maps, masks, limit), abs=1e-10)
     assert au_pro(torch.from_numpy(maps).float(), torch.from_numpy(masks), limit) == pytest.approx(
-        brute_au_pro(maps.astype(np.float32), masks, limit), abs=1e-6)
+        brute_au_pro(maps.astype(np.float32), masks, limit), abs=1e-6
+    )
 
 
 def test_au_pro_on_a_large_set_agrees_with_the_sampled_curve():

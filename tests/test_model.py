@@ -1,4 +1,5 @@
 """EfficientAD model: fused inference equals plain torch.nn; input forms; model files; API."""
+
 from __future__ import annotations
 
 import json
@@ -107,7 +108,11 @@ def test_model_file_errors(tmp_path):
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(good)
-    save_file(tensors, tmp_path / "v2.safetensors", metadata={"format": "efficientad_ext.model", "format_version": "2", "config": "{}"})
+    save_file(
+        tensors,
+        tmp_path / "v2.safetensors",
+        metadata={"format": "efficientad_ext.model", "format_version": "2", "config": "{}"},
+    )
     with pytest.raises(ModelFileError, match="format version 2"):
         load_model(tmp_path / "v2.safetensors")
     save_file(tensors, tmp_path / "other.safetensors", metadata={"format": "something"})

@@ -1,5 +1,6 @@
 """Model files that cannot lie: the integrity digest, typed metadata, validated values; the
 same digest on training states and teacher files; the CLI's one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from efficientad_ext import ModelFileError, load_model, save_model
 from corruption_probe import tiny_model
-from efficientad_ext.formats import integrity
+from efficientad_ext import ModelFileError, load_model, save_model
 from efficientad_ext.cli import main
+from efficientad_ext.formats import integrity
 from efficientad_ext.formats.integrity import UnverifiedFileWarning
-from efficientad_ext.models.pdn import build_pdn
 from efficientad_ext.formats.teacher_file import TeacherWeightsError, load_teacher_weights
-
+from efficientad_ext.models.pdn import build_pdn
 
 small_model = tiny_model  # the same tiny calibrated model the corruption probe uses
 
@@ -61,7 +61,9 @@ def test_digest_is_stored_and_covers_data_and_metadata(model_file, tmp_path):
     record = json.loads(metadata["training"])
     record["teacher"] = "something else"
     with pytest.raises(ModelFileError, match="integrity digest"):
-        load_model(rewrite(tmp_path / "meta.safetensors", tensors, {**metadata, "training": json.dumps(record)}, "keep"))
+        load_model(
+            rewrite(tmp_path / "meta.safetensors", tensors, {**metadata, "training": json.dumps(record)}, "keep")
+        )
     with pytest.raises(ModelFileError, match="'digest' must be 'sha256-v1:'"):
         load_model(rewrite(tmp_path / "malformed.safetensors", tensors, {**metadata, "digest": "md5:00"}, "keep"))
 
@@ -87,7 +89,11 @@ BAD_METADATA = [
     ("teacher_channels", "x", r"config\.teacher_channels must be an integer .*got 'x'"),
     ("teacher_channels", True, r"config\.teacher_channels must be an integer .*got True"),
     ("image_mean", [0.5, 0.5], r"config\.image_mean must be a list of 3 numbers"),
-    ("image_std", [0.2, 0.0, 0.2], r"config\.image_std values must be finite and in \[0\.001, 1000\], got \[0\.2, 0\.0, 0\.2\]"),
+    (
+        "image_std",
+        [0.2, 0.0, 0.2],
+        r"config\.image_std values must be finite and in \[0\.001, 1000\], got \[0\.2, 0\.0, 0\.2\]",
+    ),
     ("arch", "large", r"config\.arch must be one of \['small', 'medium'\], got 'large'"),
 ]
 
@@ -127,6 +133,7 @@ def test_other_metadata_fields(model_file, tmp_path, key, text, message):
 def _set(name, index, value):
     def edit(tensors):
         tensors[name].view(-1)[index] = value
+
     return edit
 
 
@@ -138,7 +145,10 @@ BAD_VALUES = [
     (_set("teacher_std", 3, 0.0), r"tensor teacher_std\[3\] is 0; the teacher's channel std must be > 0"),
     (_set("teacher_std", 0, -1.0), r"tensor teacher_std\[0\] is -1"),
     (_set("teacher_mean", 2, float("nan")), r"tensor teacher_mean holds 1 non-finite values"),
-    (_set("student.0.weight", 7, float("-inf")), r"tensor student\.0\.weight holds 1 non-finite values \(first at flat index 7: -inf\)"),
+    (
+        _set("student.0.weight", 7, float("-inf")),
+        r"tensor student\.0\.weight holds 1 non-finite values \(first at flat index 7: -inf\)",
+    ),
     (_set("autoencoder.encoder.0.bias", 0, float("nan")), r"tensor autoencoder\.encoder\.0\.bias holds 1 non-finite"),
 ]
 
@@ -160,8 +170,8 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
 
 
 def test_the_cli_prints_one_line_and_exits_2(model_file, tmp_path, capsys):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -179,7 +189,8 @@ def test_training_state_and_teacher_files_carry_the_digest(tmp_path):
     from efficientad_ext.distillation.distiller import DistillRecord
     from efficientad_ext.formats.teacher_file import save_teacher
     from efficientad_ext.training import TrainConfig, TrainStep
-    from efficientad_ext.training.run_setup import load_train_state as _load_state, save_train_state as _save_state
+    from efficientad_ext.training.run_setup import load_train_state as _load_state
+    from efficientad_ext.training.run_setup import save_train_state as _save_state
 
     # Teacher file written by distill.
     pdn = build_pdn("small", 8)

@@ -1,4 +1,5 @@
 """NaN and infinity at the edges of the ops' definitions (README, "Operators")."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Every op refuses tensor arguments on different devices, naming them, also when one of them is
 a meta tensor (such calls reach the fake kernels, not the C++ checks)."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,8 +34,13 @@ def _calls():
         ("anomaly_maps", "student", lambda: ops.anomaly_maps(t, mean, std, meta(s), a, q, [8, 8], 0)),
         ("anomaly_maps_raw", "teacher_std", lambda: ops.anomaly_maps_raw(t, mean, meta(std), s, a)),
         ("hard_feature_loss", "student", lambda: ops.hard_feature_loss(t, meta(t.clone()), 0.9, False)),
-        ("winograd_conv2d", "weight_tf", lambda: ops.winograd_conv2d(x, meta(prep.weight_tf), prep.bias, prep.input_tf,
-                                                                     prep.output_tf, prep.kernel_size, 1, False, False, 0)),
+        (
+            "winograd_conv2d",
+            "weight_tf",
+            lambda: ops.winograd_conv2d(
+                x, meta(prep.weight_tf), prep.bias, prep.input_tf, prep.output_tf, prep.kernel_size, 1, False, False, 0
+            ),
+        ),
     ]
 
 

@@ -1,6 +1,7 @@
 """Each precondition is checked once, in C++ (csrc/checks.h): a direct torch.ops.efficientad
 call fails with the wrapper's exception type and message, and the fake kernels (meta
 tensors, torch.compile) refuse the same shapes (issue 13)."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,59 +13,125 @@ _OPS = torch.ops.efficientad
 
 
 def _features(**over):
-    f = dict(teacher=torch.randn(2, 4, 5, 5), teacher_mean=torch.randn(4), teacher_std=torch.rand(4) + 0.5,
-             student=torch.randn(2, 8, 5, 5), autoencoder=torch.randn(2, 4, 5, 5), quantiles=torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    f = dict(
+        teacher=torch.randn(2, 4, 5, 5),
+        teacher_mean=torch.randn(4),
+        teacher_std=torch.rand(4) + 0.5,
+        student=torch.randn(2, 8, 5, 5),
+        autoencoder=torch.randn(2, 4, 5, 5),
+        quantiles=torch.tensor([0.0, 1.0, 0.0, 1.0]),
+    )
     f.update(over)
     return f
 
 
 def _maps_wrapper(**over):
     f = _features(**over)
-    return lambda: ops.anomaly_maps(f["teacher"], f["teacher_mean"], f["teacher_std"], f["student"], f["autoencoder"],
-                                    f["quantiles"], (9, 9), 0)
+    return lambda: ops.anomaly_maps(
+        f["teacher"], f["teacher_mean"], f["teacher_std"], f["student"], f["autoencoder"], f["quantiles"], (9, 9), 0
+    )
 
 
 def _maps_direct(**over):
     f = _features(**over)
-    return lambda: _OPS.anomaly_maps(f["teacher"], f["teacher_mean"], f["teacher_std"], f["student"], f["autoencoder"],
-                                     f["quantiles"], [9, 9], 0)
+    return lambda: _OPS.anomaly_maps(
+        f["teacher"], f["teacher_mean"], f["teacher_std"], f["student"], f["autoencoder"], f["quantiles"], [9, 9], 0
+    )
 
 
 CASES = {
-    "quantile: q out of range": (lambda: ops.quantile(torch.randn(5), 1.5), lambda: _OPS.quantile(torch.randn(5), [1.5]),
-                                 ValueError, r"q must be in \[0, 1\], got 1.5"),
-    "quantile: NaN q": (lambda: ops.quantile(torch.randn(5), float("nan")), lambda: _OPS.quantile(torch.randn(5), [float("nan")]),
-                        ValueError, r"q must be in \[0, 1\], got nan"),
-    "hard loss: shapes": (lambda: ops.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 6, 4, 4)),
-                          lambda: _OPS.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 6, 4, 4), 0.5, False),
-                          ValueError, "student must have the teacher's shape"),
-    "hard loss: dtypes": (lambda: ops.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4).double()),
-                          lambda: _OPS.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4).double(), 0.5, False),
-                          TypeError, "student must have teacher's dtype"),
-    "hard loss: p": (lambda: ops.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), p=-0.1),
-                     lambda: _OPS.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), -0.1, False),
-                     ValueError, r"p must be in \[0, 1\]"),
-    "maps: student channels": (_maps_wrapper(student=torch.randn(2, 4, 5, 5)), _maps_direct(student=torch.randn(2, 4, 5, 5)),
-                               ValueError, r"student must have shape \[2, 8, 5, 5\]"),
-    "maps: statistics": (_maps_wrapper(teacher_std=torch.rand(3)), _maps_direct(teacher_std=torch.rand(3)),
-                         ValueError, "teacher_std must have 4 elements"),
-    "maps: integer features": (_maps_wrapper(teacher=torch.zeros(2, 4, 5, 5, dtype=torch.int32)),
-                               _maps_direct(teacher=torch.zeros(2, 4, 5, 5, dtype=torch.int32)),
-                               TypeError, "teacher must be float16, bfloat16, float32 or float64"),
-    "conv: channels": (lambda: ops.conv2d_relu_pool(torch.randn(1, 2, 9, 9), torch.randn(4, 3, 3, 3)),
-                       lambda: _OPS.conv2d_relu_pool(torch.randn(1, 2, 9, 9), torch.randn(4, 3, 3, 3), None, 0, True, False, 0),
-                       ValueError, r"input must have 3 channels \(weight's C_in\)"),
-    "conv: too small": (lambda: ops.conv2d_relu_pool(torch.randn(1, 3, 2, 2), torch.randn(4, 3, 3, 3)),
-                        lambda: _OPS.conv2d_relu_pool(torch.randn(1, 3, 2, 2), torch.randn(4, 3, 3, 3), None, 0, True, False, 0),
-                        ValueError, "input of spatial size 2x2 is too small for a 3x3 kernel with padding 0"),
-    "split: range": (lambda: ops.conv2d_relu_pool_split(torch.randn(1, 3, 9, 9), torch.randn(4, 3, 3, 3), None, 0, True, False, 0, 4),
-                     lambda: _OPS.conv2d_relu_pool_split(torch.randn(1, 3, 9, 9), torch.randn(4, 3, 3, 3), None, 0, True, False, 0, 4),
-                     ValueError, r"split must be in \[1, 3\]"),
-    "pdn: image too small": (lambda: ops.pdn_forward(torch.randn(1, 3, 6, 6), [torch.randn(4, 3, 4, 4), torch.randn(4, 4, 4, 4)],
-                                                     [None, None], [0, 0], [True, True], [True, False], [0, 0]),
-                             lambda: _OPS.pdn_forward(torch.randn(1, 3, 6, 6), [torch.randn(4, 3, 4, 4), torch.randn(4, 4, 4, 4)],
-                                                      [None, None], [0, 0], [True, True], [True, False], [0, 0]),
-                             ValueError, "input image size 6x6 is too small for these layers"),
+    "quantile: q out of range": (
+        lambda: ops.quantile(torch.randn(5), 1.5),
+        lambda: _OPS.quantile(torch.randn(5), [1.5]),
+        ValueError,
+        r"q must be in \[0, 1\], got 1.5",
+    ),
+    "quantile: NaN q": (
+        lambda: ops.quantile(torch.randn(5), float("nan")),
+        lambda: _OPS.quantile(torch.randn(5), [float("nan")]),
+        ValueError,
+        r"q must be in \[0, 1\], got nan",
+    ),
+    "hard loss: shapes": (
+        lambda: ops.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 6, 4, 4)),
+        lambda: _OPS.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 6, 4, 4), 0.5, False),
+        ValueError,
+        "student must have the teacher's shape",
+    ),
+    "hard loss: dtypes": (
+        lambda: ops.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4).double()),
+        lambda: _OPS.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4).double(), 0.5, False),
+        TypeError,
+        "student must have teacher's dtype",
+    ),
+    "hard loss: p": (
+        lambda: ops.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), p=-0.1),
+        lambda: _OPS.hard_feature_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), -0.1, False),
+        ValueError,
+        r"p must be in \[0, 1\]",
+    ),
+    "maps: student channels": (
+        _maps_wrapper(student=torch.randn(2, 4, 5, 5)),
+        _maps_direct(student=torch.randn(2, 4, 5, 5)),
+        ValueError,
+        r"student must have shape \[2, 8, 5, 5\]",
+    ),
+    "maps: statistics": (
+        _maps_wrapper(teacher_std=torch.rand(3)),
+        _maps_direct(teacher_std=torch.rand(3)),
+        ValueError,
+        "teacher_std must have 4 elements",
+    ),
+    "maps: integer features": (
+        _maps_wrapper(teacher=torch.zeros(2, 4, 5, 5, dtype=torch.int32)),
+        _maps_direct(teacher=torch.zeros(2, 4, 5, 5, dtype=torch.int32)),
+        TypeError,
+        "teacher must be float16, bfloat16, float32 or float64",
+    ),
+    "conv: channels": (
+        lambda: ops.conv2d_relu_pool(torch.randn(1, 2, 9, 9), torch.randn(4, 3, 3, 3)),
+        lambda: _OPS.conv2d_relu_pool(torch.randn(1, 2, 9, 9), torch.randn(4, 3, 3, 3), None, 0, True, False, 0),
+        ValueError,
+        r"input must have 3 channels \(weight's C_in\)",
+    ),
+    "conv: too small": (
+        lambda: ops.conv2d_relu_pool(torch.randn(1, 3, 2, 2), torch.randn(4, 3, 3, 3)),
+        lambda: _OPS.conv2d_relu_pool(torch.randn(1, 3, 2, 2), torch.randn(4, 3, 3, 3), None, 0, True, False, 0),
+        ValueError,
+        "input of spatial size 2x2 is too small for a 3x3 kernel with padding 0",
+    ),
+    "split: range": (
+        lambda: ops.conv2d_relu_pool_split(
+            torch.randn(1, 3, 9, 9), torch.randn(4, 3, 3, 3), None, 0, True, False, 0, 4
+        ),
+        lambda: _OPS.conv2d_relu_pool_split(
+            torch.randn(1, 3, 9, 9), torch.randn(4, 3, 3, 3), None, 0, True, False, 0, 4
+        ),
+        ValueError,
+        r"split must be in \[1, 3\]",
+    ),
+    "pdn: image too small": (
+        lambda: ops.pdn_forward(
+            torch.randn(1, 3, 6, 6),
+            [torch.randn(4, 3, 4, 4), torch.randn(4, 4, 4, 4)],
+            [None, None],
+            [0, 0],
+            [True, True],
+            [True, False],
+            [0, 0],
+        ),
+        lambda: _OPS.pdn_forward(
+            torch.randn(1, 3, 6, 6),
+            [torch.randn(4, 3, 4, 4), torch.randn(4, 4, 4, 4)],
+            [None, None],
+            [0, 0],
+            [True, True],
+            [True, False],
+            [0, 0],
+        ),
+        ValueError,
+        "input image size 6x6 is too small for these layers",
+    ),
 }
 
 
@@ -100,9 +167,13 @@ def test_fake_kernels_refuse_the_same_shapes():
     with pytest.raises(ValueError, match="student must have shape"):
         _OPS.anomaly_maps_raw(f["teacher"], f["teacher_mean"], f["teacher_std"], f["student"], f["autoencoder"])
     with pytest.raises(ValueError, match="too small"):
-        _OPS.conv2d_relu_pool(torch.empty(1, 3, 2, 2, device=meta), torch.empty(4, 3, 3, 3, device=meta), None, 0, True, False, 0)
+        _OPS.conv2d_relu_pool(
+            torch.empty(1, 3, 2, 2, device=meta), torch.empty(4, 3, 3, 3, device=meta), None, 0, True, False, 0
+        )
     with pytest.raises(TypeError, match="input must be float16"):
         _OPS.quantile(torch.empty(5, dtype=torch.int64, device=meta), [0.5])
     # Valid shapes give the kernels' output shapes.
-    out = _OPS.conv2d_relu_pool(torch.empty(2, 3, 9, 9, device=meta), torch.empty(4, 3, 3, 3, device=meta), None, 1, True, True, 0)
+    out = _OPS.conv2d_relu_pool(
+        torch.empty(2, 3, 9, 9, device=meta), torch.empty(4, 3, 3, 3, device=meta), None, 1, True, True, 0
+    )
     assert out.shape == (2, 4, 4, 4)

@@ -1,4 +1,5 @@
 """efficientad::conv2d_relu_pool and efficientad::pdn_forward against torch.nn."""
+
 from __future__ import annotations
 
 import pytest
@@ -82,7 +83,9 @@ def test_pdn_forward_matches_nn(device, arch, padded, out_channels):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, padded, size", [("small", False, 56), ("small", True, 64), ("medium", False, 56), ("medium", True, 64)])
+@pytest.mark.parametrize(
+    "arch, padded, size", [("small", False, 56), ("small", True, 64), ("medium", False, 56), ("medium", True, 64)]
+)
 def test_pdn_output_sizes_at_256(arch, padded, size):
     # The paper's sizes: 256x256 -> 64x64 padded; the peers' unpadded default -> 56x56.
     assert build_pdn(arch, 384, padded).output_size(256, 256) == (size, size)
@@ -90,7 +93,12 @@ def test_pdn_output_sizes_at_256(arch, padded, size):
 
 def test_pdn_state_dict_keys_match_the_published_layout():
     # nelson1425/EfficientAD saves nn.Sequential state dicts: conv indices 0, 3, 6, 8 (small).
-    assert [k for k in build_pdn("small").state_dict() if k.endswith("weight")] == ["0.weight", "3.weight", "6.weight", "8.weight"]
+    assert [k for k in build_pdn("small").state_dict() if k.endswith("weight")] == [
+        "0.weight",
+        "3.weight",
+        "6.weight",
+        "8.weight",
+    ]
     medium = [k for k in build_pdn("medium").state_dict() if k.endswith("weight")]
     assert medium == ["0.weight", "3.weight", "6.weight", "8.weight", "10.weight", "12.weight"]
 

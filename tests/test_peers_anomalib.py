@@ -36,6 +36,7 @@ Intended differences, and how each is compared:
    randomly subsampled values, ours are exact (training-time, not inference); on CUDA our
    ``infer`` may compute in bfloat16 by default (these tests run on the CPU in float32).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -55,7 +56,8 @@ with warnings.catch_warnings():
         torch_model = importlib.import_module(ANOMALIB_MODULE)
     else:
         torch_model = pytest.importorskip(
-            ANOMALIB_MODULE, reason="anomalib (2.7.0) is not installed: pip install --no-deps -r .ci/peers-requirements.txt"
+            ANOMALIB_MODULE,
+            reason="anomalib (2.7.0) is not installed: pip install --no-deps -r .ci/peers-requirements.txt",
         )
 
 RTOL = 1e-4
@@ -135,8 +137,14 @@ def test_anomalib_pad_maps_on_padded_pdn_is_a_4_pixel_border():
         expected = theirs(images)
         x = ours.prepare(images)[0]
         out = ops.anomaly_maps(
-            ours.teacher.fused_forward(x), ours.teacher_mean, ours.teacher_std, ours.student.fused_forward(x),
-            ours.autoencoder(x, ours.feature_size), ours.quantiles, (256, 256), 4,
+            ours.teacher.fused_forward(x),
+            ours.teacher_mean,
+            ours.teacher_std,
+            ours.student.fused_forward(x),
+            ours.autoencoder(x, ours.feature_size),
+            ours.quantiles,
+            (256, 256),
+            4,
         )
         assert_close(out.anomaly_map, expected.anomaly_map)
         assert_close(out.score, expected.pred_score.squeeze(1))

@@ -1,10 +1,17 @@
 """Training precision choice from the CPU's flags, and the bf16 autocast context."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from efficientad_ext.training.precision import autocast, cpu_has_native_bf16, describe_cpu, resolve_memory_format, resolve_precision
+from efficientad_ext.training.precision import (
+    autocast,
+    cpu_has_native_bf16,
+    describe_cpu,
+    resolve_memory_format,
+    resolve_precision,
+)
 
 CPU = torch.device("cpu")
 

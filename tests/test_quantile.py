@@ -1,4 +1,5 @@
 """efficientad::quantile against torch.quantile and an exact NumPy computation."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The HTML evaluation report: its curves, its gallery order, the page's content, and the
 page in a real headless browser (Debian's chromium driven by Playwright)."""
+
 from __future__ import annotations
 
 import html
@@ -16,16 +17,18 @@ from efficientad_ext import DecisionThreshold, EfficientAD
 from efficientad_ext.api import evaluate
 from efficientad_ext.cli import main
 from efficientad_ext.data import Sample
+from efficientad_ext.data.synthetic import make_synthetic_dataset
 from efficientad_ext.evaluation.curves import pixel_roc_curve, pro_curve, roc_curve
 from efficientad_ext.evaluation.metrics import au_pro, auroc, pixel_auroc
 from efficientad_ext.evaluation.report import ReportData, _gallery_order, report_libraries_missing, write_report
-from efficientad_ext.data.synthetic import make_synthetic_dataset
 
-needs_report_libraries = pytest.mark.skipif(report_libraries_missing() is not None,
-                                            reason=str(report_libraries_missing()))
+needs_report_libraries = pytest.mark.skipif(
+    report_libraries_missing() is not None, reason=str(report_libraries_missing())
+)
 
 
 # --- curves -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", range(4))
 def test_roc_curve_area_is_the_exact_auroc_with_ties(seed):
@@ -45,7 +48,7 @@ def _maps_and_masks(seed, n=7, h=37, w=41):
     masks = np.zeros((n, h, w), bool)
     for i in range(0, n, 2):
         y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
-        masks[i, y:y + rng.integers(2, 8), x:x + rng.integers(2, 8)] = True
+        masks[i, y : y + rng.integers(2, 8), x : x + rng.integers(2, 8)] = True
     maps = rng.random((n, h, w)).astype(np.float32) + 0.6 * masks
     return maps, masks
 
@@ -84,11 +87,14 @@ def test_gallery_puts_misclassified_first_then_by_descending_score():
 
 # --- the page -----------------------------------------------------------------------------
 
+
 def _report_data(tmp_path, threshold=0.5, names=("m.safetensors", "set")):
     rng = np.random.default_rng(0)
     types = ["good", "good", "good", "crack", "crack", "hole<b>"]  # a name that needs escaping
-    samples = [Sample(tmp_path / f"{i}<x>.png", int(t != "good"), t, None if t == "good" else tmp_path / f"m{i}.png")
-               for i, t in enumerate(types)]
+    samples = [
+        Sample(tmp_path / f"{i}<x>.png", int(t != "good"), t, None if t == "good" else tmp_path / f"m{i}.png")
+        for i, t in enumerate(types)
+    ]
     masks = torch.zeros(6, 32, 32, dtype=torch.bool)
     masks[3:, 8:16, 8:16] = True
     maps = torch.from_numpy(rng.random((6, 32, 32)).astype(np.float32)) + 0.8 * masks
@@ -96,11 +102,27 @@ def _report_data(tmp_path, threshold=0.5, names=("m.safetensors", "set")):
     labels = torch.tensor([s.label for s in samples])
     from efficientad_ext.evaluation.metrics import image_auroc
 
-    result = {"images": 6, "anomalous": 3, "image_auroc": image_auroc(scores, labels),
-              "image_auroc_per_type": {"crack": 0.5, "hole<b>": 1.0}, "f1_max": 0.8, "f1_max_threshold": 0.25,
-              "pixel_auroc": pixel_auroc(maps, masks), "au_pro": au_pro(maps, masks)}
-    return ReportData(result, samples, scores, maps, masks, lambda i: torch.rand(3, 32, 32), threshold,
-                      None if threshold is None else "normal_holdout_fpr", *names)
+    result = {
+        "images": 6,
+        "anomalous": 3,
+        "image_auroc": image_auroc(scores, labels),
+        "image_auroc_per_type": {"crack": 0.5, "hole<b>": 1.0},
+        "f1_max": 0.8,
+        "f1_max_threshold": 0.25,
+        "pixel_auroc": pixel_auroc(maps, masks),
+        "au_pro": au_pro(maps, masks),
+    }
+    return ReportData(
+        result,
+        samples,
+        scores,
+        maps,
+        masks,
+        lambda i: torch.rand(3, 32, 32),
+        threshold,
+        None if threshold is None else "normal_holdout_fpr",
+        *names,
+    )
 
 
 @needs_report_libraries
@@ -146,7 +168,9 @@ def test_report_is_refused_early_and_clearly(tmp_path, monkeypatch):
         evaluate(model, data, None, report=True)
     with pytest.raises(ValueError, match="report_gallery must be >= 0"):
         evaluate(model, data, tmp_path / "e", report=True, report_gallery=-1)
-    monkeypatch.setattr(report, "report_libraries_missing", lambda: 'jinja2 not installed: pip install "efficientad_ext[report]"')
+    monkeypatch.setattr(
+        report, "report_libraries_missing", lambda: 'jinja2 not installed: pip install "efficientad_ext[report]"'
+    )
     with pytest.raises(ImportError, match=r"efficientad_ext\[report\]"):
         report.write_report(_report_data(tmp_path), tmp_path / "r.html")
     with pytest.raises(ImportError, match="jinja2 not installed"):  # before any image is scored
@@ -203,8 +227,15 @@ def _open_in_chromium(page_path: Path, screenshot: Path) -> dict:
         pytest.skip("no chromium (apt-get install chromium)")
     seen: dict = {"console_errors": [], "page_errors": [], "failed_requests": []}
     # The closed network: no background connections, no first-run, no updates.
-    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"]
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=BROWSER, args=args, timeout=60_000)
         try:
@@ -215,7 +246,8 @@ def _open_in_chromium(page_path: Path, screenshot: Path) -> dict:
             page.goto(page_path.resolve().as_uri(), wait_until="load", timeout=60_000)
             seen["images"] = page.evaluate(
                 "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, "
-                "h: i.naturalHeight, shown: i.getBoundingClientRect().width}))")
+                "h: i.naturalHeight, shown: i.getBoundingClientRect().width}))"
+            )
             seen["title"] = page.title()
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
@@ -248,8 +280,13 @@ def test_the_browser_check_sees_a_broken_page(evaluated_report, tmp_path):
     the page's policy) and an image that does not decode are both caught."""
     path, _ = evaluated_report
     broken = tmp_path / "broken.html"
-    broken.write_text(path.read_text().replace("</body>", '<img src="http://127.0.0.1:9/x.png" alt="outside">'
-                                               '<img src="data:image/png;base64,AAAA" alt="corrupt"></body>'))
+    broken.write_text(
+        path.read_text().replace(
+            "</body>",
+            '<img src="http://127.0.0.1:9/x.png" alt="outside">'
+            '<img src="data:image/png;base64,AAAA" alt="corrupt"></body>',
+        )
+    )
     seen = _open_in_chromium(broken, tmp_path / "broken.png")
     assert seen["console_errors"], seen
     corrupt = next(i for i in seen["images"] if i["alt"] == "corrupt")

@@ -1,5 +1,6 @@
 """Sharded scoring (issue 17) with 2 gloo processes: the merged scores.csv equals the
 one-process file, corrupt images are listed, a re-run scores only what is new."""
+
 from __future__ import annotations
 
 import csv
@@ -7,13 +8,13 @@ import csv
 import numpy as np
 import pytest
 import torch
-from distributed_launch import torchrun
 from PIL import Image
-from test_train import write_images
 
+from distributed_launch import torchrun
 from efficientad_ext import DecisionThreshold, EfficientAD, save_model
 from efficientad_ext.cli import main
 from efficientad_ext.inference.sharded import read_shards, sharded_infer
+from test_train import write_images
 
 
 @pytest.fixture()
@@ -27,8 +28,20 @@ def folder(tmp_path):
     Image.fromarray(np.full((300, 280), 90, np.uint8), "L").save(images / "gray.png")
     (images / "broken.png").write_bytes(b"not an image")
     # A decision threshold between the images' scores: scores.csv then has both decisions.
-    assert main(["infer", str(tmp_path / "model.safetensors"), str(images), "--out", str(tmp_path / "probe"),
-                 "--skip-corrupt", "--no-images"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(tmp_path / "model.safetensors"),
+                str(images),
+                "--out",
+                str(tmp_path / "probe"),
+                "--skip-corrupt",
+                "--no-images",
+            ]
+        )
+        == 0
+    )
     scores = sorted(float(r["score"]) for r in csv.DictReader((tmp_path / "probe" / "scores.csv").open()))
     model.threshold = DecisionThreshold(0.5 * (scores[2] + scores[3]), "normal_holdout_fpr", {"target_fpr": 0.01})
     save_model(model, tmp_path / "model.safetensors")
@@ -43,13 +56,30 @@ def _rows(path):
 def test_two_ranks_merge_the_one_process_csv_and_resume(folder, tmp_path):
     model, images = folder
     assert main(["infer", str(model), str(images), "--out", str(tmp_path / "one"), "--skip-corrupt"]) == 0
-    job = torchrun(["-m", "efficientad_ext", "infer", str(model), str(images), "--out", str(tmp_path / "two"), "--workers", "1",
-                    "--batch-size", "2"], timeout=600)
+    job = torchrun(
+        [
+            "-m",
+            "efficientad_ext",
+            "infer",
+            str(model),
+            str(images),
+            "--out",
+            str(tmp_path / "two"),
+            "--workers",
+            "1",
+            "--batch-size",
+            "2",
+        ],
+        timeout=600,
+    )
     assert "5 images scored (0 already scored before this run, 1 corrupt" in job.stdout
     assert (tmp_path / "two" / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
     corrupt = _rows(tmp_path / "two" / "corrupt.csv")
     assert corrupt[0] == ["path", "error"] and [r[0].split("/")[-1] for r in corrupt[1:]] == ["broken.png"]
-    one_png, two_png = sorted((tmp_path / "one" / "heatmaps").glob("*.png")), sorted((tmp_path / "two" / "heatmaps").glob("*.png"))
+    one_png, two_png = (
+        sorted((tmp_path / "one" / "heatmaps").glob("*.png")),
+        sorted((tmp_path / "two" / "heatmaps").glob("*.png")),
+    )
     assert [p.name for p in one_png] == [p.name for p in two_png] and len(two_png) == 5
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one_png, two_png))
     # Both ranks scored a share: their shard files hold disjoint paths, together all 6.
@@ -61,8 +91,21 @@ def test_two_ranks_merge_the_one_process_csv_and_resume(folder, tmp_path):
 
     # A re-run (a preempted job started again) skips what is done and scores only the new image.
     write_images(tmp_path / "extra", 1, seed=9)[0].rename(images / "zzz.png")
-    job = torchrun(["-m", "efficientad_ext", "infer", str(model), str(images), "--out", str(tmp_path / "two"),
-                    "--workers", "1", "--no-images"], timeout=600)
+    job = torchrun(
+        [
+            "-m",
+            "efficientad_ext",
+            "infer",
+            str(model),
+            str(images),
+            "--out",
+            str(tmp_path / "two"),
+            "--workers",
+            "1",
+            "--no-images",
+        ],
+        timeout=600,
+    )
     assert "6 images scored (6 already scored before this run, 1 corrupt" in job.stdout
     rows = _rows(tmp_path / "two" / "scores.csv")
     assert rows[:-1] == _rows(tmp_path / "one" / "scores.csv") and rows[-1][0].endswith("zzz.png")
@@ -74,7 +117,9 @@ def test_one_process_resumes_and_lists_corrupt(folder, tmp_path):
     first = sharded_infer(model, images, out, workers=0, batch_size=2, write_images=False, chunk_size=2)
     assert (first.images, first.scored, first.corrupt, first.skipped, first.scored_this_run) == (6, 5, 1, 0, 6)
     # The one-process infer's columns, decisions included, from the shards' exact scores.
-    assert main(["infer", str(model), str(images), "--out", str(tmp_path / "one"), "--skip-corrupt", "--no-images"]) == 0
+    assert (
+        main(["infer", str(model), str(images), "--out", str(tmp_path / "one"), "--skip-corrupt", "--no-images"]) == 0
+    )
     assert (out / "scores.csv").read_text() == (tmp_path / "one" / "scores.csv").read_text()
     rows = _rows(out / "scores.csv")
     assert rows[0] == ["path", "score", "is_anomalous", "normalized_score"]

@@ -1,4 +1,5 @@
 """make_synthetic_dataset: MVTec AD layout, exact masks, reproducibility, safe re-runs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,14 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientad_ext.data import synthetic
-from efficientad_ext.data import ImageDataset, mvtec_ad
+from efficientad_ext.data import ImageDataset, mvtec_ad, synthetic
 from efficientad_ext.data.synthetic import DEFECT_TYPES, make_synthetic_dataset
 
 
 def digest(root) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_layout_and_masks(tmp_path):

@@ -2,6 +2,7 @@
 (``torch.save`` of an ``nn.Sequential`` state dict: keys 0.weight, 3.weight, ...) and
 anomalib's pretrained_teacher_{small,medium}.pth (keys conv1.weight ... conv4/conv6.bias,
 names and shapes as in anomalib 2.7.0's torch_model.py, written out here by hand)."""
+
 from __future__ import annotations
 
 import pytest
@@ -61,7 +62,9 @@ def test_anomalib_teacher_errors(tmp_path):
     state = anomalib_teacher_state("small")
     state["conv4.weight"] = torch.randn(384, 256, 3, 3)
     torch.save(state, tmp_path / "wrong.pth")
-    with pytest.raises(TeacherWeightsError, match=r"conv4.weight has shape \(384, 256, 3, 3\).*needs \(384, 256, 4, 4\)"):
+    with pytest.raises(
+        TeacherWeightsError, match=r"conv4.weight has shape \(384, 256, 3, 3\).*needs \(384, 256, 4, 4\)"
+    ):
         load_teacher_weights(build_pdn("small", 384), tmp_path / "wrong.pth")
     state = anomalib_teacher_state("small")
     del state["conv2.bias"]

@@ -1,4 +1,5 @@
 """Which teacher training uses: the shipped one by default, "random" on request, a file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 import efficientad_ext.training.teacher_choice as teachers
-from efficientad_ext.models.pdn import build_pdn
 from efficientad_ext.formats.teacher_file import load_teacher_weights
+from efficientad_ext.models.pdn import build_pdn
 
 
 def test_the_shipped_small_teacher_exists_loads_and_is_documented():
@@ -36,8 +37,11 @@ def test_the_shipped_small_teacher_exists_loads_and_is_documented():
     recorded = record["command"].split()
     assert len(command.split()) == len(recorded)
     for shown, original in zip(command.split(), recorded):  # equal, or the same path made relative
-        assert shown == original or (original.startswith("/") and not shown.startswith("/")
-                                     and Path(shown).parts[-2:] == Path(original).parts[-2:]), (shown, original)
+        assert shown == original or (
+            original.startswith("/")
+            and not shown.startswith("/")
+            and Path(shown).parts[-2:] == Path(original).parts[-2:]
+        ), (shown, original)
     assert record["config"]["extractor"] == "mobilenet_v2"
     # It is the distilled network, not a fresh initialisation: its weights differ from a
     # random PDN's by far more than float16 rounding, and it still maps 256x256 to 56x56.

@@ -1,4 +1,5 @@
 """The decision threshold (issue 15, item 2): how it is chosen, stored and applied."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,8 +16,8 @@ from efficientad_ext.evaluation.threshold import (
     f1_optimal_threshold,
     threshold_at_fpr,
 )
-from efficientad_ext.inference.result import normalize_score
 from efficientad_ext.formats.model_file import ModelFileError, load_model, save_model
+from efficientad_ext.inference.result import normalize_score
 
 
 def test_threshold_at_fpr_is_the_normal_scores_quantile():
@@ -85,10 +86,15 @@ def test_model_file_stores_the_threshold_and_refuses_bad_ones(tmp_path):
     x = torch.rand(1, 3, 256, 256)
     r = loaded.infer(x)
     assert r.threshold == 0.37 and r.is_anomalous.tolist() == [bool(r.score[0] > 0.37)]
-    for bad, match in ((DecisionThreshold(0.0, "normal_holdout_fpr"), "threshold.value must be a finite number > 0"),
-                       (DecisionThreshold(0.3, "guess"), "threshold.method must be one of"),
-                       (DecisionThreshold(0.3, "f1_labelled", {"f1": float("nan")}), "threshold. is not valid JSON .NaN"),
-                       (DecisionThreshold(0.3, "f1_labelled", {"f1": "good"}), "threshold.details must be an object of finite numbers")):
+    for bad, match in (
+        (DecisionThreshold(0.0, "normal_holdout_fpr"), "threshold.value must be a finite number > 0"),
+        (DecisionThreshold(0.3, "guess"), "threshold.method must be one of"),
+        (DecisionThreshold(0.3, "f1_labelled", {"f1": float("nan")}), "threshold. is not valid JSON .NaN"),
+        (
+            DecisionThreshold(0.3, "f1_labelled", {"f1": "good"}),
+            "threshold.details must be an object of finite numbers",
+        ),
+    ):
         model.threshold = bad
         with pytest.raises(ValueError, match=match):
             save_model(model, tmp_path / "bad.safetensors")

@@ -1,4 +1,5 @@
 """Training (Algorithm 1): losses, statistics, quantiles, checkpoints, exact resume, errors."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,13 +7,11 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-
-import efficientad_ext
 import torch.nn.functional as F
 from PIL import Image
 
+import efficientad_ext
 from efficientad_ext import EfficientAD, load_model, ops
-from efficientad_ext.training.augment import color_jitter_one_of, penalty_transform
 from efficientad_ext.data.image_source import ImageSource, split_validation
 from efficientad_ext.training import (
     TrainConfig,
@@ -20,6 +19,7 @@ from efficientad_ext.training import (
     teacher_channel_stats,
     train,
 )
+from efficientad_ext.training.augment import color_jitter_one_of, penalty_transform
 
 
 def write_images(folder, n, size=(256, 256), seed=0):
@@ -115,7 +115,12 @@ def test_train_step_matches_algorithm_1_by_hand():
         a = model.autoencoder(xa, model.feature_size)
         d = (t - s[:, :384]) ** 2
         hard = d[d >= torch.quantile(d.flatten(), 0.999)].mean()
-        expected = {"hard": hard, "penalty": (sp[:, :384] ** 2).mean(), "ae": ((ta - a) ** 2).mean(), "stae": ((a - sa[:, 384:]) ** 2).mean()}
+        expected = {
+            "hard": hard,
+            "penalty": (sp[:, :384] ** 2).mean(),
+            "ae": ((ta - a) ** 2).mean(),
+            "stae": ((a - sa[:, 384:]) ** 2).mean(),
+        }
     got = step(0, images, penalty)
     for k, v in expected.items():
         assert got[k] == pytest.approx(v.item(), rel=1e-4), k
@@ -175,7 +180,6 @@ def test_batch_of_two_uses_per_sample_thresholds(monkeypatch):
         seen.append((teacher.shape[0], reduction))
         return original(teacher, student, p, reduction)
 
-
     monkeypatch.setattr(efficientad_ext.ops, "hard_feature_loss", spy)
     model = EfficientAD()
     step = TrainStep(model, TrainConfig(steps=5, batch_size=2), torch.Generator().manual_seed(0))
@@ -189,7 +193,7 @@ def _labelled_samples(tmp_path):
     good = write_images(tmp_path / "test_good", 2, seed=7)
     bad = write_images(tmp_path / "test_bad", 2, seed=8)
     masks = []
-    for i, p in enumerate(bad):
+    for i in range(len(bad)):
         m = np.zeros((256, 256), np.uint8)
         m[40 + 30 * i : 120, 60:140] = 255
         mp = tmp_path / f"mask{i}.png"
@@ -237,7 +241,12 @@ def test_learning_curve_does_not_change_training_and_resumes(tmp_path):
     assert [p["step"] for p in resumed] == [1, 3]
     assert resumed[1]["image_auroc"] == curve["points"][1]["image_auroc"]
     with pytest.raises(ValueError, match="validation images"):
-        train(paths, tmp_path / "noval", config=TrainConfig(steps=1, validation_fraction=0.0, eval_at=(1,)), curve_samples=samples)
+        train(
+            paths,
+            tmp_path / "noval",
+            config=TrainConfig(steps=1, validation_fraction=0.0, eval_at=(1,)),
+            curve_samples=samples,
+        )
 
 
 def test_penalty_images_are_resized_once_from_the_original(tmp_path):
@@ -251,8 +260,9 @@ def test_penalty_images_are_resized_once_from_the_original(tmp_path):
     expected = penalty_transform(torch.stack([resize_image(load_image(q), (128, 96)) for q in paths]), (64, 48), g)
     torch.testing.assert_close(p, expected, rtol=0, atol=0)
     direct = resize_image(load_image(paths[0]), (128, 96))[:, 32:96, 24:72]
-    via_small = F.interpolate(resize_image(load_image(paths[0]), (64, 48))[None], size=(128, 96), mode="bilinear",
-                              align_corners=False)[0, :, 32:96, 24:72]
+    via_small = F.interpolate(
+        resize_image(load_image(paths[0]), (64, 48))[None], size=(128, 96), mode="bilinear", align_corners=False
+    )[0, :, 32:96, 24:72]
     gray = bool((p[0, 0] == p[0, 1]).all())
     if not gray:
         torch.testing.assert_close(p[0], direct)

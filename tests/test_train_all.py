@@ -1,12 +1,13 @@
 """Many models (issue 17): every category of an MVTec-style root, one model per rank, a summary."""
+
 from __future__ import annotations
 
 import csv
 import json
 
 import pytest
-from distributed_launch import torchrun
 
+from distributed_launch import torchrun
 from efficientad_ext.data.synthetic import make_synthetic_dataset
 from efficientad_ext.training.many_models import assign, find_categories, format_table, train_all
 
@@ -41,8 +42,21 @@ def test_two_ranks_train_one_category_each(tmp_path):
     root = tmp_path / "root"
     for i, name in enumerate(("bottle", "tile")):
         make_synthetic_dataset(root / name, n_train=3, n_test_good=1, n_test_defect=1, seed=i)
-    job = torchrun(["-m", "efficientad_ext", "train-all", str(root), "--out", str(tmp_path / "out"), "--steps", "1",
-                    "--validation-fraction", "0.34"], timeout=900)
+    job = torchrun(
+        [
+            "-m",
+            "efficientad_ext",
+            "train-all",
+            str(root),
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "1",
+            "--validation-fraction",
+            "0.34",
+        ],
+        timeout=900,
+    )
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [(r["category"], r["status"], r["rank"]) for r in rows] == [("bottle", "ok", 0), ("tile", "ok", 1)]
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)

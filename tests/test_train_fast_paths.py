@@ -7,17 +7,17 @@ losses and gradients within its own tolerance.
   the portable emulation runs the same logic);
 - channels-last weights and batches (alone and with bf16).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import efficientad_ext
-
 from efficientad_ext import EfficientAD, ModelConfig, ops
 from efficientad_ext.models.pdn import PDN
-from efficientad_ext.training.augment import color_jitter_one_of
 from efficientad_ext.training import TeacherCache, TrainConfig, TrainStep
+from efficientad_ext.training.augment import color_jitter_one_of
 
 
 @pytest.mark.parametrize("arch, padded", [("small", False), ("small", True), ("medium", False)])
@@ -36,7 +36,9 @@ def test_pdn_heads_equal_the_full_last_layer_and_its_gradients(arch, padded):
     weights = [torch.randn_like(p) for p in parts]
     grads_parts = torch.autograd.grad(sum((w * p).sum() for w, p in zip(weights, parts)), list(net.parameters()))
     full = net(x)
-    loss_full = (weights[0] * full[:2, :5]).sum() + (weights[1] * full[2:3, 5:]).sum() + (weights[2] * full[3:, 3:8]).sum()
+    loss_full = (
+        (weights[0] * full[:2, :5]).sum() + (weights[1] * full[2:3, 5:]).sum() + (weights[2] * full[3:, 3:8]).sum()
+    )
     grads_full = torch.autograd.grad(loss_full, list(net.parameters()))
     for a, b in zip(grads_parts, grads_full):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -60,7 +62,12 @@ def _plain_step_losses(model: EfficientAD, images, penalty, generator_state, p_h
     a = model.autoencoder(xa, model.feature_size)
     d = (t - s[:, :c]) ** 2
     hard = d[d >= torch.quantile(d.flatten(), p_hard)].mean()
-    return {"hard": hard, "penalty": (sp[:, :c] ** 2).mean(), "ae": ((ta - a) ** 2).mean(), "stae": ((a - sa[:, c:]) ** 2).mean()}
+    return {
+        "hard": hard,
+        "penalty": (sp[:, :c] ** 2).mean(),
+        "ae": ((ta - a) ** 2).mean(),
+        "stae": ((a - sa[:, c:]) ** 2).mean(),
+    }
 
 
 def _grads(model):
@@ -104,10 +111,14 @@ def _step_and_reference(model, images, penalty, precision="float32", cached=Fals
     return got, _grads(model), {k: v.item() for k, v in expected.items()}, ref_grads
 
 
-@pytest.mark.parametrize("cached, memory_format", [(False, "contiguous"), (True, "contiguous"), (True, "channels_last")])
+@pytest.mark.parametrize(
+    "cached, memory_format", [(False, "contiguous"), (True, "contiguous"), (True, "channels_last")]
+)
 def test_float32_fast_step_equals_the_plain_step(cached, memory_format):
     model, images, penalty = _setup()
-    got, grads, expected, ref_grads = _step_and_reference(model, images, penalty, cached=cached, memory_format=memory_format)
+    got, grads, expected, ref_grads = _step_and_reference(
+        model, images, penalty, cached=cached, memory_format=memory_format
+    )
     layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     assert all(p.is_contiguous(memory_format=layout) for p in model.student.parameters() if p.dim() == 4)
     for k, v in expected.items():
@@ -125,7 +136,6 @@ def test_float32_fast_step_equals_the_plain_step(cached, memory_format):
 def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):
     from efficientad_ext.data.image_source import ImageSource
     from efficientad_ext.training import teacher_channel_stats
-
     from test_train import write_images
 
     torch.manual_seed(0)
@@ -146,7 +156,6 @@ def test_teacher_cache_holds_the_statistics_pass_outputs(tmp_path):
 def test_teacher_cache_keeps_the_first_images_when_not_all_fit(tmp_path):
     from efficientad_ext.data.image_source import ImageSource
     from efficientad_ext.training import teacher_channel_stats
-
     from test_train import write_images
 
     torch.manual_seed(0)
@@ -168,7 +177,6 @@ def test_partly_cached_training_resumes_bit_for_bit_and_records_the_cache(tmp_pa
     import json
 
     from efficientad_ext.training import train
-
     from test_train import interrupt_training_after, write_images
 
     paths = write_images(tmp_path / "train", 4)  # 3 training images, 1 held out
@@ -208,8 +216,9 @@ def test_bf16_step_keeps_float32_weights_and_losses_and_is_close_to_float32(monk
 
     monkeypatch.setattr(efficientad_ext.ops, "hard_feature_loss", spy)
     model, images, penalty = _setup()
-    got, grads, expected, ref_grads = _step_and_reference(model, images, penalty, precision="bfloat16", cached=True,
-                                                          memory_format=memory_format)
+    got, grads, expected, ref_grads = _step_and_reference(
+        model, images, penalty, precision="bfloat16", cached=True, memory_format=memory_format
+    )
     assert seen == [(torch.float32, torch.float32)]
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=0.05, abs=1e-4), k
@@ -236,7 +245,6 @@ def test_training_records_its_precision_and_refuses_to_resume_in_another(tmp_pat
     import json
 
     from efficientad_ext.training import train
-
     from test_train import write_images
 
     paths = write_images(tmp_path / "train", 4)
@@ -246,7 +254,9 @@ def test_training_records_its_precision_and_refuses_to_resume_in_another(tmp_pat
     assert extra["precision"] == "float32" and extra["teacher_cache"] is True
     assert extra["cpu_flags"]  # the flags that decide "auto", beside the timing
     bf16 = TrainConfig(steps=2, checkpoint_every=1, validation_fraction=0.25, precision="bfloat16")
-    with pytest.raises(ValueError, match=r"cannot resume .* in bfloat16: it was trained in float32; pass precision='float32'"):
+    with pytest.raises(
+        ValueError, match=r"cannot resume .* in bfloat16: it was trained in float32; pass precision='float32'"
+    ):
         train(paths, tmp_path / "run", config=bf16, resume=True)
     # Without room for the cache, training runs the teacher on the image every step.
     train(paths, tmp_path / "nocache", config=TrainConfig(steps=1, validation_fraction=0.25, teacher_cache_bytes=0))
@@ -254,21 +264,28 @@ def test_training_records_its_precision_and_refuses_to_resume_in_another(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision, memory_format", [("bfloat16", "contiguous"), ("bfloat16", "channels_last"),
-                                                      ("float32", "channels_last")])
+@pytest.mark.parametrize(
+    "precision, memory_format",
+    [("bfloat16", "contiguous"), ("bfloat16", "channels_last"), ("float32", "channels_last")],
+)
 def test_training_resumes_bit_for_bit_in_each_precision_and_layout(tmp_path, precision, memory_format):
     import json
 
     from efficientad_ext import load
     from efficientad_ext.training import MODEL_FILE, train
-
     from test_train import interrupt_training_after, write_images
 
     paths = write_images(tmp_path / "train", 4)
     penalty_dir = tmp_path / "penalty"
     write_images(penalty_dir, 2, size=(300, 280), seed=1)
-    cfg = TrainConfig(steps=2, checkpoint_every=1, validation_fraction=0.25, penalty_dir=str(penalty_dir), precision=precision,
-                      memory_format=memory_format)
+    cfg = TrainConfig(
+        steps=2,
+        checkpoint_every=1,
+        validation_fraction=0.25,
+        penalty_dir=str(penalty_dir),
+        precision=precision,
+        memory_format=memory_format,
+    )
     straight = train(paths, tmp_path / "a", config=cfg)
     with interrupt_training_after(1):
         train(paths, tmp_path / "b", config=cfg)

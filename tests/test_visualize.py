@@ -1,4 +1,5 @@
 """save_heatmap_png: panel layout, colours, the mask outline, atomic writing."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_three_panels_with_outline(tmp_path):
     png = read(path)
     assert png.shape == (h, 3 * w, 3)
     np.testing.assert_array_equal(png[:, :w], np.rint(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-    overlay, outlined = png[:, w:2 * w], png[:, 2 * w:]
+    overlay, outlined = png[:, w : 2 * w], png[:, 2 * w :]
     is_outline = (outlined == OUTLINE_COLOR).all(axis=2)
     expected = np.zeros((h, w), bool)
     expected[10:20, 20:30] = True
@@ -48,8 +49,7 @@ def test_two_panels_without_mask_and_resized_map(tmp_path):
     save_heatmap_png(image, np.random.default_rng(1).random((15, 10)), path, vmin=0.0, vmax=2.0)
     assert read(path).shape == (30, 40, 3)
     # constant and NaN maps do not fail; a mask of another size is resized (nearest)
-    save_heatmap_png(torch.rand(1, 30, 20), torch.full((30, 20), float("nan")), path,
-                     mask=np.ones((60, 40), np.uint8))
+    save_heatmap_png(torch.rand(1, 30, 20), torch.full((30, 20), float("nan")), path, mask=np.ones((60, 40), np.uint8))
     png = read(path)
     assert png.shape == (30, 60, 3) and (png[0, 40] == OUTLINE_COLOR).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["y.png"]

@@ -4,6 +4,7 @@ Tolerance: Winograd computes the same function with different rounding (transfor
 float32 data in float32). Measured max |error| / max |output| is ~1e-6 to 5e-6 for the
 PDN layer shapes; the tests allow 2e-5 in float32 and 1e-11 in float64.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -74,7 +75,9 @@ def test_a_large_batch_spans_several_tile_chunks():
     weight = torch.randn(64, 64, 3, 3) / 24
     bias = torch.randn(64)
     expected = reference.winograd_conv2d(x.double(), weight.double(), bias.double(), 1, True, False, 0)
-    assert _relative_error(winograd_conv2d(x, prepare_weights(weight, bias), 1, True), expected) < REL_TOL[torch.float32]
+    assert (
+        _relative_error(winograd_conv2d(x, prepare_weights(weight, bias), 1, True), expected) < REL_TOL[torch.float32]
+    )
 
 
 def test_bad_arguments_are_named():

@@ -6,6 +6,7 @@ Importing the package loads the compiled kernels, which registers the operators
 :mod:`efficientad_ext.api` (``train``, ``evaluate``, ``distill``, ``load``, ``infer``) are
 what the ``efficientad`` command line calls.
 """
+
 from __future__ import annotations
 
 from efficientad_ext._loader import build_info, load_library
@@ -13,7 +14,7 @@ from efficientad_ext._version import __version__ as __version__
 
 load_library()
 
-from efficientad_ext import ops
+from efficientad_ext import ops  # noqa: E402  (ops need the library loaded)
 from efficientad_ext.api import calibrate, distill, evaluate, export, infer, load, train  # noqa: E402
 from efficientad_ext.formats.model_file import ModelFileError, load_model, save_model  # noqa: E402
 from efficientad_ext.inference import InferenceOptions  # noqa: E402

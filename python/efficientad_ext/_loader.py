@@ -1,4 +1,5 @@
 """Loading the compiled kernels, with a clear refusal when torch changed since the build."""
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ CLI only parses arguments and calls them.
 ``load(path)`` then ``infer(batch)``; ``train(dataset_root, out_dir)``,
 ``evaluate(model, dataset_root, out_dir)`` and ``distill(images, out_dir)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -110,10 +111,21 @@ def train(
         if not curve_samples:
             raise ValueError(f"eval dataset {eval_dataset} has no test images (expected <dataset>/test/<type>/...)")
         if not (config.eval_every or config.eval_at):
-            raise ValueError("a learning curve (eval dataset) needs eval_every N or eval_at steps (--eval-every / --eval-at)")
+            raise ValueError(
+                "a learning curve (eval dataset) needs eval_every N or eval_at steps (--eval-every / --eval-at)"
+            )
     validation = [s.path for s in splits.validation] or None
-    return train_on_images([s.path for s in splits.train], out_dir, model_config, config, validation_images=validation,
-                           teacher=teacher, device=device or default_device(), resume=resume, curve_samples=curve_samples)
+    return train_on_images(
+        [s.path for s in splits.train],
+        out_dir,
+        model_config,
+        config,
+        validation_images=validation,
+        teacher=teacher,
+        device=device or default_device(),
+        resume=resume,
+        curve_samples=curve_samples,
+    )
 
 
 def evaluate(
@@ -140,8 +152,17 @@ def evaluate(
     splits = open_dataset(dataset_root)
     if not splits.test:
         raise ValueError(f"{dataset_root} has no test images (expected <dataset>/test/<type>/...)")
-    return evaluate_samples(model, splits.test, out_dir, batch_size, write_images=write_images, skip_corrupt=skip_corrupt,
-                            report=report, report_gallery=report_gallery, names=(model_name, str(dataset_root)))
+    return evaluate_samples(
+        model,
+        splits.test,
+        out_dir,
+        batch_size,
+        write_images=write_images,
+        skip_corrupt=skip_corrupt,
+        report=report,
+        report_gallery=report_gallery,
+        names=(model_name, str(dataset_root)),
+    )
 
 
 def calibrate(
@@ -162,8 +183,10 @@ def calibrate(
     samples = open_dataset(dataset_root).test
     labels = [s.label for s in samples]
     if not samples or len(set(labels)) < 2:
-        raise ValueError(f"{dataset_root}: calibrating a threshold needs normal and anomalous test images "
-                         "(<dataset>/test/good and <dataset>/test/<defect_type>)")
+        raise ValueError(
+            f"{dataset_root}: calibrating a threshold needs normal and anomalous test images "
+            "(<dataset>/test/good and <dataset>/test/<defect_type>)"
+        )
     dataset, _maps, scores = predict(model, samples, batch_size)
     model.threshold = f1_optimal_threshold(scores, [s.label for s in dataset.samples])
     save_model(model, out if out is not None else model_path)
@@ -202,5 +225,12 @@ def distill(
     writes ``out_dir/teacher.safetensors`` (use it with ``train(..., teacher=path)``) and
     ``distill.json``. See :func:`efficientad_ext.distillation.distiller.distill`."""
 
-    return distill_teacher(images, out_dir, config, device=device or default_device(), resume=resume,
-                           save_dtype=save_dtype, command=command)
+    return distill_teacher(
+        images,
+        out_dir,
+        config,
+        device=device or default_device(),
+        resume=resume,
+        save_dtype=save_dtype,
+        command=command,
+    )

@@ -5,6 +5,7 @@ at 256x256 on random images with freshly initialised networks, once through the 
 and once through plain torch.nn / the references, checks that both agree, and prints the
 build, the agreement and the per-image latency of each path on this machine.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,7 +27,9 @@ def _median_ms(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def selfcheck(arch: str = "small", batch: int = 1, size: int = 256, repeats: int = 5, device: str | None = None) -> bool:
+def selfcheck(
+    arch: str = "small", batch: int = 1, size: int = 256, repeats: int = 5, device: str | None = None
+) -> bool:
     """Runs the check (EfficientAD-``arch``, ``batch`` random ``size`` x ``size`` images,
     median of ``repeats`` timed runs per path, on ``device``, default CUDA when available),
     prints the build, the agreement and the latencies; returns whether both paths agree."""
@@ -36,8 +39,10 @@ def selfcheck(arch: str = "small", batch: int = 1, size: int = 256, repeats: int
         raise ValueError(f"size must be >= 256 and batch, repeats >= 1, got {size}, {batch}, {repeats}")
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     info = efficientad_ext.build_info()
-    print(f"efficientad_ext {efficientad_ext.__version__}: torch {info['torch_version']}, "
-          f"CUDA kernels: {info['cuda_kernels']} {info['cuda_archs']}, device: {device_name}, threads: {torch.get_num_threads()}")
+    print(
+        f"efficientad_ext {efficientad_ext.__version__}: torch {info['torch_version']}, "
+        f"CUDA kernels: {info['cuda_kernels']} {info['cuda_archs']}, device: {device_name}, threads: {torch.get_num_threads()}"
+    )
     torch.manual_seed(0)
     device = torch.device(device_name)
     teacher = build_pdn(arch, 384, padded=False).to(device).eval()
@@ -64,12 +69,16 @@ def selfcheck(arch: str = "small", batch: int = 1, size: int = 256, repeats: int
     score_err = (got.score - expected[1]).abs().max().item()
     scale = expected[0].abs().max().item()
     ok = map_err <= 1e-4 * max(scale, 1.0) and score_err <= 1e-4 * max(scale, 1.0)
-    print(f"fused vs plain torch: max |map diff| = {map_err:.2e}, max |score diff| = {score_err:.2e} "
-          f"(map scale {scale:.2e}) -> {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"fused vs plain torch: max |map diff| = {map_err:.2e}, max |score diff| = {score_err:.2e} "
+        f"(map scale {scale:.2e}) -> {'OK' if ok else 'MISMATCH'}"
+    )
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fused_ms = _median_ms(lambda: (fused(), sync()), repeats) / batch
     plain_ms = _median_ms(lambda: (plain(), sync()), repeats) / batch
-    print(f"EfficientAD-{arch[0].upper()} {size}x{size}, batch {batch}, random weights: "
-          f"fused {fused_ms:.1f} ms/image, plain torch {plain_ms:.1f} ms/image ({plain_ms / fused_ms:.2f}x)")
+    print(
+        f"EfficientAD-{arch[0].upper()} {size}x{size}, batch {batch}, random weights: "
+        f"fused {fused_ms:.1f} ms/image, plain torch {plain_ms:.1f} ms/image ({plain_ms / fused_ms:.2f}x)"
+    )
     return ok

@@ -2,6 +2,7 @@
 (:mod:`.train_commands`); ``eval``, ``infer``, ``calibrate`` (:mod:`.score_commands`); ``export``,
 ``selfcheck``, ``convert`` (:mod:`.model_commands`). Every command reports a bad input as one
 line ``efficientad CMD: error: ...`` and exit status 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="efficientad", description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)",
-                                     formatter_class=HelpWithDefaults)
+    parser = argparse.ArgumentParser(
+        prog="efficientad",
+        description="EfficientAD anomaly detection (fused PyTorch C++/CUDA ops)",
+        formatter_class=HelpWithDefaults,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level for every command")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parsers(sub)
@@ -40,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # recorded by commands that keep provenance (distill)
 
     env = torchrun_env()  # under torchrun, only rank 0 logs progress; every rank warns
-    logging.basicConfig(level=logging.INFO if (args.verbose or args.command in ("train", "demo", "distill", "train-all"))
-                        and (env is None or env.is_main) else logging.WARNING,
-                        format=("" if env is None else f"[rank {env.rank}] ") + "%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO
+        if (args.verbose or args.command in ("train", "demo", "distill", "train-all")) and (env is None or env.is_main)
+        else logging.WARNING,
+        format=("" if env is None else f"[rank {env.rank}] ") + "%(levelname)s %(name)s: %(message)s",
+    )
 
     try:
         return args.func(args)
@@ -53,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"efficientad {args.command}: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a diverging run: the cause is the settings, not a bug
-        print(f"efficientad {args.command}: error: {e}. The last checkpoint in --out is from before the divergence; "
-              "try a lower --lr or another --seed", file=sys.stderr)
+        print(
+            f"efficientad {args.command}: error: {e}. The last checkpoint in --out is from before the divergence; "
+            "try a lower --lr or another --seed",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -1,4 +1,5 @@
 """The commands on a model file itself: ``export``, ``convert`` and the installation's ``selfcheck``."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,17 @@ def cmd_convert(args) -> int:
         model = convert_anomalib_file(args.input, padded=args.padded, image_size=tuple(size))
         save_model(model, args.to)
         c = model.config
-        print(f"{args.to}: EfficientAD-{c.arch[0].upper()} ({'padded' if c.padded else 'unpadded'}, "
-              f"{c.image_size[0]}x{c.image_size[1]}, {'calibrated' if model.calibrated else 'quantiles not set'})")
+        print(
+            f"{args.to}: EfficientAD-{c.arch[0].upper()} ({'padded' if c.padded else 'unpadded'}, "
+            f"{c.image_size[0]}x{c.image_size[1]}, {'calibrated' if model.calibrated else 'quantiles not set'})"
+        )
     else:
         if args.padded is not None or args.image_size != [256]:
             raise SystemExit("--padded / --image-size apply to --from anomalib only (our model file stores them)")
         save_anomalib_state_dict(load_model(args.input), args.to)
-        print(f"{args.to}: anomalib EfficientAdModel state dict (load with model.load_state_dict(torch.load(path, weights_only=True)))")
+        print(
+            f"{args.to}: anomalib EfficientAdModel state dict (load with model.load_state_dict(torch.load(path, weights_only=True)))"
+        )
     return 0
 
 
@@ -48,10 +53,21 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     """``export``, ``selfcheck`` and ``convert``."""
     p = sub.add_parser("export", help="write the model's inference as an ONNX file or OpenVINO IR (dynamic batch)")
     p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
-    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
-                   help="onnx: one .onnx file (onnxruntime, TensorRT); openvino: .xml + .bin")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="input, weights and activations (maps and scores are float32)")
-    p.add_argument("--out", type=Path, required=True, help="output file (.onnx; for openvino the .xml, its .bin beside it)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "openvino"],
+        default="onnx",
+        help="onnx: one .onnx file (onnxruntime, TensorRT); openvino: .xml + .bin",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="input, weights and activations (maps and scores are float32)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output file (.onnx; for openvino the .xml, its .bin beside it)"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("selfcheck", help="check the installation: fused ops vs plain torch, with timings")
@@ -63,15 +79,28 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_selfcheck)
 
     p = sub.add_parser("convert", help="convert between anomalib's EfficientAd state dict and our model file")
-    p.add_argument("--from", dest="source", choices=["anomalib", "ours"], required=True,
-                   help="anomalib: a state dict / Lightning checkpoint (.pth, .ckpt, .safetensors) -> our model file; "
-                   "ours: our model file -> an anomalib state dict (.pth, or .safetensors)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=["anomalib", "ours"],
+        required=True,
+        help="anomalib: a state dict / Lightning checkpoint (.pth, .ckpt, .safetensors) -> our model file; "
+        "ours: our model file -> an anomalib state dict (.pth, or .safetensors)",
+    )
     p.add_argument("input", type=Path, help="the file to convert")
     p.add_argument("--to", type=Path, required=True, help="output file (written atomically)")
-    p.add_argument("--padded", action=argparse.BooleanOptionalAction, default=None,
-                   help="anomalib's padding=True/False (default: from the checkpoint's hyper-parameters, else False)")
-    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N",
-                   help="H [W] the anomalib model was trained at (its pre-processor's resize)")
+    p.add_argument(
+        "--padded",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="anomalib's padding=True/False (default: from the checkpoint's hyper-parameters, else False)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[256],
+        metavar="N",
+        help="H [W] the anomalib model was trained at (its pre-processor's resize)",
+    )
     p.set_defaults(func=cmd_convert)
-
-

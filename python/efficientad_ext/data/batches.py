@@ -1,5 +1,6 @@
 """The one batch loop: every pass over a dataset in order (teacher statistics, map quantiles,
 hold-out scores, eval, infer, sharded infer) goes through :func:`batches`."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -19,8 +20,15 @@ def _as_list(items: list[Any]) -> list[Any]:
     return items  # items stay as the dataset made them; the caller stacks what it needs
 
 
-def batches(dataset: IndexedDataset, batch_size: int, *, indices: Sequence[int] | None = None, workers: int = 0,
-            label: str | None = None, unit: str = "images") -> Iterator[tuple[list[int], list[Any]]]:
+def batches(
+    dataset: IndexedDataset,
+    batch_size: int,
+    *,
+    indices: Sequence[int] | None = None,
+    workers: int = 0,
+    label: str | None = None,
+    unit: str = "images",
+) -> Iterator[tuple[list[int], list[Any]]]:
     """``(indices, items)`` per batch of at most ``batch_size`` items, in the order of
     ``indices`` (default: all, in order). ``workers`` > 0 reads items in that many
     DataLoader worker processes (decoding overlaps the model). ``label``: a progress line at
@@ -31,8 +39,13 @@ def batches(dataset: IndexedDataset, batch_size: int, *, indices: Sequence[int] 
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     progress = Progress(len(order), label=label, every=None, unit=unit) if label else None
     if workers > 0:
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, order), batch_size=batch_size,
-                                             num_workers=workers, collate_fn=_as_list, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, order),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_as_list,
+            shuffle=False,
+        )
         item_batches = iter(loader)
     else:
         item_batches = ([dataset[i] for i in chunk] for chunk in chunks)

@@ -1,5 +1,6 @@
 """The one image dataset: samples read as resized images (and masks), corrupt files skipped,
 refused, or reported per item."""
+
 from __future__ import annotations
 
 import warnings
@@ -37,11 +38,18 @@ class ImageDataset(torch.utils.data.Dataset):
     corrupt files and can say which they were.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: Sequence[int], skip_corrupt: bool = False,
-                 report_errors: bool = False) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: Sequence[int],
+        skip_corrupt: bool = False,
+        report_errors: bool = False,
+    ) -> None:
         if skip_corrupt and report_errors:
-            raise ValueError("skip_corrupt and report_errors exclude each other: skip drops a corrupt sample "
-                             "up front, report returns it as an item with its error")
+            raise ValueError(
+                "skip_corrupt and report_errors exclude each other: skip drops a corrupt sample "
+                "up front, report returns it as an item with its error"
+            )
         self.image_size = _check_size(image_size)
         self.report_errors = report_errors
         self.skip_corrupt = skip_corrupt
@@ -66,8 +74,10 @@ class ImageDataset(torch.utils.data.Dataset):
         if s.mask_path is not None:
             m = load_mask(s.mask_path)
             if tuple(m.shape[-2:]) != (img.height, img.width):
-                raise ImageError(s.mask_path, f"mask size {m.shape[-1]}x{m.shape[-2]} differs from "
-                                 f"its image {s.path} ({img.width}x{img.height})")
+                raise ImageError(
+                    s.mask_path,
+                    f"mask size {m.shape[-1]}x{m.shape[-2]} differs from its image {s.path} ({img.width}x{img.height})",
+                )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -79,8 +89,14 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             return {**self._read(s), "error": ""}
         except ImageError as e:
-            return {"image": None, "mask": None, "label": int(s.label), "path": str(s.path), "original_size": None,
-                    "error": str(e)}
+            return {
+                "image": None,
+                "mask": None,
+                "label": int(s.label),
+                "path": str(s.path),
+                "original_size": None,
+                "error": str(e),
+            }
 
     def _read(self, s: Sample) -> dict:
         image = load_image(s.path)
@@ -88,8 +104,10 @@ class ImageDataset(torch.utils.data.Dataset):
         if s.mask_path is not None:
             mask = load_mask(s.mask_path)
             if tuple(mask.shape[-2:]) != (h, w):
-                raise ImageError(s.mask_path, f"mask size {mask.shape[-1]}x{mask.shape[-2]} differs from "
-                                 f"its image {s.path} ({w}x{h})")
+                raise ImageError(
+                    s.mask_path,
+                    f"mask size {mask.shape[-1]}x{mask.shape[-2]} differs from its image {s.path} ({w}x{h})",
+                )
             mask = resize_mask(mask, self.image_size)
         else:
             mask = torch.zeros(1, *self.image_size, dtype=torch.bool)

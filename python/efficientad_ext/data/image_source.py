@@ -1,4 +1,5 @@
 """Training images for Algorithms 1 and 3: preloaded uint8 sources and seeded hold-outs."""
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,9 @@ class ImageSource:
     (else decoded on demand). With ``skip_corrupt`` unreadable images are dropped (and so
     decoded once up front even when not preloaded); otherwise the first one raises."""
 
-    def __init__(self, paths: Sequence[Path], size: tuple[int, int], max_bytes: int, skip_corrupt: bool = False) -> None:
+    def __init__(
+        self, paths: Sequence[Path], size: tuple[int, int], max_bytes: int, skip_corrupt: bool = False
+    ) -> None:
         self.size = size
         self.paths: list[Path] = []
         self._cache: list[Tensor] | None = [] if len(paths) * 3 * size[0] * size[1] <= max_bytes else None

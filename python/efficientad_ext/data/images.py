@@ -4,6 +4,7 @@ Images load as float32 ``[3, H, W]`` RGB in ``[0, 1]`` at their original size; m
 ``[1, H, W]`` (nonzero = anomalous). Images resize bilinearly with antialiasing (as
 torchvision's ``Resize`` on tensors), masks by nearest neighbour.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -20,6 +21,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 PathLike = str | Path
 
+
 class ImageError(ValueError):
     """An image or mask file that cannot be read or decoded; ``path`` names the file."""
 
@@ -27,7 +29,6 @@ class ImageError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
-
 
 
 class NonBinaryMaskWarning(UserWarning):
@@ -140,7 +141,10 @@ def _mask_array(path: Path) -> np.ndarray:
         if not ((a == 0) | (a == top)).all():
             warnings.warn(
                 f"{path}: mask is not binary (values other than 0 and {top}); binarised by the rule "
-                "'nonzero in any channel is anomalous'", NonBinaryMaskWarning, stacklevel=2)
+                "'nonzero in any channel is anomalous'",
+                NonBinaryMaskWarning,
+                stacklevel=2,
+            )
     if a.ndim == 3:
         a = (a != 0).any(axis=2)
     return a != 0
@@ -170,8 +174,10 @@ def load_mask(path: PathLike) -> Tensor:
                 union = m.copy()
             elif m.shape != union.shape:
                 raise ImageError(
-                    f, f"mask size {m.shape[1]}x{m.shape[0]} differs from {files[0].name}'s "
-                    f"{union.shape[1]}x{union.shape[0]} in the same mask folder")
+                    f,
+                    f"mask size {m.shape[1]}x{m.shape[0]} differs from {files[0].name}'s "
+                    f"{union.shape[1]}x{union.shape[0]} in the same mask folder",
+                )
             else:
                 union |= m
         assert union is not None
@@ -200,8 +206,7 @@ def resize_image(img: Tensor, size: Sequence[int]) -> Tensor:
         return img
     x = img if img.is_floating_point() else img.float()
     batched = x.dim() == 4
-    out = F.interpolate(x if batched else x[None], size=(h, w), mode="bilinear",
-                        align_corners=False, antialias=True)
+    out = F.interpolate(x if batched else x[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     return out if batched else out[0]
 
 
@@ -231,6 +236,7 @@ def list_images(folder: PathLike) -> list[Path]:
     d = Path(folder)
     if not d.is_dir():
         raise FileNotFoundError(f"image folder {d} does not exist" if not d.exists() else f"{d} is not a folder")
-    files = [p for p in d.iterdir()
-             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()]
+    files = [
+        p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    ]
     return sorted(files, key=lambda p: p.name)

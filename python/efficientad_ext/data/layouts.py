@@ -4,6 +4,7 @@ The readers only list files (sorted, so the order is deterministic) and check th
 image is decoded until :func:`~efficientad_ext.data.images.load_image` or
 :class:`~efficientad_ext.data.dataset.ImageDataset` asks for it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,9 @@ def _normal_samples(folder: Path, what: str, layout: str, allow_empty: bool = Fa
         raise FileNotFoundError(f"{what} folder {folder} does not exist; {layout}")
     files = list_images(folder)
     if not files and not allow_empty:
-        raise ValueError(f"{what} folder {folder} contains no images "
-                         f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); {layout}")
+        raise ValueError(
+            f"{what} folder {folder} contains no images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); {layout}"
+        )
     return [Sample(f, 0, "good", None) for f in files]
 
 
@@ -183,8 +185,9 @@ def visa(root: PathLike, split_csv: PathLike | None = None, category: str | None
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if any(c not in header for c in required):
-            raise ValueError(f"{csv_path}: header {header} lacks columns "
-                             f"{[c for c in required if c not in header]}; {_VISA_LAYOUT}")
+            raise ValueError(
+                f"{csv_path}: header {header} lacks columns {[c for c in required if c not in header]}; {_VISA_LAYOUT}"
+            )
         reader.fieldnames = header
         for row in reader:
             line = reader.line_num
@@ -249,7 +252,8 @@ def open_dataset(path: PathLike, layout: Layout = "auto", *, category: str | Non
                 f"- MVTec LOCO (train/good, validation/good, test/<type>, ground_truth/)\n"
                 f"- MVTec AD (train/good, test/<type>, ground_truth/<type>/<stem>_mask.png)\n"
                 f"- VisA (split_csv/1cls.csv)\n"
-                f"- a folder of images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                f"- a folder of images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
     if category is not None and layout != "visa":
         raise ValueError(f"category is only used by the VisA layout, got layout {layout!r}")
     if layout == "mvtec_loco":

@@ -14,6 +14,7 @@ Defects (test only), each with its exact mask (the pixels the defect changed):
 Defects are clearly visible but not saturated (no pure black or white), and pixel noise is
 added after them, as over the rest of the image.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,7 +93,9 @@ def _scratch(img: np.ndarray, rng: np.random.Generator, params: dict) -> np.ndar
         p = np.clip(p + length * np.array([np.cos(angle), np.sin(angle)]), 0.05 * size, 0.95 * size)
         points.append(tuple(p))
     width = max(1, int(round(rng.choice([2, 3]) * scale)))
-    mask = _draw_mask(size, lambda d: d.line([(float(a), float(b)) for a, b in points], fill=255, width=width, joint="curve"))
+    mask = _draw_mask(
+        size, lambda d: d.line([(float(a), float(b)) for a, b in points], fill=255, width=width, joint="curve")
+    )
     if rng.random() < 0.5:
         img[mask] = img[mask] + 0.45 * (1.0 - img[mask])  # lighter, towards (not to) white
     else:
@@ -124,8 +127,10 @@ def _missing(img: np.ndarray, rng: np.random.Generator, params: dict) -> np.ndar
     h, w = rng.uniform(0.07, 0.16, 2) * size
     a = rng.uniform(0, np.pi)
     c, s = np.cos(a), np.sin(a)
-    corners = [(cx + c * dx - s * dy, cy + s * dx + c * dy)
-               for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))]
+    corners = [
+        (cx + c * dx - s * dy, cy + s * dx + c * dy)
+        for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))
+    ]
     mask = _draw_mask(size, lambda d: d.polygon([(float(px), float(py)) for px, py in corners], fill=255))
     flat = img.reshape(-1, 3).mean(axis=0) * rng.uniform(0.8, 0.9)
     img[mask] = flat
@@ -140,8 +145,12 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def _check_counts(n_train: int, n_test_good: int, n_test_defect: int, size: int) -> None:
-    for name, value, low in (("n_train", n_train, 1), ("n_test_good", n_test_good, 0),
-                             ("n_test_defect", n_test_defect, 0), ("size", size, 32)):
+    for name, value, low in (
+        ("n_train", n_train, 1),
+        ("n_test_good", n_test_good, 0),
+        ("n_test_defect", n_test_defect, 0),
+        ("size", size, 32),
+    ):
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if n_test_good + n_test_defect == 0:
@@ -165,8 +174,10 @@ def _write_dataset(tmp: Path, settings: dict) -> None:
         rng = np.random.default_rng([seed, split, index])
         return _texture(rng, params, size), rng
 
-    for split, folder, count in ((1, tmp / "train" / "good", settings["n_train"]),
-                                 (2, tmp / "test" / "good", settings["n_test_good"])):
+    for split, folder, count in (
+        (1, tmp / "train" / "good", settings["n_train"]),
+        (2, tmp / "test" / "good", settings["n_test_good"]),
+    ):
         folder.mkdir(parents=True)
         for i in range(count):
             img, rng = image(split, i)
@@ -209,14 +220,22 @@ def make_synthetic_dataset(
     """
     _check_counts(n_train, n_test_good, n_test_defect, size)
     root = Path(root)
-    settings = {"version": _VERSION, "n_train": int(n_train), "n_test_good": int(n_test_good),
-                "n_test_defect": int(n_test_defect), "size": int(size), "seed": int(seed)}
+    settings = {
+        "version": _VERSION,
+        "n_train": int(n_train),
+        "n_test_good": int(n_test_good),
+        "n_test_defect": int(n_test_defect),
+        "size": int(size),
+        "seed": int(seed),
+    }
     if root.exists():
         if _made_with(root, settings):
             return root
         if not root.is_dir() or any(root.iterdir()):
-            raise FileExistsError(f"{root} exists and is not empty (nor a synthetic dataset made with "
-                                  f"{settings}); remove it or choose another root")
+            raise FileExistsError(
+                f"{root} exists and is not empty (nor a synthetic dataset made with "
+                f"{settings}); remove it or choose another root"
+            )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:

@@ -25,6 +25,7 @@ cached (float16) when they fit ``target_cache_bytes``; grayscale draws are compu
 The run is checkpointed atomically (teacher, Adam state, RNG, step) and resumable; the
 held-out loss (whole images the teacher never trains on) measures the teacher's quality.
 """
+
 from __future__ import annotations
 
 import json
@@ -126,9 +127,13 @@ class DistillConfig:
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"extractor must be one of {EXTRACTORS}, got {self.extractor!r}")
         if self.extractor_size != 2 * TEACHER_SIZE:
-            raise ValueError(f"extractor_size must be {2 * TEACHER_SIZE} (Psi's stride-8 grid must match the teacher's 64x64 output)")
+            raise ValueError(
+                f"extractor_size must be {2 * TEACHER_SIZE} (Psi's stride-8 grid must match the teacher's 64x64 output)"
+            )
         if self.steps < 1 or self.batch_size < 1 or self.stat_samples < 1:
-            raise ValueError(f"steps, batch_size and stat_samples must be >= 1, got {self.steps}, {self.batch_size}, {self.stat_samples}")
+            raise ValueError(
+                f"steps, batch_size and stat_samples must be >= 1, got {self.steps}, {self.batch_size}, {self.stat_samples}"
+            )
         if not 0.0 <= self.p_grayscale <= 1.0:
             raise ValueError(f"p_grayscale must be in [0, 1], got {self.p_grayscale}")
         if self.precision not in PRECISIONS:
@@ -136,7 +141,9 @@ class DistillConfig:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0 or not 0.0 <= self.p_flip <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1 and p_flip be in [0, 1], got {self.crop_scale} and {self.p_flip}")
+            raise ValueError(
+                f"crop_scale must satisfy 0 < low <= high <= 1 and p_flip be in [0, 1], got {self.crop_scale} and {self.p_flip}"
+            )
         if self.holdout_images < 0:
             raise ValueError(f"holdout_images must be >= 0, got {self.holdout_images}")
         if self.crop_size is not None:
@@ -215,13 +222,22 @@ class DistillTargets:
 
 
 @torch.no_grad()
-def estimate_moments(extractor: RawFeatureExtractor, source: ImageSource, samples: int, p_grayscale: float,
-                     generator: torch.Generator, device: torch.device, batch_size: int = 8) -> RawMoments:
+def estimate_moments(
+    extractor: RawFeatureExtractor,
+    source: ImageSource,
+    samples: int,
+    p_grayscale: float,
+    generator: torch.Generator,
+    device: torch.device,
+    batch_size: int = 8,
+) -> RawMoments:
     """Moments of Psi's raw features over ``samples`` draws (with replacement once
     ``samples`` exceeds the set; each draw grayscale with ``p_grayscale``)."""
     moments = RawMoments(extractor.raw_channels)
     if samples >= len(source):
-        order = torch.cat([torch.randperm(len(source), generator=generator) for _ in range(math.ceil(samples / len(source)))])
+        order = torch.cat(
+            [torch.randperm(len(source), generator=generator) for _ in range(math.ceil(samples / len(source)))]
+        )
     else:
         order = torch.randperm(len(source), generator=generator)
     order = order[:samples].tolist()
@@ -255,8 +271,9 @@ def crop_valid_mask(cell_y: int, cell_x: int, cells: int, grid: int, device: tor
 class DistillStep:
     """One optimisation step of Algorithm 3 (lines 5-17) on a batch."""
 
-    def __init__(self, teacher: PDN, config: DistillConfig, image_mean: Tensor, image_std: Tensor,
-                 precision: str = "float32") -> None:
+    def __init__(
+        self, teacher: PDN, config: DistillConfig, image_mean: Tensor, image_std: Tensor, precision: str = "float32"
+    ) -> None:
         self.teacher = teacher
         self.config = config
         self.precision = precision  # resolved: the teacher's forward under bf16 autocast or not; the loss is float32
@@ -273,8 +290,12 @@ class DistillStep:
             return ((self._forward(x) - targets) ** 2).mean()
         size, grid = self.config.crop_size, targets.shape[-1]
         cells = size // PDN_STRIDE
-        windows = torch.stack([x[i, :, PDN_STRIDE * cy : PDN_STRIDE * cy + size, PDN_STRIDE * cx : PDN_STRIDE * cx + size]
-                               for i, (cy, cx) in enumerate(crops)])
+        windows = torch.stack(
+            [
+                x[i, :, PDN_STRIDE * cy : PDN_STRIDE * cy + size, PDN_STRIDE * cx : PDN_STRIDE * cx + size]
+                for i, (cy, cx) in enumerate(crops)
+            ]
+        )
         out = self._forward(windows)
         target = torch.stack([targets[i, :, cy : cy + cells, cx : cx + cells] for i, (cy, cx) in enumerate(crops)])
         mask = torch.stack([crop_valid_mask(cy, cx, cells, grid, x.device) for cy, cx in crops]).unsqueeze(1)
@@ -294,7 +315,9 @@ class DistillStep:
 
 
 @torch.no_grad()
-def holdout_loss(teacher: PDN, images_256: Tensor, targets: Tensor, image_mean: Tensor, image_std: Tensor, batch_size: int = 8) -> float:
+def holdout_loss(
+    teacher: PDN, images_256: Tensor, targets: Tensor, image_mean: Tensor, image_std: Tensor, batch_size: int = 8
+) -> float:
     """Mean squared error of the teacher on whole held-out images (Algorithm 3's loss)."""
     was_training = teacher.training
     teacher.eval()
@@ -310,21 +333,39 @@ def holdout_loss(teacher: PDN, images_256: Tensor, targets: Tensor, image_mean: 
 
 def _split_holdout(paths: Sequence[Path], holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
     if holdout >= len(paths):
-        raise ValueError(f"holdout_images ({holdout}) must be smaller than the number of distillation images ({len(paths)})")
+        raise ValueError(
+            f"holdout_images ({holdout}) must be smaller than the number of distillation images ({len(paths)})"
+        )
     return split_holdout(paths, holdout, seed + 7919)
 
 
 _STATE_KIND = "distill_state"
 
 
-def _save_state(path: Path, teacher: PDN, head: TargetHead, step_fn: DistillStep, generator: torch.Generator,
-                step: int, record: DistillRecord, meta: dict[str, Any]) -> None:
-    save_state(path, _STATE_KIND, step, {"teacher": teacher, "head": head}, step_fn.optimizer, generator,
-               metadata={"meta": json.dumps(meta), "record": json.dumps(asdict(record))})
+def _save_state(
+    path: Path,
+    teacher: PDN,
+    head: TargetHead,
+    step_fn: DistillStep,
+    generator: torch.Generator,
+    step: int,
+    record: DistillRecord,
+    meta: dict[str, Any],
+) -> None:
+    save_state(
+        path,
+        _STATE_KIND,
+        step,
+        {"teacher": teacher, "head": head},
+        step_fn.optimizer,
+        generator,
+        metadata={"meta": json.dumps(meta), "record": json.dumps(asdict(record))},
+    )
 
 
-def _load_state(path: Path, teacher: PDN, step_fn: DistillStep, generator: torch.Generator, device: torch.device
-                ) -> tuple[int, TargetHead, dict[str, Any], dict[str, Any]]:
+def _load_state(
+    path: Path, teacher: PDN, step_fn: DistillStep, generator: torch.Generator, device: torch.device
+) -> tuple[int, TargetHead, dict[str, Any], dict[str, Any]]:
     saved = read_state(path, _STATE_KIND, "distillation state")
     teacher.load_state_dict(saved.module_state("teacher"), strict=True)
     head_sd = saved.module_state("head")
@@ -336,7 +377,15 @@ def _load_state(path: Path, teacher: PDN, step_fn: DistillStep, generator: torch
 
 # Settings that may change when a run is resumed: none alters what a step computes. (Algorithm 3
 # has no schedule that depends on the total, so a run may also be extended or cut short.)
-RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", "log_every", "target_cache_bytes", "max_preload_bytes")
+RESUMABLE_CHANGES = (
+    "steps",
+    "time_limit_s",
+    "eval_every",
+    "checkpoint_every",
+    "log_every",
+    "target_cache_bytes",
+    "max_preload_bytes",
+)
 
 
 def _run_identity(meta: dict[str, Any]) -> dict[str, Any]:
@@ -402,15 +451,43 @@ def _setup(images, out_dir, config: DistillConfig, device: torch.device, command
     image_mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     image_std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     precision = resolve_precision(config.precision, device)
-    log.info("precision: %s (asked: %s; %s)", precision, config.precision,
-             f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}")
-    meta = json.loads(json.dumps({"config": asdict(config), "images": images_desc, "train_images": len(src_t),
-                                  "precision": precision}))
-    record = DistillRecord(config=asdict(config), images=images_desc, train_images=len(src_t), holdout_images=len(held_paths),
-                           machine=machine_description(), torch_version=torch.__version__,
-                           command=command if command is not None else " ".join(sys.argv), precision=precision)
-    return _Run(config, out_dir, device, generator, src_t, src_e, held_paths, extractor, teacher, image_mean, image_std,
-                DistillStep(teacher, config, image_mean, image_std, precision), record, meta)
+    log.info(
+        "precision: %s (asked: %s; %s)",
+        precision,
+        config.precision,
+        f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}",
+    )
+    meta = json.loads(
+        json.dumps(
+            {"config": asdict(config), "images": images_desc, "train_images": len(src_t), "precision": precision}
+        )
+    )
+    record = DistillRecord(
+        config=asdict(config),
+        images=images_desc,
+        train_images=len(src_t),
+        holdout_images=len(held_paths),
+        machine=machine_description(),
+        torch_version=torch.__version__,
+        command=command if command is not None else " ".join(sys.argv),
+        precision=precision,
+    )
+    return _Run(
+        config,
+        out_dir,
+        device,
+        generator,
+        src_t,
+        src_e,
+        held_paths,
+        extractor,
+        teacher,
+        image_mean,
+        image_std,
+        DistillStep(teacher, config, image_mean, image_std, precision),
+        record,
+        meta,
+    )
 
 
 def _resume_or_start(run: _Run, resume: bool) -> tuple[int, TargetHead]:
@@ -425,8 +502,10 @@ def _resume_or_start(run: _Run, resume: bool) -> tuple[int, TargetHead]:
         raise FileNotFoundError(f"cannot resume: no distillation state at {run.state_path}")
     step, head, saved, saved_record = _load_state(run.state_path, run.teacher, run.step_fn, run.generator, run.device)
     if _run_identity(saved) != _run_identity(run.meta):
-        raise ValueError(f"cannot resume {run.state_path}: it was started with {_run_identity(saved)}, "
-                         f"this run has {_run_identity(run.meta)}")
+        raise ValueError(
+            f"cannot resume {run.state_path}: it was started with {_run_identity(saved)}, "
+            f"this run has {_run_identity(run.meta)}"
+        )
     record = run.record
     record.steps_done, record.seconds = saved_record["steps_done"], saved_record["seconds"]
     record.loss_history = [tuple(x) for x in saved_record["loss_history"]]
@@ -448,8 +527,12 @@ def _target_cache(run: _Run, targets: DistillTargets) -> Tensor | None:
         return None
     t0 = time.perf_counter()
     cache = targets.compute_all(run.src_e)
-    log.info("cached Psi targets of %d images (%.1f GB) in %s", len(run.src_e), cache.numel() * 2 / 1e9,
-             format_duration(time.perf_counter() - t0))
+    log.info(
+        "cached Psi targets of %d images (%.1f GB) in %s",
+        len(run.src_e),
+        cache.numel() * 2 / 1e9,
+        format_duration(time.perf_counter() - t0),
+    )
     return cache
 
 
@@ -484,7 +567,9 @@ def _step_function(run: _Run, targets: DistillTargets, cache: Tensor | None):
         gray = torch.rand(cfg.batch_size, generator=generator) < cfg.p_grayscale
         g = gray.to(device).view(-1, 1, 1, 1)
         if cfg.augment == "resized_crop":  # Psi and the teacher see the same crop, from the 512^2 image
-            boxes, flip = draw_resized_crops(cfg.batch_size, cfg.extractor_size, generator, cfg.crop_scale, p_flip=cfg.p_flip)
+            boxes, flip = draw_resized_crops(
+                cfg.batch_size, cfg.extractor_size, generator, cfg.crop_scale, p_flip=cfg.p_flip
+            )
         crops = None
         if cfg.crop_size is not None:
             last = grid - cfg.crop_size // PDN_STRIDE
@@ -554,8 +639,13 @@ def _finalise(run: _Run, step: int, save_dtype: torch.dtype) -> PDN:
     run.teacher.eval()
     save_teacher(run.teacher, run.out_dir / TEACHER_FILE, run.record, save_dtype)
     write_text_atomically(run.out_dir / RECORD_FILE, json.dumps(asdict(run.record), indent=2))
-    log.info("distilled %d steps in %s; held-out loss %.4f; teacher written to %s", step, format_duration(run.record.seconds),
-             run.record.holdout_loss, run.out_dir / TEACHER_FILE)
+    log.info(
+        "distilled %d steps in %s; held-out loss %.4f; teacher written to %s",
+        step,
+        format_duration(run.record.seconds),
+        run.record.holdout_loss,
+        run.out_dir / TEACHER_FILE,
+    )
     return run.teacher
 
 

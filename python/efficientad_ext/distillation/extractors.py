@@ -19,6 +19,7 @@ It is built in three parts:
 streaming float64 pass (:class:`RawMoments`) and fold into one 1x1 convolution
 (:class:`TargetHead`).
 """
+
 from __future__ import annotations
 
 import os
@@ -191,7 +192,9 @@ class WideResNetFeatures(RawFeatureExtractor):
         return F.adaptive_avg_pool1d(stacked.T.unsqueeze(1), out_channels).squeeze(1).T  # [out, 1536]
 
 
-def build_extractor(name: ExtractorName, weights: str | os.PathLike[str] | None = None, input_size: int = 512) -> RawFeatureExtractor:
+def build_extractor(
+    name: ExtractorName, weights: str | os.PathLike[str] | None = None, input_size: int = 512
+) -> RawFeatureExtractor:
     """The raw feature extractor ``name`` with its ImageNet weights, in eval mode."""
     if name == "mobilenet_v2":
         return MobileNetV2Features(weights, input_size).eval()
@@ -228,7 +231,9 @@ class RawMoments:
         return mean, (cov + cov.T) / 2
 
 
-def projection_matrix(extractor: RawFeatureExtractor, mean: Tensor, cov: Tensor, out_channels: int, seed: int = 0) -> Tensor:
+def projection_matrix(
+    extractor: RawFeatureExtractor, mean: Tensor, cov: Tensor, out_channels: int, seed: int = 0
+) -> Tensor:
     """[out_channels, raw_channels] float64, applied to raw features.
 
     "pool": the extractor's fixed channel pooling. "pca": the raw channels are standardised
@@ -268,7 +273,9 @@ class TargetHead(nn.Module):
         w = projection_matrix(extractor, mean, cov, out_channels)
         std = torch.einsum("oc,cd,od->o", w, cov, w).clamp_min(0).sqrt()
         if bool((std <= 1e-12 * std.max()).any()):
-            raise ValueError("a projected feature channel has zero variance on the distillation images; use more/other images")
+            raise ValueError(
+                "a projected feature channel has zero variance on the distillation images; use more/other images"
+            )
         head = cls(w.shape[1], out_channels)
         with torch.no_grad():
             head.conv.weight.copy_((w / std[:, None]).view(out_channels, -1, 1, 1).float())

@@ -8,6 +8,7 @@
 - :func:`pro_curve`: the per-region-overlap curve at thresholds chosen so that the false
   positive rate steps evenly from 0 to ``fpr_limit`` (the part AU-PRO integrates).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -85,15 +86,16 @@ def pro_curve(maps: Any, masks: Any, fpr_limit: float = 0.3, points: int = 61) -
         raise ValueError("a PRO curve needs normal pixels (mask False), but every pixel is anomalous")
     # Only the top fpr_limit share of the normal pixels sets thresholds: sort just those.
     count = min(neg.size, int(np.ceil(limit * neg.size)) + 1)
-    top = -np.sort(-np.partition(neg, neg.size - count)[neg.size - count:])  # descending
+    top = -np.sort(-np.partition(neg, neg.size - count)[neg.size - count :])  # descending
     ascending = top[::-1]
     fpr, pro = [0.0], [0.0]
     for f in np.linspace(0.0, limit, points)[1:]:
         t = top[min(int(np.floor(f * neg.size)), count - 1)]
         hit = np.bincount(region_of_pixel, weights=(pos >= t).astype(np.float64), minlength=n_regions + 1)[1:]
         # Ties of the smallest kept value may go on below the cut: count those over all.
-        at_or_above = (count - int(np.searchsorted(ascending, t, side="left")) if t > top[-1]
-                       else int(np.count_nonzero(neg >= t)))
+        at_or_above = (
+            count - int(np.searchsorted(ascending, t, side="left")) if t > top[-1] else int(np.count_nonzero(neg >= t))
+        )
         fpr.append(at_or_above / neg.size)
         pro.append(float(np.mean(hit / sizes)))
     return np.asarray(fpr), np.asarray(pro)

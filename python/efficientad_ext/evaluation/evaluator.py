@@ -1,5 +1,6 @@
 """Evaluation on a labelled test set: image AUROC, pixel AUROC, AU-PRO (FPR <= 0.3), per
 defect type image AUROC, one heatmap PNG per test image and a JSON summary."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,14 @@ BRANCHES = ("local", "global")  # Algorithm 2's two maps; the anomaly map is the
 
 
 @torch.no_grad()
-def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, skip_corrupt: bool = False,
-            dtype: torch.dtype | None = torch.float32, branches: bool = False):
+def predict(
+    model: EfficientAD,
+    samples: Sequence[Sample],
+    batch_size: int = 8,
+    skip_corrupt: bool = False,
+    dtype: torch.dtype | None = torch.float32,
+    branches: bool = False,
+):
     """Runs the model over ``samples``; returns (dataset, maps [N, H, W] float32 CPU, scores [N])
     and, with ``branches``, a fourth item: ``{"local": (maps, scores), "global": (maps, scores)}``,
     each branch's normalised map alone and its maximum per image.
@@ -62,7 +69,9 @@ def predict(model: EfficientAD, samples: Sequence[Sample], batch_size: int = 8, 
     return dataset, torch.cat(maps), torch.cat(scores), per_branch
 
 
-def branch_metrics(per_branch: dict[str, tuple[Tensor, Tensor]], labels: Tensor, masks: Tensor | None) -> dict[str, dict[str, float]]:
+def branch_metrics(
+    per_branch: dict[str, tuple[Tensor, Tensor]], labels: Tensor, masks: Tensor | None
+) -> dict[str, dict[str, float]]:
     """Image AUROC and, with ``masks``, pixel AUROC and AU-PRO of each branch's map alone (its
     image score is the map's maximum)."""
     out = {}
@@ -100,8 +109,10 @@ def _pixel_metrics(samples: Sequence[Sample], maps: Tensor, masks: Tensor, label
     unmasked = [s for s in samples if s.label == 1 and s.mask_path is None]
     if unmasked:
         # A subset's pixel metrics would not be the set's: all anomalous images or none.
-        result["pixel_metrics_skipped"] = (f"{len(unmasked)} of {int(labels.sum())} anomalous test images have no "
-                                           f"ground-truth mask (e.g. {unmasked[0].path})")
+        result["pixel_metrics_skipped"] = (
+            f"{len(unmasked)} of {int(labels.sum())} anomalous test images have no "
+            f"ground-truth mask (e.g. {unmasked[0].path})"
+        )
         log.warning("pixel AUROC and AU-PRO skipped: %s; image metrics only", result["pixel_metrics_skipped"])
     elif masks.any():
         result["pixel_auroc"] = pixel_auroc(maps, masks)
@@ -112,8 +123,19 @@ def _pixel_metrics(samples: Sequence[Sample], maps: Tensor, masks: Tensor, label
     return result
 
 
-def _write_outputs(model: EfficientAD, dataset, result: dict[str, Any], scores: Tensor, maps: Tensor, masks: Tensor,
-                   out_dir: Path, write_images: bool, report: bool, report_gallery: int, names: tuple[str, str]) -> None:
+def _write_outputs(
+    model: EfficientAD,
+    dataset,
+    result: dict[str, Any],
+    scores: Tensor,
+    maps: Tensor,
+    masks: Tensor,
+    out_dir: Path,
+    write_images: bool,
+    report: bool,
+    report_gallery: int,
+    names: tuple[str, str],
+) -> None:
     """``metrics.json``, the heatmap PNGs and the HTML report under ``out_dir``."""
     samples = dataset.samples
     if write_images:
@@ -121,15 +143,32 @@ def _write_outputs(model: EfficientAD, dataset, result: dict[str, Any], scores: 
         for i, sample in enumerate(samples):
             item = dataset[i]
             mask = item["mask"][0] if sample.mask_path is not None else None
-            save_heatmap_png(item["image"], maps[i], out_dir / "images" / sample.defect_type / f"{Path(sample.path).stem}.png",
-                             mask=mask, vmin=0.0, vmax=vmax)
-    scores_rows = [{"path": str(s.path), "defect_type": s.defect_type, "label": s.label, "score": float(v)}
-                   for s, v in zip(samples, scores)]
+            save_heatmap_png(
+                item["image"],
+                maps[i],
+                out_dir / "images" / sample.defect_type / f"{Path(sample.path).stem}.png",
+                mask=mask,
+                vmin=0.0,
+                vmax=vmax,
+            )
+    scores_rows = [
+        {"path": str(s.path), "defect_type": s.defect_type, "label": s.label, "score": float(v)}
+        for s, v in zip(samples, scores)
+    ]
     write_text_atomically(out_dir / "metrics.json", json.dumps({**result, "scores": scores_rows}, indent=2))
     if report:
         t = model.threshold
-        data = ReportData(result, samples, scores, maps, masks, lambda i: dataset[i]["image"],
-                          None if t is None else t.value, None if t is None else t.method, *names)
+        data = ReportData(
+            result,
+            samples,
+            scores,
+            maps,
+            masks,
+            lambda i: dataset[i]["image"],
+            None if t is None else t.value,
+            None if t is None else t.method,
+            *names,
+        )
         write_report(data, out_dir / REPORT_FILE, gallery_size=report_gallery)
 
 
@@ -167,10 +206,14 @@ def evaluate(
     result.update(_image_metrics(model, samples, scores, labels))
     result.update(_pixel_metrics(samples, maps, masks, labels))
     if "image_auroc" in result:  # what each of Algorithm 2's two maps finds on its own, beside the combined map
-        result["branches"] = branch_metrics(per_branch, labels, masks if "pixel_metrics_skipped" not in result else None)
+        result["branches"] = branch_metrics(
+            per_branch, labels, masks if "pixel_metrics_skipped" not in result else None
+        )
         result["branches"]["combined"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "au_pro") if k in result}
     if out_dir is not None:
-        _write_outputs(model, dataset, result, scores, maps, masks, Path(out_dir), write_images, report, report_gallery, names)
+        _write_outputs(
+            model, dataset, result, scores, maps, masks, Path(out_dir), write_images, report, report_gallery, names
+        )
     return result
 
 
@@ -186,14 +229,33 @@ def format_summary(result: dict[str, Any]) -> str:
         rows.append(("F1-max", f"{result['f1_max']:.4f} (at score {result['f1_max_threshold']:.4g})"))
     if "at_threshold" in result:
         m, t = result["at_threshold"], result["threshold"]
-        rows.append(("at the model's threshold", f"{t['value']:.4g} ({t['method']}): precision {m['precision']:.4f}, "
-                     f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}"))
+        rows.append(
+            (
+                "at the model's threshold",
+                f"{t['value']:.4g} ({t['method']}): precision {m['precision']:.4f}, "
+                f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}",
+            )
+        )
     if "pixel_metrics_skipped" in result:
         rows.append(("pixel metrics", f"skipped: {result['pixel_metrics_skipped']}"))
     for name, m in result.get("branches", {}).items():
-        values = ", ".join(f"{label} {m[key]:.4f}" for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"),
-                                                                       ("au_pro", "AU-PRO")) if key in m)
-        rows.append((f"{name} map" + (" (student vs teacher)" if name == "local" else " (student vs autoencoder)" if name == "global" else ""),
-                     values))
+        values = ", ".join(
+            f"{label} {m[key]:.4f}"
+            for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("au_pro", "AU-PRO"))
+            if key in m
+        )
+        rows.append(
+            (
+                f"{name} map"
+                + (
+                    " (student vs teacher)"
+                    if name == "local"
+                    else " (student vs autoencoder)"
+                    if name == "global"
+                    else ""
+                ),
+                values,
+            )
+        )
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)

@@ -12,6 +12,7 @@
 Inputs may be numpy arrays or torch tensors (any device; copied to host memory). Scores
 must not contain NaN (a ``ValueError`` says so); infinities are fine.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -145,8 +146,10 @@ def pixel_auroc(maps: Any, masks: Any) -> float:
     a, m = _maps_and_masks(maps, masks)
     n_pos = int(m.sum())
     if n_pos == 0 or n_pos == m.size:
-        raise ValueError("pixel AUROC needs both normal and anomalous pixels, got "
-                         + ("no pixels" if m.size == 0 else f"only {'anomalous' if n_pos else 'normal'} pixels"))
+        raise ValueError(
+            "pixel AUROC needs both normal and anomalous pixels, got "
+            + ("no pixels" if m.size == 0 else f"only {'anomalous' if n_pos else 'normal'} pixels")
+        )
     return _mann_whitney_auc(a[m], a[~m])
 
 
@@ -183,6 +186,50 @@ def connected_components(masks: Any) -> tuple[np.ndarray, np.ndarray]:
     return labels.reshape(raw.shape), counts
 
 
+def _pro_area(pos: np.ndarray, w: np.ndarray, neg: np.ndarray, limit: float, n_regions: int) -> float:
+    """The PRO curve's area from FPR 0 to ``limit`` (not yet divided by it). ``pos``: the
+    anomalous pixels' scores, ``w``: 1 / their region's size; ``neg``: the normal pixels'
+    scores (a copy; partitioned in place)."""
+    n_normal = neg.size
+    # The curve, in descending threshold order, has one edge per distinct score v:
+    # (F(> v), P(> v)) -> (F(>= v), P(>= v)). Edges of values no normal pixel has are
+    # vertical and add no area, so the area is a sum over the normal pixels i above the
+    # limit of (1 / n_normal) * (P(> v_i) + P(>= v_i)) / 2, plus the part of the edge that
+    # crosses fpr_limit. Swapping the sums, each anomalous pixel j (weight 1 / region size)
+    # adds w_j * (#{i: v_i < s_j} + #{i: v_i == s_j} / 2): one sorted search per anomalous
+    # pixel, and only the top ~fpr_limit of the normal pixels need sorting.
+    q = int(np.floor(limit * n_normal))  # descending position of the normal pixel at the limit
+    if q < n_normal:
+        kth = n_normal - 1 - q
+        neg.partition(kth)  # in place: neg is a copy
+        v_k = neg[kth]  # the crossing edge's value
+        above = neg[kth + 1 :]
+        above = np.sort(above[above > v_k])
+        n_above = above.size  # normal pixels > v_k
+        n_at_or_above = n_above + int(np.count_nonzero(neg == v_k))
+        # anomalous pixels <= v_k have no normal pixel of the full edges below them
+        hit = pos > v_k
+        pos_hit, w_hit = pos[hit], w[hit]
+    else:  # fpr_limit == 1: every edge is whole
+        above = np.sort(neg)
+        n_above = n_at_or_above = n_normal
+        pos_hit, w_hit = pos, w
+    order = np.argsort(pos_hit)  # sorted queries make the searches cache friendly
+    pos_hit, w_hit = pos_hit[order], w_hit[order]
+    below = np.searchsorted(above, pos_hit, side="left")
+    below_or_equal = np.searchsorted(above, pos_hit, side="right")
+    area = float(np.dot(w_hit, (below + below_or_equal).astype(np.float64))) / (2.0 * n_normal * n_regions)
+    if n_above < n_at_or_above:  # the edge crossing the limit, interpolated linearly
+        f0, f1 = n_above / n_normal, n_at_or_above / n_normal
+        p0 = min(float(w[pos > v_k].sum()) / n_regions, 1.0)
+        p1 = min(float(w[pos >= v_k].sum()) / n_regions, 1.0)
+        width = limit - f0
+        if width > 0:
+            y = p0 + (p1 - p0) * width / (f1 - f0)
+            area += 0.5 * (p0 + y) * width
+    return area
+
+
 def au_pro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD's AU-PRO).
 
@@ -212,44 +259,8 @@ def au_pro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     if n_normal == 0:
         raise ValueError("AU-PRO needs normal pixels (mask False), but every pixel is anomalous")
 
-    # The curve, in descending threshold order, has one edge per distinct score v:
-    # (F(> v), P(> v)) -> (F(>= v), P(>= v)). Edges of values no normal pixel has are
-    # vertical and add no area, so the area is a sum over the normal pixels i above the
-    # limit of (1 / n_normal) * (P(> v_i) + P(>= v_i)) / 2, plus the part of the edge that
-    # crosses fpr_limit. Swapping the sums, each anomalous pixel j (weight 1 / region size)
-    # adds w_j * (#{i: v_i < s_j} + #{i: v_i == s_j} / 2): one sorted search per anomalous
-    # pixel, and only the top ~fpr_limit of the normal pixels need sorting.
     flat = a.reshape(-1)
     pos = flat[fg]
     w = 1.0 / sizes[flat_labels[fg]]
     neg = flat[~m.reshape(-1)]
-    q = int(np.floor(limit * n_normal))  # descending position of the normal pixel at the limit
-    if q < n_normal:
-        kth = n_normal - 1 - q
-        neg.partition(kth)  # in place: neg is a copy
-        v_k = neg[kth]  # the crossing edge's value
-        above = neg[kth + 1:]
-        above = np.sort(above[above > v_k])
-        n_above = above.size  # normal pixels > v_k
-        n_at_or_above = n_above + int(np.count_nonzero(neg == v_k))
-        # anomalous pixels <= v_k have no normal pixel of the full edges below them
-        hit = pos > v_k
-        pos_hit, w_hit = pos[hit], w[hit]
-    else:  # fpr_limit == 1: every edge is whole
-        above = np.sort(neg)
-        n_above = n_at_or_above = n_normal
-        pos_hit, w_hit = pos, w
-    order = np.argsort(pos_hit)  # sorted queries make the searches cache friendly
-    pos_hit, w_hit = pos_hit[order], w_hit[order]
-    below = np.searchsorted(above, pos_hit, side="left")
-    below_or_equal = np.searchsorted(above, pos_hit, side="right")
-    area = float(np.dot(w_hit, (below + below_or_equal).astype(np.float64))) / (2.0 * n_normal * n_regions)
-    if n_above < n_at_or_above:  # the edge crossing the limit, interpolated linearly
-        f0, f1 = n_above / n_normal, n_at_or_above / n_normal
-        p0 = min(float(w[pos > v_k].sum()) / n_regions, 1.0)
-        p1 = min(float(w[pos >= v_k].sum()) / n_regions, 1.0)
-        width = limit - f0
-        if width > 0:
-            y = p0 + (p1 - p0) * width / (f1 - f0)
-            area += 0.5 * (p0 + y) * width
-    return float(min(max(area / limit, 0.0), 1.0))
+    return float(min(max(_pro_area(pos, w, neg, limit, n_regions) / limit, 0.0), 1.0))

@@ -8,6 +8,7 @@ descending score. Every figure is embedded as a data URI and the page loads noth
 
 Plots are drawn by matplotlib, the page filled by Jinja2 (``pip install "efficientad_ext[report]"``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,7 +36,14 @@ from efficientad_ext.inference.result import (
     normalize_score,
 )
 
-__all__ = ["DEFAULT_GALLERY_SIZE", "REPORT_FILE", "ReportData", "check_report_request", "report_libraries_missing", "write_report"]
+__all__ = [
+    "DEFAULT_GALLERY_SIZE",
+    "REPORT_FILE",
+    "ReportData",
+    "check_report_request",
+    "report_libraries_missing",
+    "write_report",
+]
 
 REPORT_FILE = "report.html"
 DEFAULT_GALLERY_SIZE = 120  # images in the gallery: about 3 MB of page (0: all)
@@ -114,7 +122,8 @@ def write_report(data: ReportData, path: str | Path, gallery_size: int = DEFAULT
         "normalised_at": NORMALISED_THRESHOLD,
     }
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
-        resources.files(__package__).joinpath("report.html.j2").read_text(encoding="utf-8"))
+        resources.files(__package__).joinpath("report.html.j2").read_text(encoding="utf-8")
+    )
     out = Path(path)
     write_text_atomically(out, template.render(**context))
     return out
@@ -143,26 +152,39 @@ def _headline_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("F1-max", f"{result['f1_max']:.4f} at score {result['f1_max_threshold']:.4g}"))
     if "at_threshold" in result:
         m, t = result["at_threshold"], result["threshold"]
-        rows.append((f"at the threshold {t['value']:.4g} ({t['method']})",
-                     f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f} "
-                     f"({m['false_positives']} false alarms, {m['false_negatives']} missed)"))
+        rows.append(
+            (
+                f"at the threshold {t['value']:.4g} ({t['method']})",
+                f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f} "
+                f"({m['false_positives']} false alarms, {m['false_negatives']} missed)",
+            )
+        )
     return rows
 
 
-BRANCH_NAMES = {"local": "local (student vs. teacher)", "global": "global (student vs. autoencoder)", "combined": "combined (0.5 / 0.5)"}
+BRANCH_NAMES = {
+    "local": "local (student vs. teacher)",
+    "global": "global (student vs. autoencoder)",
+    "combined": "combined (0.5 / 0.5)",
+}
 
 
 def _branch_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     """One row per map (local, global, combined) with the metrics eval computed for it."""
     rows = []
     for name, m in result.get("branches", {}).items():
-        rows.append({"name": BRANCH_NAMES.get(name, name),
-                     **{k: f"{m[k]:.4f}" if k in m else "" for k in ("image_auroc", "pixel_auroc", "au_pro")}})
+        rows.append(
+            {
+                "name": BRANCH_NAMES.get(name, name),
+                **{k: f"{m[k]:.4f}" if k in m else "" for k in ("image_auroc", "pixel_auroc", "au_pro")},
+            }
+        )
     return rows
 
 
-def _type_rows(samples: Sequence[Sample], labels: np.ndarray, result: dict[str, Any],
-               flagged: np.ndarray | None) -> list[dict[str, str]]:
+def _type_rows(
+    samples: Sequence[Sample], labels: np.ndarray, result: dict[str, Any], flagged: np.ndarray | None
+) -> list[dict[str, str]]:
     """One row per defect type (and one for the normal images): count, image AUROC against
     the normal images, and the share ``flagged`` (None: no threshold)."""
     per_type = result.get("image_auroc_per_type", {})
@@ -171,9 +193,15 @@ def _type_rows(samples: Sequence[Sample], labels: np.ndarray, result: dict[str, 
         keep = np.asarray([s.defect_type == t for s in samples])
         normal = bool((labels[keep] == 0).all())
         share = "" if flagged is None else f"{flagged[keep].mean():.1%}"
-        rows.append({"type": t, "images": str(int(keep.sum())),
-                     "auroc": f"{per_type[t]:.4f}" if t in per_type else "",
-                     "flagged": share, "flagged_means": "false-alarm rate" if normal else "recall"})
+        rows.append(
+            {
+                "type": t,
+                "images": str(int(keep.sum())),
+                "auroc": f"{per_type[t]:.4f}" if t in per_type else "",
+                "flagged": share,
+                "flagged_means": "false-alarm rate" if normal else "recall",
+            }
+        )
     return rows
 
 
@@ -183,7 +211,9 @@ def _png_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figures(data: ReportData, scores: np.ndarray, labels: np.ndarray, cut: float | None, cut_label: str) -> list[dict[str, str]]:
+def _figures(
+    data: ReportData, scores: np.ndarray, labels: np.ndarray, cut: float | None, cut_label: str
+) -> list[dict[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -210,8 +240,13 @@ def _figures(data: ReportData, scores: np.ndarray, labels: np.ndarray, cut: floa
         ax = fig.add_subplot()
         f, p = pro_curve(data.maps, data.masks, fpr_limit=0.3)
         ax.plot(f, p, label=f"AU-PRO (FPR ≤ 0.3) {data.result['au_pro']:.4f}")
-        ax.set(xlabel="false positive rate (normal pixels)", ylabel="per-region overlap", title="PRO",
-               xlim=(0, 0.3), ylim=(0, 1.01))
+        ax.set(
+            xlabel="false positive rate (normal pixels)",
+            ylabel="per-region overlap",
+            title="PRO",
+            xlim=(0, 0.3),
+            ylim=(0, 1.01),
+        )
         ax.legend(loc="lower right")
         figures.append({"name": "PRO curve", "uri": _png_uri(fig), "caption": ""})
     fig = Figure(figsize=(6.4, 4.4))
@@ -246,8 +281,9 @@ def _gallery_order(scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray |
     return sorted(range(len(scores)), key=lambda i: (not wrong[i], -key[i], i))
 
 
-def _gallery(data: ReportData, scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray | None,
-             size: int) -> list[dict[str, str]]:
+def _gallery(
+    data: ReportData, scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray | None, size: int
+) -> list[dict[str, str]]:
     from PIL import Image
 
     order = _gallery_order(scores, labels, flagged)
@@ -269,9 +305,19 @@ def _gallery(data: ReportData, scores: np.ndarray, labels: np.ndarray, flagged: 
         img.save(buf, format="JPEG", quality=85)
         verdict = _verdict(sample.label, None if flagged is None else bool(flagged[i]))
         score = float(scores[i])
-        normalised = "" if data.threshold is None else f"{float(normalize_score(torch.tensor(score), data.threshold)):.3g}"
-        items.append({"rank": str(rank), "name": Path(sample.path).name, "type": sample.defect_type,
-                      "score": f"{score:.4g}", "normalised": normalised, "verdict": verdict,
-                      "wrong": verdict in ("false alarm", "missed"),
-                      "uri": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")})
+        normalised = (
+            "" if data.threshold is None else f"{float(normalize_score(torch.tensor(score), data.threshold)):.3g}"
+        )
+        items.append(
+            {
+                "rank": str(rank),
+                "name": Path(sample.path).name,
+                "type": sample.defect_type,
+                "score": f"{score:.4g}",
+                "normalised": normalised,
+                "verdict": verdict,
+                "wrong": verdict in ("false alarm", "missed"),
+                "uri": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
+            }
+        )
     return items

@@ -20,6 +20,7 @@ score ``0.5 * score / threshold`` (``normalize_score``) puts the threshold at 0.
 (0 stays 0); it needs a positive threshold, which the normalised maps give (a normal image's
 score is the maximum of maps whose 90th percentile of normal pixels is 0).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,7 +43,9 @@ def _as_scores(scores: Tensor | Sequence[float], name: str) -> Tensor:
     return s
 
 
-def threshold_at_fpr(normal_scores: Tensor | Sequence[float], target_fpr: float = DEFAULT_TARGET_FPR) -> DecisionThreshold:
+def threshold_at_fpr(
+    normal_scores: Tensor | Sequence[float], target_fpr: float = DEFAULT_TARGET_FPR
+) -> DecisionThreshold:
     """The ``1 - target_fpr`` quantile of normal images' scores (see the module docstring)."""
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
@@ -50,17 +53,22 @@ def threshold_at_fpr(normal_scores: Tensor | Sequence[float], target_fpr: float 
     value = float(torch.quantile(s, 1.0 - target_fpr))
     _check_positive(value)
     realised = float((s > value).double().mean())
-    return DecisionThreshold(value, "normal_holdout_fpr", {"target_fpr": target_fpr, "images": int(s.numel()),
-                                                            "holdout_fpr": realised})
+    return DecisionThreshold(
+        value, "normal_holdout_fpr", {"target_fpr": target_fpr, "images": int(s.numel()), "holdout_fpr": realised}
+    )
 
 
 def _check_positive(value: float) -> None:
     if not value > 0.0:
-        raise ValueError(f"the threshold came out at {value:g}, not above 0: the normalised score "
-                         f"(0.5 * score / threshold) needs a positive one; these scores cannot calibrate a decision")
+        raise ValueError(
+            f"the threshold came out at {value:g}, not above 0: the normalised score "
+            f"(0.5 * score / threshold) needs a positive one; these scores cannot calibrate a decision"
+        )
 
 
-def decision_metrics(scores: Tensor | Sequence[float], labels: Tensor | Sequence[int], threshold: float) -> dict[str, float]:
+def decision_metrics(
+    scores: Tensor | Sequence[float], labels: Tensor | Sequence[int], threshold: float
+) -> dict[str, float]:
     """Precision, recall and F1 (anomalous = positive) of ``score > threshold``."""
     s = torch.as_tensor(scores, dtype=torch.float64).flatten()
     y = torch.as_tensor(labels).flatten().bool()
@@ -73,8 +81,14 @@ def decision_metrics(scores: Tensor | Sequence[float], labels: Tensor | Sequence
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "flagged": tp + fp, "false_positives": fp,
-            "false_negatives": fn}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "flagged": tp + fp,
+        "false_positives": fp,
+        "false_negatives": fn,
+    }
 
 
 def f1_max(scores: Tensor | Sequence[float], labels: Tensor | Sequence[int]) -> tuple[float, float]:

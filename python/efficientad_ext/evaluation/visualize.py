@@ -1,4 +1,5 @@
 """Anomaly map figures as PNG files, with PIL only (no matplotlib)."""
+
 from __future__ import annotations
 
 import os
@@ -73,7 +74,7 @@ def _dilate(m: np.ndarray, radius: int) -> np.ndarray:
     out = np.zeros_like(m)
     for dy in range(2 * radius + 1):
         for dx in range(2 * radius + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
+            out |= padded[dy : dy + h, dx : dx + w]
     return out
 
 

@@ -21,6 +21,7 @@ Where the two implementations compute differently (details in ``tests/test_peers
   reproduces that exactly (mean 0 / std 1; quantiles 0, 0.1, 0, 0.1, i.e. ``0.1 (m - 0) /
   0.1 = m``) and marks the model uncalibrated.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from efficientad_ext.formats import anomalib_layout as layout
 from efficientad_ext.formats.atomic import write_atomically
-from efficientad_ext.formats.state_dict import key_mismatch, shape_mismatch
+from efficientad_ext.formats.state_dict import tensor_mismatch
 from efficientad_ext.models.efficientad import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -64,7 +65,9 @@ def to_anomalib_state_dict(model: EfficientAD) -> dict[str, Tensor]:
     normalisation to ImageNet's, so a model with another ``image_mean``/``image_std`` is refused.
     """
     config = model.config
-    if config.image_mean != tuple(float(v) for v in IMAGENET_MEAN) or config.image_std != tuple(float(v) for v in IMAGENET_STD):
+    if config.image_mean != tuple(float(v) for v in IMAGENET_MEAN) or config.image_std != tuple(
+        float(v) for v in IMAGENET_STD
+    ):
         raise ConversionError(
             f"anomalib normalises images with ImageNet's mean/std; this model uses mean {config.image_mean}, std {config.image_std}"
         )
@@ -140,25 +143,17 @@ def from_anomalib_state_dict(
     arch = detect_arch(state)
     channels = state[f"teacher.conv{len(layout.PDN_CONV_INDICES[arch])}.weight"].shape[0]  # the last convolution's
     config = ModelConfig(arch=arch, padded=bool(padded), image_size=tuple(image_size), teacher_channels=int(channels))
-    expected = _expected_shapes(config)
-    missing, unexpected = key_mismatch(expected, state)
-    if missing or unexpected:
+    problem = tensor_mismatch(_expected_shapes(config), state)
+    if problem is not None:
         raise ConversionError(
-            f"not an anomalib {arch} EfficientAdModel state dict with {channels} teacher channels: "
-            f"missing keys {missing[:6]}, unexpected keys {unexpected[:6]}"
+            f"not an anomalib {arch} EfficientAdModel state dict with {channels} teacher channels: {problem}"
         )
-    key = shape_mismatch(expected, {k: state[k] for k in expected})
-    if key is not None:
-        raise ConversionError(f"{key} has shape {tuple(state[key].shape)}, expected {expected[key]} for {arch} with {channels} channels")
-    key = next((k for k in expected if not state[k].is_floating_point()), None)
-    if key is not None:
-        raise ConversionError(f"{key} has dtype {state[key].dtype}, expected floating point")
-
     model = EfficientAD(config)
     with torch.no_grad():
         for name in ("teacher", "student"):
             getattr(model, name).load_state_dict(
-                {ours: state[f"{name}.{theirs}"].float() for theirs, ours in layout.pdn_key_map(arch).items()}, strict=True
+                {ours: state[f"{name}.{theirs}"].float() for theirs, ours in layout.pdn_key_map(arch).items()},
+                strict=True,
             )
         model.autoencoder.load_state_dict(
             {ours: state[f"ae.{theirs}"].float() for theirs, ours in layout.autoencoder_key_map().items()}, strict=True
@@ -245,7 +240,10 @@ def convert_anomalib_file(
     if bool(pad_maps) == padded:
         log.warning(
             "%s: anomalib's padding=%s with pad_maps=%s %s; this model's maps are aligned with the image, so maps "
-            "and scores differ slightly from anomalib's", path, padded, bool(pad_maps),
+            "and scores differ slightly from anomalib's",
+            path,
+            padded,
+            bool(pad_maps),
             "adds a 4-pixel border to already aligned maps" if padded else "leaves the maps unaligned",
         )
     try:
@@ -254,7 +252,9 @@ def convert_anomalib_file(
         raise ConversionError(f"{path}: {e}") from None
     size = str(getattr(f.hyper_parameters.get("model_size"), "value", f.hyper_parameters.get("model_size", ""))).lower()
     if size in ("small", "medium") and size != model.config.arch:
-        raise ConversionError(f"{path}: hyper-parameters say model_size={size}, the tensors are a {model.config.arch} model")
+        raise ConversionError(
+            f"{path}: hyper-parameters say model_size={size}, the tensors are a {model.config.arch} model"
+        )
     return model
 
 

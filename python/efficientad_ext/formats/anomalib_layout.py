@@ -16,6 +16,7 @@ Facts read from anomalib 2.7.0's ``models/image/efficient_ad/torch_model.py`` (n
   tensors (ours: one [4] tensor in that order). All zeros means "not computed" (anomalib then
   skips the map normalisation).
 """
+
 from __future__ import annotations
 
 # Our nn.Sequential index of each anomalib PDN convolution, by architecture.
@@ -38,9 +39,7 @@ def pdn_key_map(arch: str) -> dict[str, str]:
     if arch not in PDN_CONV_INDICES:
         raise ValueError(f"arch must be one of {tuple(PDN_CONV_INDICES)}, got {arch!r}")
     return {
-        f"conv{n + 1}.{p}": f"{index}.{p}"
-        for n, index in enumerate(PDN_CONV_INDICES[arch])
-        for p in ("weight", "bias")
+        f"conv{n + 1}.{p}": f"{index}.{p}" for n, index in enumerate(PDN_CONV_INDICES[arch]) for p in ("weight", "bias")
     }
 
 

@@ -1,4 +1,5 @@
 """Atomic file writes: a failed or interrupted write never replaces or truncates a good file."""
+
 from __future__ import annotations
 
 import os

@@ -18,6 +18,7 @@ compare the exported files run in onnxruntime and OpenVINO with :meth:`Efficient
 Needs the optional packages ``onnx`` and ``onnxscript`` (``pip install ".[export]"``); the
 OpenVINO format also ``openvino`` (it converts the ONNX graph).
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,9 @@ class Algorithm2(nn.Module):
         x = (images - self.image_mean) / self.image_std
         t, s = self.teacher(x), self.student(x)
         a = self.autoencoder(x, self.feature_size)
-        anomaly_map, score = reference.anomaly_maps(t, self.teacher_mean, self.teacher_std, s, a, self.quantiles,
-                                                    self.image_size, self.border)
+        anomaly_map, score = reference.anomaly_maps(
+            t, self.teacher_mean, self.teacher_std, s, a, self.quantiles, self.image_size, self.border
+        )
         if self.threshold is None:
             return anomaly_map, score
         return anomaly_map, score, decide(score, self.threshold)
@@ -68,8 +70,10 @@ def _onnx_program(model: EfficientAD, dtype: torch.dtype):
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"exporting needs the packages onnx and onnxscript ({e.name} is missing): "
-                          "pip install onnx onnxscript (or the package's [export] extra)") from None
+        raise ImportError(
+            f"exporting needs the packages onnx and onnxscript ({e.name} is missing): "
+            "pip install onnx onnxscript (or the package's [export] extra)"
+        ) from None
     module = Algorithm2(model).to("cpu", dtype).eval()
     # The statistics and quantiles stay float32 whatever the networks' dtype: the maps are
     # accumulated in float32, and q_b - q_a rounded to float16 would skew every normalised pixel.
@@ -80,12 +84,22 @@ def _onnx_program(model: EfficientAD, dtype: torch.dtype):
     batch = torch.export.Dim("batch", min=1, max=4096)
     outputs = ["anomaly_map", "score"] + (["is_anomalous"] if module.threshold is not None else [])
     with torch.no_grad():
-        return torch.onnx.export(module, (example,), input_names=["images"], output_names=outputs,
-                                 dynamic_shapes={"images": {0: batch}}, opset_version=OPSET, dynamo=True,
-                                 optimize=True, verbose=False)
+        return torch.onnx.export(
+            module,
+            (example,),
+            input_names=["images"],
+            output_names=outputs,
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
 
 
-def export_model(model: EfficientAD, out: str | os.PathLike[str], format: str = "onnx", dtype: str = "float32") -> list[Path]:
+def export_model(
+    model: EfficientAD, out: str | os.PathLike[str], format: str = "onnx", dtype: str = "float32"
+) -> list[Path]:
     """Writes ``model``'s inference graph to ``out`` (``format`` ``onnx``: one ``.onnx`` file;
     ``openvino``: ``out`` with ``.xml`` and its ``.bin``), each file atomically. Returns the
     written paths. ``dtype``: ``float32`` or ``float16`` (input, weights and activations; the
@@ -113,6 +127,8 @@ def export_model(model: EfficientAD, out: str | os.PathLike[str], format: str = 
         # compress_to_fp16=False: the requested dtype is what the graph holds, not a silent cast.
         ov.save_model(ov_model, str(staged), compress_to_fp16=False)
         bin_path = xml.with_suffix(".bin")
-        written = [write_atomically(bin_path, lambda t: Path(t).write_bytes(staged.with_suffix(".bin").read_bytes())),
-                   write_atomically(xml, lambda t: Path(t).write_bytes(staged.read_bytes()))]
+        written = [
+            write_atomically(bin_path, lambda t: Path(t).write_bytes(staged.with_suffix(".bin").read_bytes())),
+            write_atomically(xml, lambda t: Path(t).write_bytes(staged.read_bytes())),
+        ]
     return written

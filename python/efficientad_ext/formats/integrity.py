@@ -19,6 +19,7 @@ loading runs no code either way (safetensors holds tensors and strings only).
 Cost: one pass of SHA-256 over the tensor bytes (about 26 ms of CPU for the 30.7 MiB of an
 EfficientAD-S on the 2-core machine this was written on; see README).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,7 +86,9 @@ def verify(
         )
         return None
     if not isinstance(stored, str) or not _DIGEST_RE.match(stored):
-        raise error(f"{source}: metadata field 'digest' must be '{SCHEME}:' and 64 hex digits, got {str(stored)[:80]!r}")
+        raise error(
+            f"{source}: metadata field 'digest' must be '{SCHEME}:' and 64 hex digits, got {str(stored)[:80]!r}"
+        )
     actual = compute_digest(tensors, metadata)
     if not hmac.compare_digest(actual, stored):
         raise error(

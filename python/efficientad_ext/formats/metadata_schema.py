@@ -21,6 +21,7 @@ Ranges (a file outside them cannot come from our writer):
 - ``threshold`` (optional): an object with ``value`` (a finite number > 0), ``method`` (one of
   :data:`THRESHOLD_METHODS`) and ``details`` (an object of finite numbers).
 """
+
 from __future__ import annotations
 
 import json
@@ -178,7 +179,9 @@ def parse_threshold(metadata: Mapping[str, Any]) -> DecisionThreshold | None:
     if d["method"] not in THRESHOLD_METHODS:
         raise FieldError(f"threshold.method must be one of {list(THRESHOLD_METHODS)}, got {_show(d['method'])}")
     details = d["details"]
-    if not isinstance(details, dict) or not all(isinstance(k, str) and _is_number(v) and math.isfinite(v) for k, v in details.items()):
+    if not isinstance(details, dict) or not all(
+        isinstance(k, str) and _is_number(v) and math.isfinite(v) for k, v in details.items()
+    ):
         raise FieldError(f"threshold.details must be an object of finite numbers, got {_show(details)}")
     return DecisionThreshold(float(value), d["method"], dict(details))
 

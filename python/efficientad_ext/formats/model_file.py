@@ -10,6 +10,7 @@ pickle anywhere: loading a file cannot run code. Loading checks the digest, pars
 metadata field with its type and range and refuses values a model cannot work with
 (:mod:`efficientad_ext.metadata_schema`).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,12 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-
 from safetensors import SafetensorError, safe_open
 
 from efficientad_ext.formats import integrity, metadata_schema
 from efficientad_ext.formats.atomic import write_atomically
-from efficientad_ext.formats.state_dict import key_mismatch, shape_mismatch
+from efficientad_ext.formats.state_dict import tensor_mismatch
 from efficientad_ext.models.efficientad import EfficientAD
 
 FORMAT_NAME = "efficientad_ext.model"
@@ -75,7 +75,9 @@ def _read_checked_metadata(path: Path):
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{path} is not a readable efficientad_ext model file (safetensors): {e}") from None
     if metadata.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path} is a safetensors file but not an efficientad_ext model (format {metadata.get('format')!r})")
+        raise ModelFileError(
+            f"{path} is a safetensors file but not an efficientad_ext model (format {metadata.get('format')!r})"
+        )
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
         raise ModelFileError(
@@ -98,18 +100,14 @@ def _model_for(path: Path, config, tensors: dict[str, torch.Tensor]) -> Efficien
         model = EfficientAD(config)
     except (RuntimeError, TypeError, ValueError) as e:  # ranges checked above; kept as a backstop
         raise ModelFileError(f"{path}: cannot build the model its config {config} describes: {e}") from None
-    expected = {f"{p}.{k}": v for p in ("teacher", "student", "autoencoder") for k, v in getattr(model, p).state_dict().items()}
+    expected = {
+        f"{p}.{k}": v for p in ("teacher", "student", "autoencoder") for k, v in getattr(model, p).state_dict().items()
+    }
     for name in ("teacher_mean", "teacher_std", "quantiles"):
         expected[name] = getattr(model, name)
-    missing, unexpected = key_mismatch(expected, tensors)
-    if missing or unexpected:
-        raise ModelFileError(f"{path} does not match its own config {config}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
-    name = shape_mismatch({k: v.shape for k, v in expected.items()}, tensors)
-    if name is not None:
-        raise ModelFileError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(expected[name].shape)} for {config}")
-    name = next((k for k, v in tensors.items() if not v.is_floating_point()), None)
-    if name is not None:
-        raise ModelFileError(f"{path}: tensor {name} has dtype {tensors[name].dtype}, expected floating point")
+    problem = tensor_mismatch({k: v.shape for k, v in expected.items()}, tensors)
+    if problem is not None:
+        raise ModelFileError(f"{path} does not match its own config {config}: tensor {problem}")
     try:
         metadata_schema.check_model_values(tensors)
     except metadata_schema.FieldError as e:

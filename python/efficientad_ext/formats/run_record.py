@@ -11,6 +11,7 @@ its counts as its very last write. Each write is atomic. So:
 The record names the model by the SHA-256 of its file, so outputs can be matched to the exact
 model that produced them (``sha256sum model.safetensors`` gives the same value).
 """
+
 from __future__ import annotations
 
 import datetime

@@ -10,6 +10,7 @@ Only names of exactly that form whose ``<name>`` ends in an extension we write
 names (never recursively into arbitrary trees). A folder is owned by one run at a time: a
 second run writing into the same folder at the same moment is not supported.
 """
+
 from __future__ import annotations
 
 import logging

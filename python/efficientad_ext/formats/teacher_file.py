@@ -12,6 +12,7 @@
   (``teacher.conv1.weight``, ..., or ``model.teacher.*`` in a Lightning checkpoint).
 Every tensor's name and shape is checked against the PDN; anything else is a clear error.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,7 +100,12 @@ def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: Any, dtype:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in teacher.state_dict().items()}
-    metadata = {"format": "efficientad_ext.teacher", "format_version": "1", "arch": teacher.arch,
-                "out_channels": str(teacher.out_channels), "record": json.dumps(asdict(record))}
+    metadata = {
+        "format": "efficientad_ext.teacher",
+        "format_version": "1",
+        "arch": teacher.arch,
+        "out_channels": str(teacher.out_channels),
+        "record": json.dumps(asdict(record)),
+    }
     metadata = integrity.with_digest(tensors, metadata)
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -16,6 +16,7 @@ The model (:mod:`efficientad_ext.models.efficientad`) calls the engine; the engi
 model only for type annotations. This ``__init__`` imports the engine alone: the folder modules
 load models from files, so they are imported by their own names.
 """
+
 from __future__ import annotations
 
 from efficientad_ext.inference.engine import infer

@@ -26,6 +26,7 @@ Invariants of the side stream:
   and the next fork orders the side stream after those uses. No ``record_stream`` is needed.
 * No host synchronisation: waits are events on the device.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,9 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 def fused_conv_relu(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """``relu(conv(x))`` as one cuDNN runtime-fused kernel."""
-    return torch.ops.aten.cudnn_convolution_relu(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return torch.ops.aten.cudnn_convolution_relu(
+        x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
 
 
 def run_sequential(seq: nn.Sequential, x: Tensor, conv_relu: Callable[[Tensor, nn.Conv2d], Tensor]) -> Tensor:
@@ -60,7 +63,12 @@ def run_sequential(seq: nn.Sequential, x: Tensor, conv_relu: Callable[[Tensor, n
     i = 0
     while i < len(mods):
         m = mods[i]
-        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU):
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.padding_mode == "zeros"
+            and i + 1 < len(mods)
+            and isinstance(mods[i + 1], nn.ReLU)
+        ):
             x = conv_relu(x, m)
             i += 2
         else:

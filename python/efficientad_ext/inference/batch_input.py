@@ -7,6 +7,7 @@ further out, and NaN or infinity, is refused: such a batch is almost always 0-25
 already normalised image (about -2.1 to 2.6 with ImageNet statistics), and would score as
 garbage rather than fail.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -65,7 +66,9 @@ def batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(0)
         if x.dim() != 4:
-            raise ValueError(f"batch must be [B, 3, H, W] or [B, H, W, 3] (or one image without B), got shape {tuple(batch.shape)}")
+            raise ValueError(
+                f"batch must be [B, 3, H, W] or [B, H, W, 3] (or one image without B), got shape {tuple(batch.shape)}"
+            )
         if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
             x = x.permute(0, 3, 1, 2)
         if x.shape[1] not in (1, 3):
@@ -85,14 +88,20 @@ def batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
         images = [image_tensor(item, i) for i, item in enumerate(batch)]
         sizes = {tuple(im.shape[-2:]) for im in images}
         if len(sizes) > 1:
-            raise ValueError(f"all images of one batch must have the same size to return maps at that size, got {sorted(sizes)}")
+            raise ValueError(
+                f"all images of one batch must have the same size to return maps at that size, got {sorted(sizes)}"
+            )
         return torch.stack(images)
-    raise TypeError(f"batch must be a tensor or a non-empty list of PIL images / numpy arrays, got {type(batch).__name__}")
+    raise TypeError(
+        f"batch must be a tensor or a non-empty list of PIL images / numpy arrays, got {type(batch).__name__}"
+    )
 
 
 def image_tensor(item: Any, index: int) -> Tensor:
     """[3, H, W] float in [0, 1] from a PIL image or a numpy array (HWC/HW, uint8 or float)."""
-    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image: the CLI's conversion (16-bit, float, palette modes)
+    if hasattr(item, "convert") and hasattr(
+        item, "size"
+    ):  # PIL.Image: the CLI's conversion (16-bit, float, palette modes)
         item = pil_to_float_array(item, f"batch[{index}]")
     if isinstance(item, Tensor):
         item = item.detach().cpu().numpy()

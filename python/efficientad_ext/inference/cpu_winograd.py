@@ -18,6 +18,7 @@ Invariants:
 * The autoencoder runs through :func:`efficientad_ext.models.autoencoder.run_autoencoder`, the same
   forward as the module's, with planned layers (eval mode: dropout is the identity).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -133,14 +134,23 @@ class _Encoder:
 class CpuWinogradPlan:
     """Teacher, student and autoencoder of one set of networks, ready for CPU inference."""
 
-    def __init__(self, teacher: PDN, student: PDN, autoencoder: Autoencoder, first_layer: tuple[Tensor, Tensor]) -> None:
+    def __init__(
+        self, teacher: PDN, student: PDN, autoencoder: Autoencoder, first_layer: tuple[Tensor, Tensor]
+    ) -> None:
         self.shared_first = first_layers_fusable(teacher, student)
         self.teacher, self.student = _pdn_layers(teacher), _pdn_layers(student)
         if self.shared_first:
             spec = teacher.specs[0]
             weight, bias = first_layer
-            self.first = _Layer(None, weight.contiguous(memory_format=torch.channels_last), bias, spec.padding, spec.relu,
-                                spec.pool, spec.pool_padding)
+            self.first = _Layer(
+                None,
+                weight.contiguous(memory_format=torch.channels_last),
+                bias,
+                spec.padding,
+                spec.relu,
+                spec.pool,
+                spec.pool_padding,
+            )
             self.split = spec.out_channels
             self.teacher, self.student = self.teacher[1:], self.student[1:]
         self.encoder = _Encoder(autoencoder)

@@ -20,6 +20,7 @@ Invariants:
 * The weights the graph reads are the cached inference copies (:mod:`.networks`): refreshed in place when the model's parameters
   change in place; a new generation (new storage) makes old graphs unreachable.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict

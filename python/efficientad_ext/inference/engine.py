@@ -7,6 +7,7 @@
 fused ``anomaly_maps`` op. The model is used through its public attributes only, so this
 package imports nothing from :mod:`efficientad_ext.models.efficientad`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -38,8 +39,13 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def infer(model: EfficientAD, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None, cuda_graph: bool,
-          branches: bool = False) -> InferenceResult:
+def infer(
+    model: EfficientAD,
+    batch: Tensor | Sequence[Any],
+    dtype: torch.dtype | str | None,
+    cuda_graph: bool,
+    branches: bool = False,
+) -> InferenceResult:
     """The body of :meth:`EfficientAD.infer` (see there for the arguments)."""
     nets = networks_for(model, resolve_dtype(model, dtype))
     options = model.inference_options
@@ -47,12 +53,19 @@ def infer(model: EfficientAD, batch: Tensor | Sequence[Any], dtype: torch.dtype 
         return _eager(model, batch, nets, options, branches=True)
     if cuda_graph and cuda_graphs.usable(model, batch):
         graphs = cache_of(model).graphs
-        return cuda_graphs.run_graphed(graphs, batch, nets.dtype, nets.generation, options, lambda b: _eager(model, b, nets, options))
+        return cuda_graphs.run_graphed(
+            graphs, batch, nets.dtype, nets.generation, options, lambda b: _eager(model, b, nets, options)
+        )
     return _eager(model, batch, nets, options)
 
 
-def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNetworks, options: InferenceOptions,
-           branches: bool = False) -> InferenceResult:
+def _eager(
+    model: EfficientAD,
+    batch: Tensor | Sequence[Any],
+    nets: InferenceNetworks,
+    options: InferenceOptions,
+    branches: bool = False,
+) -> InferenceResult:
     x, in_size = batch_input.prepare(model, batch)
     x = x.to(nets.dtype)
     if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
@@ -62,16 +75,25 @@ def _eager(model: EfficientAD, batch: Tensor | Sequence[Any], nets: InferenceNet
         # The autoencoder's CUDA options (side stream, cuDNN fusion; off by default): autoencoder_cuda.
         teacher, student, autoencoder = autoencoder_cuda.forward_with_pdns(
             lambda: teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer),
-            nets.autoencoder, x, model.feature_size,
+            nets.autoencoder,
+            x,
+            model.feature_size,
         )
     out = ops.anomaly_maps(
         teacher, model.teacher_mean, model.teacher_std, student, autoencoder, model.quantiles, in_size, model.map_border
     )
     if not branches:
         return InferenceResult(out.anomaly_map, out.score)
-    return InferenceResult(out.anomaly_map, out.score, branches=branch_maps(
-        ops.anomaly_maps_raw(teacher, model.teacher_mean, model.teacher_std, student, autoencoder),
-        model.quantiles, in_size, model.map_border))
+    return InferenceResult(
+        out.anomaly_map,
+        out.score,
+        branches=branch_maps(
+            ops.anomaly_maps_raw(teacher, model.teacher_mean, model.teacher_std, student, autoencoder),
+            model.quantiles,
+            in_size,
+            model.map_border,
+        ),
+    )
 
 
 def branch_maps(raw: tuple[Tensor, Tensor], quantiles: Tensor, size: tuple[int, int], border: int) -> dict[str, Tensor]:

@@ -13,6 +13,7 @@ run of one model. (Uncalibrated models' maps follow the same scale without that 
 Order of writes, each atomic: ``run.json`` (``running``), heatmaps batch by batch,
 ``scores.csv``, ``run.json`` (``complete``); see :mod:`efficientad_ext.run_record`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -75,7 +76,6 @@ def infer_folder(
         maps = result.anomaly_map[:, 0].float().cpu()
         scores.extend(float(v) for v in result.score.float().cpu())
         if write_images:
-
             for item, m in zip(items, maps):
                 stem = Path(item["path"]).stem
                 save_heatmap_png(item["image"], m, out / "heatmaps" / f"{stem}.png", vmin=0.0, vmax=HEATMAP_VMAX)
@@ -86,6 +86,7 @@ def infer_folder(
     writer.writerow(header)
     writer.writerows(rows)
     write_text_atomically(out / "scores.csv", buf.getvalue())
-    record.finish(images=len(paths), scored=len(scores), skipped=len(dataset.skipped),
-                  heatmaps=len(scores) if write_images else 0)
+    record.finish(
+        images=len(paths), scored=len(scores), skipped=len(dataset.skipped), heatmaps=len(scores) if write_images else 0
+    )
     return len(scores)

@@ -17,6 +17,7 @@ kept in one :class:`EngineCache` on the model (with the captured CUDA graphs). I
   the CPU in the model's own dtype the model's networks are used as they are (no copy).
 * Checking the cache is host work only (no device synchronisation): ~50 tensors' metadata.
 """
+
 from __future__ import annotations
 
 import copy
@@ -98,7 +99,9 @@ def resolve_dtype(model: EfficientAD, dtype: torch.dtype | str | None) -> torch.
             raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or a torch.dtype, got {dtype!r}")
         dtype = DTYPE_NAMES[dtype]
     if dtype not in DTYPE_NAMES.values():
-        raise TypeError(f"dtype must be torch.float32, bfloat16, float16 or float64 (or None for the default), got {dtype!r}")
+        raise TypeError(
+            f"dtype must be torch.float32, bfloat16, float16 or float64 (or None for the default), got {dtype!r}"
+        )
     return dtype
 
 
@@ -124,7 +127,9 @@ def _build(model: EfficientAD, dtype: torch.dtype, fingerprint: Fingerprint) -> 
     if owns:
         # Channels-last weights make cuDNN run the autoencoder NHWC as well (its output then
         # is channels-last; anomaly_maps reads features with any strides).
-        teacher, student, autoencoder = (_cast_copy(m, dtype, on_cuda) for m in (model.teacher, model.student, model.autoencoder))
+        teacher, student, autoencoder = (
+            _cast_copy(m, dtype, on_cuda) for m in (model.teacher, model.student, model.autoencoder)
+        )
     else:
         teacher, student, autoencoder = model.teacher, model.student, model.autoencoder
     first_layer = concat_first_layers(teacher, student)

@@ -4,6 +4,7 @@ Each model owns an :class:`InferenceOptions` (``model.inference_options``); chan
 ``model.inference_options = dataclasses.replace(model.inference_options, ...)``. Options are
 part of the CUDA-graph key, so a graph captured under other options is never replayed.
 """
+
 from __future__ import annotations
 
 import os

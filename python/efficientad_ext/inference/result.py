@@ -1,4 +1,5 @@
 """What inference returns (here, so the engine needs nothing from the model module)."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,13 @@ class InferenceResult(tuple):
     None when not asked for.
     """
 
-    def __new__(cls, anomaly_map: Tensor, score: Tensor, threshold: float | None = None,
-                branches: dict[str, Tensor] | None = None) -> InferenceResult:
+    def __new__(
+        cls,
+        anomaly_map: Tensor,
+        score: Tensor,
+        threshold: float | None = None,
+        branches: dict[str, Tensor] | None = None,
+    ) -> InferenceResult:
         self = super().__new__(cls, (anomaly_map, score))
         self.threshold = threshold
         self.branches = branches

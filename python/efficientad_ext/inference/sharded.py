@@ -27,6 +27,7 @@ Invariants:
 * Scores do not depend on how images are batched (the networks treat each image alone),
   so the merged file equals the one-process file bit for bit.
 """
+
 from __future__ import annotations
 
 import csv
@@ -117,31 +118,19 @@ def _infer(model, positions: Sequence[int], items: Sequence[dict]):
     return good, result.anomaly_map[:, 0].float().cpu(), result.score.float().cpu()
 
 
-def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                  device: str | torch.device = "cpu", batch_size: int = 8, workers: int | None = None,
-                  write_images: bool = True, chunk_size: int = 256) -> ShardedResult:
-    """Scores ``images`` (a folder) with the model file ``model_path`` on this rank's share;
-    see the module docstring. Every rank of the initialised process group must call it (one
-    process without a group scores everything). Returns this rank's view of the job."""
-
-    if batch_size < 1 or chunk_size < 1:
-        raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
-    t0 = time.perf_counter()
-    rank, world = _rank_and_world()
-    out = Path(out_dir)
-    model = load_model(model_path, device=device)
-    paths = list_images(images)
-    if not paths:
-        raise FileNotFoundError(f"no images found in {images}")
-    workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world))) if workers is None else workers
+def _score_share(
+    model,
+    paths: Sequence[Path],
+    mine: Sequence[int],
+    out: Path,
+    rank: int,
+    batch_size: int,
+    workers: int,
+    chunk_size: int,
+) -> None:
+    """Scores this rank's images ``mine`` into shard files of ``chunk_size`` rows under
+    ``out/shards`` (a corrupt image is a row with its error), each written atomically."""
     size = model.config.image_size
-
-    done = read_shards(out)
-    _barrier()  # every rank has read the same finished shards before any rank writes new ones
-    remaining = [i for i, p in enumerate(paths) if str(p) not in done]
-    mine = remaining[rank::world]
-    log.info("rank %d of %d: %d of %d images to score (%d already scored)", rank, world, len(mine), len(paths),
-             len(paths) - len(remaining))
     run = f"{time.time_ns():x}-{os.getpid()}"
     pending: list[list[str]] = []
     chunks = 0
@@ -164,17 +153,60 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
         if len(pending) >= chunk_size:
             flush()
     flush()
+
+
+def sharded_infer(
+    model_path: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    workers: int | None = None,
+    write_images: bool = True,
+    chunk_size: int = 256,
+) -> ShardedResult:
+    """Scores ``images`` (a folder) with the model file ``model_path`` on this rank's share;
+    see the module docstring. Every rank of the initialised process group must call it (one
+    process without a group scores everything). Returns this rank's view of the job."""
+
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
+    t0 = time.perf_counter()
+    rank, world = _rank_and_world()
+    out = Path(out_dir)
+    model = load_model(model_path, device=device)
+    paths = list_images(images)
+    if not paths:
+        raise FileNotFoundError(f"no images found in {images}")
+    workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world))) if workers is None else workers
+    size = model.config.image_size
+
+    done = read_shards(out)
+    _barrier()  # every rank has read the same finished shards before any rank writes new ones
+    remaining = [i for i, p in enumerate(paths) if str(p) not in done]
+    mine = remaining[rank::world]
+    log.info(
+        "rank %d of %d: %d of %d images to score (%d already scored)",
+        rank,
+        world,
+        len(mine),
+        len(paths),
+        len(paths) - len(remaining),
+    )
+    _score_share(model, paths, mine, out, rank, batch_size, workers, chunk_size)
     _barrier()  # every shard is written
 
     rows = read_shards(out)
     missing = [str(p) for p in paths if str(p) not in rows]
     if missing:
-        raise RuntimeError(f"{len(missing)} images have no result after every rank finished, e.g. {missing[0]}: "
-                           "were the ranks given different image folders or output folders?")
+        raise RuntimeError(
+            f"{len(missing)} images have no result after every rank finished, e.g. {missing[0]}: "
+            "were the ranks given different image folders or output folders?"
+        )
     scored = [(str(p), rows[str(p)]) for p in paths if not rows[str(p)]["error"]]
     corrupt = [(str(p), rows[str(p)]["error"]) for p in paths if rows[str(p)]["error"]]
     if rank == 0:
-
         threshold = None if model.threshold is None else model.threshold.value
         header, table = score_table([p for p, _ in scored], [float(r["score"]) for _, r in scored], threshold)
         _write_csv(out / "scores.csv", header, table)
@@ -182,8 +214,14 @@ def sharded_infer(model_path: str | os.PathLike[str], images: str | os.PathLike[
     if write_images and scored:
         _heatmaps(model, paths, rows, out, size, batch_size, workers, rank, world)
     _barrier()  # the files are complete when any rank returns
-    return ShardedResult(images=len(paths), scored=len(scored), scored_this_run=len(mine), skipped=len(paths) - len(remaining),
-                         corrupt=len(corrupt), seconds=time.perf_counter() - t0)
+    return ShardedResult(
+        images=len(paths),
+        scored=len(scored),
+        scored_this_run=len(mine),
+        skipped=len(paths) - len(remaining),
+        corrupt=len(corrupt),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int, rank: int, world: int) -> None:
@@ -200,8 +238,9 @@ def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int
     _barrier()  # stale PNGs are gone before any rank looks for missing ones
     need = [i for i, p in enumerate(paths) if not rows[str(p)]["error"] and not (folder / f"{p.stem}.png").is_file()]
     _barrier()  # every rank has its list before any rank writes
-    for positions, items in batches(_dataset(paths, size), batch_size, indices=need[rank::world], workers=workers,
-                                    label=f"heatmaps (rank {rank})"):
+    for positions, items in batches(
+        _dataset(paths, size), batch_size, indices=need[rank::world], workers=workers, label=f"heatmaps (rank {rank})"
+    ):
         good, maps, _ = _infer(model, positions, items)
         for (pos, image), m in zip(good, maps if maps is not None else []):
             save_heatmap_png(image, m, folder / f"{paths[pos].stem}.png", vmin=0.0, vmax=vmax)

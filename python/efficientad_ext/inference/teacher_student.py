@@ -7,6 +7,7 @@ teacher's layer and second half the student's: the image is read once and one ke
 replaces two. The remaining layers run as ``pdn_forward`` on each half (a channel slice; the
 layer kernel reads it as dense channels-last).
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,11 +14,12 @@ arithmetic and rounded once to the compute dtype. The weights are transformed on
 convolution up to rounding: ~1e-6 relative to the output's magnitude for F(3x3, 4x4) with
 points (0, 1, -1, 1/2, -1/2) (tests/test_winograd.py checks 2e-5).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -62,7 +63,7 @@ def _solve_exact(rows: list[list[Fraction]], rhs: list[Fraction], n: int) -> lis
     return x
 
 
-@lru_cache(maxsize=None)
+@cache
 def transform_matrices(m: int, r: int) -> tuple[tuple[tuple[Fraction, ...], ...], ...]:
     """Exact ``(AT [m, a], G [a, r], BT [a, a])`` of F(m, r), so that for 1-D signals
     ``AT @ ((G @ g) * (BT @ d)) == correlate(d, g)`` (valid, length m)."""

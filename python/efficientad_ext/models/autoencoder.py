@@ -1,5 +1,6 @@
 """EfficientAD's autoencoder (the paper's Table 8), with decoder sizes derived from the
 input size so that 256x256 and larger inputs (320, 512, non-square) all work."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -49,10 +50,13 @@ class Autoencoder(nn.Module):
         enc.append(nn.Conv2d(64, 64, 8))
         self.encoder = nn.Sequential(*enc)
         self.decoder_stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(64, 64, 4, stride=1, padding=2), nn.ReLU(inplace=True), nn.Dropout(0.2)) for _ in range(6)
+            nn.Sequential(nn.Conv2d(64, 64, 4, stride=1, padding=2), nn.ReLU(inplace=True), nn.Dropout(0.2))
+            for _ in range(6)
         )
         self.head = nn.Sequential(
-            nn.Conv2d(64, 64, 3, stride=1, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, stride=1, padding=1)
+            nn.Conv2d(64, 64, 3, stride=1, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, out_channels, 3, stride=1, padding=1),
         )
 
     def forward(self, x: Tensor, output_size: tuple[int, int]) -> Tensor:

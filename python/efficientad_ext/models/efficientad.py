@@ -5,6 +5,7 @@ the maps through the fused ``anomaly_maps`` op; training (Algorithm 1, ``train.p
 same modules as plain ``torch.nn``. Images are ImageNet-normalised once, before the three
 networks (anomalib normalises inside each network: three times per image).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -45,7 +46,9 @@ class ModelConfig:
             raise ValueError(f"arch must be one of {PDN_ARCHITECTURES}, got {self.arch!r}")
         size = tuple(int(v) for v in self.image_size)
         if len(size) != 2 or min(size) < 256:
-            raise ValueError(f"image_size must be (H, W) with both >= 256 (the autoencoder's minimum), got {self.image_size!r}")
+            raise ValueError(
+                f"image_size must be (H, W) with both >= 256 (the autoencoder's minimum), got {self.image_size!r}"
+            )
         object.__setattr__(self, "image_size", size)
         object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
         object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))
@@ -148,7 +151,10 @@ class EfficientAD(nn.Module):
 
     @torch.no_grad()
     def infer(
-        self, batch: Tensor | Sequence[Any], dtype: torch.dtype | str | None = None, cuda_graph: bool = True,
+        self,
+        batch: Tensor | Sequence[Any],
+        dtype: torch.dtype | str | None = None,
+        cuda_graph: bool = True,
         branches: bool = False,
     ) -> InferenceResult:
         """Anomaly maps and image scores (Algorithm 2) for a batch of any size.

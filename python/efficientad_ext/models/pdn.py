@@ -6,6 +6,7 @@ state dicts load by key. ``padded=True`` is the paper's variant (256x256 -> 64x6
 ``padded=False`` drops the convolution and pooling padding (256x256 -> 56x56), as the peers
 do by default.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -14,6 +14,7 @@ requested quantile NaN (as ``torch.quantile``); NaN in the teacher/student of
 :func:`hard_feature_loss` gives a NaN loss (and zero gradient); NaN in a feature map gives NaN
 at the affected map pixels and a NaN image score, never a finite score that ignores it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -103,8 +104,12 @@ def hard_feature_loss(teacher: Tensor, student: Tensor, p: float = 0.999, reduct
 def _hard_feature_loss_fake(teacher: Tensor, student: Tensor, p: float, per_sample: bool):
     _checks.fake_same_device("hard_feature_loss", teacher=teacher, student=student)
     _checks.fake_floating(teacher, "teacher")
-    torch._check_value(teacher.dim() == 4 and student.shape == teacher.shape,
-                       lambda: f"student must have the teacher's shape {tuple(teacher.shape)} [B, C, H, W], got {tuple(student.shape)}")
+    torch._check_value(
+        teacher.dim() == 4 and student.shape == teacher.shape,
+        lambda: (
+            f"student must have the teacher's shape {tuple(teacher.shape)} [B, C, H, W], got {tuple(student.shape)}"
+        ),
+    )
     groups = teacher.shape[0] if per_sample else 1
     acc = _acc_dtype(teacher.dtype)
     return (
@@ -116,8 +121,14 @@ def _hard_feature_loss_fake(teacher: Tensor, student: Tensor, p: float, per_samp
 
 @torch.library.register_fake("efficientad::hard_feature_loss_backward")
 def _hard_feature_loss_backward_fake(grad_loss, teacher, student, threshold, count, per_sample, teacher_grad):
-    _checks.fake_same_device("hard_feature_loss_backward", grad_loss=grad_loss, teacher=teacher, student=student,
-                             threshold=threshold, count=count)
+    _checks.fake_same_device(
+        "hard_feature_loss_backward",
+        grad_loss=grad_loss,
+        teacher=teacher,
+        student=student,
+        threshold=threshold,
+        count=count,
+    )
     grad_teacher = torch.empty_like(teacher) if teacher_grad else teacher.new_empty((0,))
     return grad_teacher, torch.empty_like(student)
 
@@ -180,8 +191,9 @@ def anomaly_maps_raw(
         student: student output [B, 2C, h, w].
         autoencoder: autoencoder output [B, C, h, w].
     """
-    _check_feature_tensors(teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std, student=student,
-                           autoencoder=autoencoder)
+    _check_feature_tensors(
+        teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std, student=student, autoencoder=autoencoder
+    )
     _checks.inference_only("anomaly_maps_raw", teacher=teacher, student=student, autoencoder=autoencoder)
     return RawMaps(*_ops.anomaly_maps_raw(teacher, teacher_mean, teacher_std, student, autoencoder))
 
@@ -215,8 +227,14 @@ def anomaly_maps(
         ``AnomalyMaps(anomaly_map [B, 1, H, W], score [B])`` in float32 (float64 for float64
         inputs). NaN features give NaN map pixels and a NaN score.
     """
-    _check_feature_tensors(teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std, student=student,
-                           autoencoder=autoencoder, quantiles=quantiles)
+    _check_feature_tensors(
+        teacher=teacher,
+        teacher_mean=teacher_mean,
+        teacher_std=teacher_std,
+        student=student,
+        autoencoder=autoencoder,
+        quantiles=quantiles,
+    )
     pad = _checks.integer(pad, "pad")
     if output_size is None:  # (a teacher of another rank gets C++'s error on its shape)
         output_size = (teacher.shape[-2] + 2 * pad, teacher.shape[-1] + 2 * pad) if teacher.dim() == 4 else (1, 1)
@@ -231,18 +249,32 @@ def anomaly_maps(
 
 def _fake_feature_checks(teacher: Tensor, student: Tensor, autoencoder: Tensor) -> None:
     _checks.fake_floating(teacher, "teacher")
-    torch._check_value(teacher.dim() == 4, lambda: f"teacher must have 4 dimensions [B, C, h, w], got shape {tuple(teacher.shape)}")
+    torch._check_value(
+        teacher.dim() == 4, lambda: f"teacher must have 4 dimensions [B, C, h, w], got shape {tuple(teacher.shape)}"
+    )
     b, c, h, w = teacher.shape
-    torch._check_value(tuple(student.shape) == (b, 2 * c, h, w),
-                       lambda: f"student must have shape {[b, 2 * c, h, w]} (twice the teacher's {c} channels), got {tuple(student.shape)}")
-    torch._check_value(autoencoder.shape == teacher.shape,
-                       lambda: f"autoencoder must have the teacher's shape {tuple(teacher.shape)}, got {tuple(autoencoder.shape)}")
+    torch._check_value(
+        tuple(student.shape) == (b, 2 * c, h, w),
+        lambda: (
+            f"student must have shape {[b, 2 * c, h, w]} (twice the teacher's {c} channels), got {tuple(student.shape)}"
+        ),
+    )
+    torch._check_value(
+        autoencoder.shape == teacher.shape,
+        lambda: f"autoencoder must have the teacher's shape {tuple(teacher.shape)}, got {tuple(autoencoder.shape)}",
+    )
 
 
 @torch.library.register_fake("efficientad::anomaly_maps_raw")
 def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoencoder):
-    _checks.fake_same_device("anomaly_maps_raw", teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std,
-                             student=student, autoencoder=autoencoder)
+    _checks.fake_same_device(
+        "anomaly_maps_raw",
+        teacher=teacher,
+        teacher_mean=teacher_mean,
+        teacher_std=teacher_std,
+        student=student,
+        autoencoder=autoencoder,
+    )
     _fake_feature_checks(teacher, student, autoencoder)
     b, _c, h, w = teacher.shape
     acc = _acc_dtype(teacher.dtype)
@@ -251,10 +283,20 @@ def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoenco
 
 @torch.library.register_fake("efficientad::anomaly_maps")
 def _anomaly_maps_fake(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, output_size, pad):
-    _checks.fake_same_device("anomaly_maps", teacher=teacher, teacher_mean=teacher_mean, teacher_std=teacher_std,
-                             student=student, autoencoder=autoencoder, quantiles=quantiles)
+    _checks.fake_same_device(
+        "anomaly_maps",
+        teacher=teacher,
+        teacher_mean=teacher_mean,
+        teacher_std=teacher_std,
+        student=student,
+        autoencoder=autoencoder,
+        quantiles=quantiles,
+    )
     _fake_feature_checks(teacher, student, autoencoder)
-    torch._check_value(len(output_size) == 2 and min(output_size) > 0, lambda: f"output_size must be two positive integers (H, W), got {output_size}")
+    torch._check_value(
+        len(output_size) == 2 and min(output_size) > 0,
+        lambda: f"output_size must be two positive integers (H, W), got {output_size}",
+    )
     acc = _acc_dtype(teacher.dtype)
     b = teacher.shape[0]
     return teacher.new_empty((b, 1, output_size[0], output_size[1]), dtype=acc), teacher.new_empty((b,), dtype=acc)
@@ -296,7 +338,14 @@ def conv2d_relu_pool(
 
 
 def conv2d_relu_pool_split(
-    input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool, pool: bool, pool_padding: int, split: int
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    padding: int,
+    relu: bool,
+    pool: bool,
+    pool_padding: int,
+    split: int,
 ) -> tuple[Tensor, Tensor]:
     """:func:`conv2d_relu_pool` with all of ``weight``'s output channels, returned as two dense
     channels-last tensors: channels ``[0, split)`` and ``[split, C_out)`` (the teacher and student
@@ -316,13 +365,21 @@ def _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_paddin
     return input.new_empty((input.shape[0], weight.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
 
 
-def _fake_layer_checks(input: Tensor, in_channels: int, kh: int, kw: int, padding: int, pool: bool, pool_padding: int) -> None:
+def _fake_layer_checks(
+    input: Tensor, in_channels: int, kh: int, kw: int, padding: int, pool: bool, pool_padding: int
+) -> None:
     _checks.fake_floating(input, "input")
-    torch._check_value(input.dim() == 4 and input.shape[1] == in_channels,
-                       lambda: f"input must be [B, {in_channels}, H, W], got shape {tuple(input.shape)}")
+    torch._check_value(
+        input.dim() == 4 and input.shape[1] == in_channels,
+        lambda: f"input must be [B, {in_channels}, H, W], got shape {tuple(input.shape)}",
+    )
     oh, ow = (conv_output_size(input.shape[i], k, padding) for i, k in ((2, kh), (3, kw)))
-    torch._check_value(oh > 0 and ow > 0 and (not pool or min(oh, ow) + 2 * pool_padding >= 2),
-                       lambda: f"input of spatial size {tuple(input.shape[2:])} is too small for a {kh}x{kw} kernel with padding {padding}")
+    torch._check_value(
+        oh > 0 and ow > 0 and (not pool or min(oh, ow) + 2 * pool_padding >= 2),
+        lambda: (
+            f"input of spatial size {tuple(input.shape[2:])} is too small for a {kh}x{kw} kernel with padding {padding}"
+        ),
+    )
 
 
 def conv_output_size(size: int, kernel_size: int, padding: int, pool: bool = False, pool_padding: int = 0) -> int:
@@ -337,19 +394,25 @@ def conv_output_size(size: int, kernel_size: int, padding: int, pool: bool = Fal
 def _conv2d_relu_pool_split_fake(input, weight, bias, padding, relu, pool, pool_padding, split):
     b, c, h, w = _conv2d_relu_pool_fake(input, weight, bias, padding, relu, pool, pool_padding).shape
     cl = torch.channels_last
-    return input.new_empty((b, split, h, w)).contiguous(memory_format=cl), input.new_empty((b, c - split, h, w)).contiguous(memory_format=cl)
+    return input.new_empty((b, split, h, w)).contiguous(memory_format=cl), input.new_empty(
+        (b, c - split, h, w)
+    ).contiguous(memory_format=cl)
 
 
 @torch.library.register_fake("efficientad::pdn_forward")
 def _pdn_forward_fake(input, weights, biases, paddings, relus, pools, pool_paddings):
     _checks.fake_same_device("pdn_forward", input=input, weights=weights, biases=biases)
     _checks.fake_floating(input, "input")
-    torch._check_value(len(weights) > 0 and input.dim() == 4, lambda: "pdn_forward needs a [B, C, H, W] input and at least one layer")
+    torch._check_value(
+        len(weights) > 0 and input.dim() == 4, lambda: "pdn_forward needs a [B, C, H, W] input and at least one layer"
+    )
     h, w = input.shape[2], input.shape[3]
     for weight, padding, pool, pool_padding in zip(weights, paddings, pools, pool_paddings):
         h = conv_output_size(h, weight.shape[2], padding, pool, pool_padding)
         w = conv_output_size(w, weight.shape[3], padding, pool, pool_padding)
-        torch._check_value(h > 0 and w > 0, lambda: f"input image size {tuple(input.shape[2:])} is too small for these layers")
+        torch._check_value(
+            h > 0 and w > 0, lambda: f"input image size {tuple(input.shape[2:])} is too small for these layers"
+        )
     out = input.new_empty((input.shape[0], weights[-1].shape[0], h, w))
     return out.contiguous(memory_format=torch.channels_last)
 
@@ -372,14 +435,21 @@ def pdn_forward(
         for v in values:
             _checks.integer(v, name)
     _checks.inference_only("pdn_forward", input=input)
-    return _ops.pdn_forward(input, list(weights), list(biases), list(paddings), list(relus), list(pools), list(pool_paddings))
+    return _ops.pdn_forward(
+        input, list(weights), list(biases), list(paddings), list(relus), list(pools), list(pool_paddings)
+    )
 
 
 # ----------------------------------------------------------------------------- Winograd
 
 
 def winograd_conv2d(
-    input: Tensor, prepared: WinogradWeights, padding: int = 0, relu: bool = False, pool: bool = False, pool_padding: int = 0
+    input: Tensor,
+    prepared: WinogradWeights,
+    padding: int = 0,
+    relu: bool = False,
+    pool: bool = False,
+    pool_padding: int = 0,
 ) -> Tensor:
     """``avg_pool2d(relu(conv2d(input, w, b, padding)))`` (ReLU and pooling optional) by
     Winograd's minimal filtering, for float32/float64 CPU inference.
@@ -403,14 +473,24 @@ def winograd_conv2d(
         raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
     _checks.inference_only("winograd_conv2d", input=input)
     return _ops.winograd_conv2d(
-        input, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf,
-        prepared.kernel_size, padding, relu, pool, pool_padding,
+        input,
+        prepared.weight_tf,
+        prepared.bias,
+        prepared.input_tf,
+        prepared.output_tf,
+        prepared.kernel_size,
+        padding,
+        relu,
+        pool,
+        pool_padding,
     )
 
 
 @torch.library.register_fake("efficientad::winograd_conv2d")
 def _winograd_conv2d_fake(input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding):
-    _checks.fake_same_device("winograd_conv2d", input=input, weight_tf=weight_tf, bias=bias, input_tf=input_tf, output_tf=output_tf)
+    _checks.fake_same_device(
+        "winograd_conv2d", input=input, weight_tf=weight_tf, bias=bias, input_tf=input_tf, output_tf=output_tf
+    )
     _fake_layer_checks(input, weight_tf.shape[1], kernel_size, kernel_size, padding, pool, pool_padding)
     h = conv_output_size(input.shape[2], kernel_size, padding, pool, pool_padding)
     w = conv_output_size(input.shape[3], kernel_size, padding, pool, pool_padding)

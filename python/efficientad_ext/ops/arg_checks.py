@@ -3,6 +3,7 @@ cannot see, because it is gone once an argument has become the schema's type: a 
 argument, a bool or float passed as an integer, a ``q`` given as a scalar, a sequence or a
 tensor. Value, shape, dtype and device preconditions live in C++ alone. Each error names the
 argument and what was expected."""
+
 from __future__ import annotations
 
 import operator
@@ -72,7 +73,9 @@ def probabilities(q: object, name: str) -> tuple[list[float], bool]:
 
 def fake_floating(t: Tensor, name: str) -> None:
     """The dtype precondition in a fake kernel (meta tensors never reach C++)."""
-    torch._check_type(t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    torch._check_type(
+        t.dtype in FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+    )
 
 
 def fake_same_device(op: str, **tensors: Tensor | Sequence[Tensor | None] | None) -> None:
@@ -82,13 +85,19 @@ def fake_same_device(op: str, **tensors: Tensor | Sequence[Tensor | None] | None
     per-layer weights) are checked element by element; None is skipped."""
     seen: list[tuple[str, torch.device]] = []
     for name, value in tensors.items():
-        items = [(name, value)] if value is None or isinstance(value, Tensor) else [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        items = (
+            [(name, value)]
+            if value is None or isinstance(value, Tensor)
+            else [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        )
         seen += [(n, t.device) for n, t in items if t is not None]
     if len({d for _, d in seen}) > 1:
         first = seen[0]
         other = next((n, d) for n, d in seen if d != first[1])
-        raise ValueError(f"{op}: all tensor arguments must be on one device; {first[0]} is on {first[1]} "
-                         f"but {other[0]} is on {other[1]}")
+        raise ValueError(
+            f"{op}: all tensor arguments must be on one device; {first[0]} is on {first[1]} "
+            f"but {other[0]} is on {other[1]}"
+        )
 
 
 def inference_only(op: str, **tensors: Tensor | None) -> None:

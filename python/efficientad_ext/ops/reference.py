@@ -4,6 +4,7 @@ tested against, written the way the peers (anomalib, nelson1425/EfficientAD) com
 They materialise every intermediate and use ``torch.quantile`` (sort-based, limited to
 2^24 elements), which is exactly what the fused kernels avoid.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -110,4 +111,6 @@ def winograd_conv2d(
 ) -> Tensor:
     """What ``winograd_conv2d`` computes from the untransformed ``weight``: the direct
     convolution (:func:`conv2d_relu_pool`), channels-last as the op returns it."""
-    return conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding).contiguous(memory_format=torch.channels_last)
+    return conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding).contiguous(
+        memory_format=torch.channels_last
+    )

@@ -10,6 +10,7 @@
 - :mod:`.precision` (bf16 and memory format), :mod:`.distributed` (data-parallel over a process
   group), :mod:`.many_models` (one model per category), :mod:`.teacher_choice` (which teacher).
 """
+
 from __future__ import annotations
 
 from efficientad_ext.training.config import MODEL_FILE, STATE_FILE, TrainConfig
@@ -19,5 +20,15 @@ from efficientad_ext.training.step import TrainStep
 from efficientad_ext.training.teacher_cache import TeacherCache
 from efficientad_ext.training.trainer import train
 
-__all__ = ["MODEL_FILE", "STATE_FILE", "TeacherCache", "TrainConfig", "TrainStep", "holdout_scores", "map_quantiles",
-           "penalty_batch", "teacher_channel_stats", "train"]
+__all__ = [
+    "MODEL_FILE",
+    "STATE_FILE",
+    "TeacherCache",
+    "TrainConfig",
+    "TrainStep",
+    "holdout_scores",
+    "map_quantiles",
+    "penalty_batch",
+    "teacher_channel_stats",
+    "train",
+]

@@ -6,6 +6,7 @@ Penalty images: resize the *original* ImageNet image to twice the image size, ra
 grayscale (p = 0.3), centre crop (the paper's recipe; resizing to the image size first and then
 up again would feed the student images blurred by 2x).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,14 @@ def draw_color_jitter(b: int, generator: torch.Generator, low: float = 0.8, high
     return kind, torch.rand(b, generator=generator) * (high - low) + low
 
 
-def color_jitter_one_of(x: Tensor, generator: torch.Generator, low: float = 0.8, high: float = 1.2, *,
-                        draws: tuple[Tensor, Tensor] | None = None) -> Tensor:
+def color_jitter_one_of(
+    x: Tensor,
+    generator: torch.Generator,
+    low: float = 0.8,
+    high: float = 1.2,
+    *,
+    draws: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Per image, one of brightness / contrast / saturation with factor ~ U(low, high).
 
     ``draws``: (kind, factor) from :func:`draw_color_jitter` made beforehand (data-parallel
@@ -55,8 +62,9 @@ def draw_grayscale(b: int, generator: torch.Generator, p_gray: float = 0.3) -> T
     return torch.rand(b, generator=generator) < p_gray
 
 
-def penalty_transform(x: Tensor, size: tuple[int, int], generator: torch.Generator, p_gray: float = 0.3, *,
-                      gray: Tensor | None = None) -> Tensor:
+def penalty_transform(
+    x: Tensor, size: tuple[int, int], generator: torch.Generator, p_gray: float = 0.3, *, gray: Tensor | None = None
+) -> Tensor:
     """Resize([B,3,h,w] -> 2*size) -> RandomGrayscale(p_gray) -> CenterCrop(size).
 
     Give ``x`` at the images' original size (one image) or already resized from the original
@@ -77,8 +85,15 @@ def penalty_transform(x: Tensor, size: tuple[int, int], generator: torch.Generat
 # folder of ~1,000 images needs more variety, so each draw may be a random resized crop with a
 # random horizontal flip. Psi and the teacher see the same crop, so the targets stay exact.
 
-def draw_resized_crops(b: int, size: int, generator: torch.Generator, scale: tuple[float, float] = (0.25, 1.0),
-                       ratio: tuple[float, float] = (3 / 4, 4 / 3), p_flip: float = 0.5) -> tuple[list[tuple[int, int, int, int]], Tensor]:
+
+def draw_resized_crops(
+    b: int,
+    size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    p_flip: float = 0.5,
+) -> tuple[list[tuple[int, int, int, int]], Tensor]:
     """Per image of a ``size`` x ``size`` batch: a crop box (top, left, height, width) whose area
     is a share ~ U(scale) of the image and whose aspect ratio is log-uniform in ``ratio``
     (clipped to the image), and whether to flip it horizontally (bool [b])."""

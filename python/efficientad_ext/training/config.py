@@ -1,4 +1,5 @@
 """The hyper-parameters of Algorithm 1 (:class:`TrainConfig`) and the run folder's file names."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ class TrainConfig:
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.eval_every < 0 or any(int(s) < 1 for s in self.eval_at):
-            raise ValueError(f"eval_every must be >= 0 and eval_at steps >= 1, got {self.eval_every} and {list(self.eval_at)}")
+            raise ValueError(
+                f"eval_every must be >= 0 and eval_at steps >= 1, got {self.eval_every} and {list(self.eval_at)}"
+            )
 
     @property
     def reduction(self) -> str:

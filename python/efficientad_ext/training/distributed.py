@@ -32,6 +32,7 @@ Data-parallel training, the invariants (``world_size`` ranks, global batch ``B``
 * **Files.** Rank 0 writes the checkpoints, the model and ``training.json``. Every rank reads
   the training state on resume: for several nodes, ``--out`` must be on a shared filesystem.
 """
+
 from __future__ import annotations
 
 import io
@@ -93,8 +94,10 @@ def torchrun_env() -> TorchrunEnv | None:
     except ValueError as e:
         raise ValueError(f"malformed torchrun environment (RANK / WORLD_SIZE / LOCAL_RANK): {e}") from None
     if not 0 <= rank < world or not 0 <= local_rank < local_world:
-        raise ValueError(f"malformed torchrun environment: RANK {rank}, WORLD_SIZE {world}, LOCAL_RANK {local_rank}, "
-                         f"LOCAL_WORLD_SIZE {local_world}")
+        raise ValueError(
+            f"malformed torchrun environment: RANK {rank}, WORLD_SIZE {world}, LOCAL_RANK {local_rank}, "
+            f"LOCAL_WORLD_SIZE {local_world}"
+        )
     return TorchrunEnv(rank, world, local_rank, local_world)
 
 
@@ -105,8 +108,10 @@ def rank_device(device: str | torch.device, env: TorchrunEnv | None = None) -> t
     env = env if env is not None else torchrun_env()
     if env is not None and device.type == "cuda" and device.index is None:
         if env.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"rank {env.rank} has LOCAL_RANK {env.local_rank} but this node has "
-                             f"{torch.cuda.device_count()} GPUs: start at most one rank per GPU (--nproc-per-node)")
+            raise ValueError(
+                f"rank {env.rank} has LOCAL_RANK {env.local_rank} but this node has "
+                f"{torch.cuda.device_count()} GPUs: start at most one rank per GPU (--nproc-per-node)"
+            )
         device = torch.device("cuda", env.local_rank)
     return device
 
@@ -127,8 +132,9 @@ def _timeout(default_s: float = DEFAULT_TIMEOUT_S) -> timedelta:
 
 
 @contextmanager
-def process_group(device: str | torch.device, backend: str | None = None,
-                  timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[TorchrunEnv | None]:
+def process_group(
+    device: str | torch.device, backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Iterator[TorchrunEnv | None]:
     """Under torchrun, initialises the default process group for the command's duration
     (gloo for CPU devices, NCCL for CUDA ones, unless ``backend`` says otherwise) and destroys
     it at the end, also on errors, so that no rank is left waiting. Yields the torchrun
@@ -181,7 +187,9 @@ class DataParallel:
         self._stepper = None
 
     @classmethod
-    def create(cls, config, device: str | torch.device, enabled: bool | None, curve: bool = False) -> DataParallel | None:
+    def create(
+        cls, config, device: str | torch.device, enabled: bool | None, curve: bool = False
+    ) -> DataParallel | None:
         """None for one process (``enabled`` False, or None without a process group of more than
         one rank); else this rank's view, after checking the run can be split exactly."""
         world = group_size()
@@ -190,16 +198,22 @@ class DataParallel:
         if not enabled:
             return None
         if world == 1 and not dist.is_initialized():
-            raise ValueError("data_parallel=True needs an initialised torch.distributed process group (start with torchrun)")
+            raise ValueError(
+                "data_parallel=True needs an initialised torch.distributed process group (start with torchrun)"
+            )
         if world == 1:
             return None  # one rank: exactly the one-process run
         b = config.batch_size
         if b % world:
-            raise ValueError(f"data-parallel training splits the global batch evenly: --batch-size {b} is not a "
-                             f"multiple of the {world} ranks")
+            raise ValueError(
+                f"data-parallel training splits the global batch evenly: --batch-size {b} is not a "
+                f"multiple of the {world} ranks"
+            )
         if config.reduction == "batch" and b > 1:
-            raise ValueError("hard_reduction 'batch' takes one threshold over the whole global batch, which cannot be "
-                             "split across ranks: use per_sample (the default for batch_size > 1)")
+            raise ValueError(
+                "hard_reduction 'batch' takes one threshold over the whole global batch, which cannot be "
+                "split across ranks: use per_sample (the default for batch_size > 1)"
+            )
         if curve:
             raise ValueError("the learning curve (--eval-dataset) runs in one process: train without torchrun for it")
         return cls(config, device)
@@ -209,8 +223,12 @@ class DataParallel:
         return self.rank == 0
 
     def describe(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "backend": str(dist.get_backend()), "global_batch": self.config.batch_size,
-                "batch_per_rank": self.local_batch}
+        return {
+            "world_size": self.world_size,
+            "backend": str(dist.get_backend()),
+            "global_batch": self.config.batch_size,
+            "batch_per_rank": self.local_batch,
+        }
 
     def progress_stream(self):
         return None if self.is_main else _NullStream()
@@ -225,7 +243,9 @@ class DataParallel:
             # count: a sum of integers far below 2^53, exact in float64.
             return packed[:c], packed[c : 2 * c], int(packed[2 * c].item())
 
-        return teacher_channel_stats(model, source, indices=range(self.rank, len(source), self.world_size), reduce=reduce)
+        return teacher_channel_stats(
+            model, source, indices=range(self.rank, len(source), self.world_size), reduce=reduce
+        )
 
     def on_main_then_broadcast(self, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()`` on rank 0 only, its float32 result broadcast to every rank."""
@@ -261,13 +281,18 @@ class DataParallel:
             if saved_world == self.world_size and key in keys:
                 return f.get_tensor(key)
         if self.is_main:
-            log.warning("%s was written by %d rank(s), this run has %d: the data stream continues exactly, the ranks' "
-                        "dropout streams start afresh (not bit-exact with an uninterrupted run)",
-                        state_path, saved_world, self.world_size)
+            log.warning(
+                "%s was written by %d rank(s), this run has %d: the data stream continues exactly, the ranks' "
+                "dropout streams start afresh (not bit-exact with an uninterrupted run)",
+                state_path,
+                saved_world,
+                self.world_size,
+            )
         return None
 
-    def draw_share(self, generator: torch.Generator, source, penalty_paths: Sequence[Path],
-                   size: tuple[int, int]) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+    def draw_share(
+        self, generator: torch.Generator, source, penalty_paths: Sequence[Path], size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
         """This rank's images, penalty images and jitter draws of the next global batch, from
         the draws one process makes for the whole batch, in its order (module docstring)."""
         b, share = self.config.batch_size, self.share

@@ -5,6 +5,7 @@ checkpoint (written after the step it records) replays the same steps. A non-fin
 stops the run with FloatingPointError before anything is checkpointed: the last state on
 disk is from before the divergence.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ training hold-out (never the test set), evaluate a labelled set and append the m
 Evaluation draws no random numbers and leaves the networks in training mode afterwards, so a
 run with a curve takes exactly the same optimisation steps as one without (tested).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,16 +69,27 @@ class LearningCurve:
     def due(self, step: int) -> bool:
         return step in self.steps
 
-    def add(self, step: int, seconds: float, losses: dict[str, float], evaluate_point: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def add(
+        self, step: int, seconds: float, losses: dict[str, float], evaluate_point: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
         metrics = evaluate_point()
-        point = {"step": step, "train_seconds": round(seconds, 2), "losses": losses,
-                 **{k: v for k, v in metrics.items() if k != "scores"}}
+        point = {
+            "step": step,
+            "train_seconds": round(seconds, 2),
+            "losses": losses,
+            **{k: v for k, v in metrics.items() if k != "scores"},
+        }
         self.points = [p for p in self.points if p["step"] != step] + [point]
         self.points.sort(key=lambda p: p["step"])
         self.write()
-        shown = ", ".join([f"{k} {point[k]:.4f}" for k in METRIC_KEYS if k in point]
-                          + [f"{name} map image_auroc {m['image_auroc']:.4f}" for name, m in point.get("branches", {}).items()
-                             if name != "combined"])
+        shown = ", ".join(
+            [f"{k} {point[k]:.4f}" for k in METRIC_KEYS if k in point]
+            + [
+                f"{name} map image_auroc {m['image_auroc']:.4f}"
+                for name, m in point.get("branches", {}).items()
+                if name != "combined"
+            ]
+        )
         log.info("curve at step %d: %s", step, shown or "no metrics (see curve.json)")
         return point
 

@@ -17,6 +17,7 @@ Invariants:
 * The ranks meet once, at the end (a gloo barrier with a long timeout: categories take hours);
   rank 0 then reads every row and writes ``OUT/summary.json`` and ``OUT/summary.csv``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,7 +45,17 @@ log = logging.getLogger("efficientad_ext.training.many_models")
 
 RESULT = "result.json"
 FAILED = "failed.json"  # a failed category's row; the next run tries that category again
-COLUMNS = ("category", "status", "rank", "device", "train_images", "train_seconds", "image_auroc", "pixel_auroc", "au_pro")
+COLUMNS = (
+    "category",
+    "status",
+    "rank",
+    "device",
+    "train_images",
+    "train_seconds",
+    "image_auroc",
+    "pixel_auroc",
+    "au_pro",
+)
 
 
 def find_categories(root: str | os.PathLike[str]) -> list[Path]:
@@ -54,7 +65,9 @@ def find_categories(root: str | os.PathLike[str]) -> list[Path]:
         raise FileNotFoundError(f"dataset root {r} does not exist" if not r.exists() else f"{r} is not a folder")
     cats = sorted((p for p in r.iterdir() if (p / "train" / "good").is_dir()), key=lambda p: p.name)
     if not cats:
-        raise FileNotFoundError(f"no categories under {r}: expected <root>/<category>/train/good/ (the MVTec AD layout)")
+        raise FileNotFoundError(
+            f"no categories under {r}: expected <root>/<category>/train/good/ (the MVTec AD layout)"
+        )
     return cats
 
 
@@ -68,23 +81,48 @@ def assign(sizes: Sequence[int], world_size: int) -> list[list[int]]:
     return ranks
 
 
-def _train_one(category: Path, out: Path, model_config, config, teacher, device, evaluate_test: bool, rank: int) -> dict[str, Any]:
+def _train_one(
+    category: Path, out: Path, model_config, config, teacher, device, evaluate_test: bool, rank: int
+) -> dict[str, Any]:
 
     splits = open_dataset(category)
-    row: dict[str, Any] = {"category": category.name, "rank": rank, "device": str(device), "train_images": len(splits.train)}
+    row: dict[str, Any] = {
+        "category": category.name,
+        "rank": rank,
+        "device": str(device),
+        "train_images": len(splits.train),
+    }
     t0 = time.perf_counter()
-    train([s.path for s in splits.train], out, model_config, config, validation_images=[s.path for s in splits.validation] or None,
-          teacher=teacher, device=device, resume=(out / STATE_FILE).is_file(), data_parallel=False)
+    train(
+        [s.path for s in splits.train],
+        out,
+        model_config,
+        config,
+        validation_images=[s.path for s in splits.validation] or None,
+        teacher=teacher,
+        device=device,
+        resume=(out / STATE_FILE).is_file(),
+        data_parallel=False,
+    )
     row["train_seconds"] = round(time.perf_counter() - t0, 1)
     if evaluate_test and splits.test:
-        metrics = evaluate(load_model(out / "model.safetensors", device=device), splits.test, out / "eval", write_images=False)
+        metrics = evaluate(
+            load_model(out / "model.safetensors", device=device), splits.test, out / "eval", write_images=False
+        )
         row.update({k: metrics[k] for k in ("image_auroc", "pixel_auroc", "au_pro") if k in metrics})
     return row
 
 
-def train_all(root: str | os.PathLike[str], out_dir: str | os.PathLike[str], model_config=None, config=None, *,
-              teacher: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
-              evaluate_test: bool = True) -> list[dict[str, Any]]:
+def train_all(
+    root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    model_config=None,
+    config=None,
+    *,
+    teacher: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    evaluate_test: bool = True,
+) -> list[dict[str, Any]]:
     """Trains one model per category of ``root`` into ``out_dir/<category>/``, this rank's
     share of them (every rank of the initialised process group calls it; one process without a
     group trains all). Returns every category's row on rank 0 (after the others finished),
@@ -103,7 +141,10 @@ def train_all(root: str | os.PathLike[str], out_dir: str | os.PathLike[str], mod
             rows.append(json.loads(result.read_text()))
             continue
         try:
-            row = {**_train_one(cat, out / cat.name, model_config, config, teacher, device, evaluate_test, rank), "status": "ok"}
+            row = {
+                **_train_one(cat, out / cat.name, model_config, config, teacher, device, evaluate_test, rank),
+                "status": "ok",
+            }
         except (FileNotFoundError, ValueError, FloatingPointError, RuntimeError) as e:
             # One bad category must not cost the others their models: reported in the table.
             log.error("%s failed: %s\n%s", cat.name, e, traceback.format_exc())
@@ -122,7 +163,9 @@ def train_all(root: str | os.PathLike[str], out_dir: str | os.PathLike[str], mod
         for name in (RESULT, FAILED):
             if cat.name not in by_name and (out / cat.name / name).is_file():
                 by_name[cat.name] = json.loads((out / cat.name / name).read_text())
-    table = [by_name.get(c.name, {"category": c.name, "status": "failed: no result (see that rank's log)"}) for c in cats]
+    table = [
+        by_name.get(c.name, {"category": c.name, "status": "failed: no result (see that rank's log)"}) for c in cats
+    ]
     write_text_atomically(out / "summary.json", json.dumps(table, indent=2))
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -134,6 +177,7 @@ def train_all(root: str | os.PathLike[str], out_dir: str | os.PathLike[str], mod
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The terminal summary: one line per category."""
+
     def cell(r: dict[str, Any], k: str) -> str:
         v = r.get(k, "")
         return f"{v:.4f}" if isinstance(v, float) and k != "train_seconds" else str(v)

@@ -1,4 +1,5 @@
 """The ImageNet penalty images of Algorithm 1 (line 14): where they come from and how a batch is made."""
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,9 @@ def penalty_paths(config: TrainConfig) -> list[Path]:
     return paths
 
 
-def penalty_batch(paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator, gray: Tensor | None = None) -> Tensor:
+def penalty_batch(
+    paths: Sequence[Path], size: tuple[int, int], generator: torch.Generator, gray: Tensor | None = None
+) -> Tensor:
     """Penalty images P (Algorithm 1, line 14): each original image resized straight to twice
     ``size`` (never through ``size`` first), random grayscale, centre crop; float [B, 3, *size].
     ``gray``: the grayscale draw made beforehand (see :func:`augment.penalty_transform`)."""

@@ -16,6 +16,7 @@ about 200x slower than float32 (measured: a 128->256 4x4 convolution at 64x64, 1
 numerics as bf16 autocast's convolutions (bf16 operands, float32 accumulation, a bf16 result)
 with float32 kernels, so the bf16 training logic runs and is tested on every CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,9 @@ def resolve_precision(precision: str, device: torch.device, flags: frozenset[str
     return "float32"
 
 
-def resolve_memory_format(memory_format: str, precision: str, device: torch.device,
-                          flags: frozenset[str] | None = None) -> str:
+def resolve_memory_format(
+    memory_format: str, precision: str, device: torch.device, flags: frozenset[str] | None = None
+) -> str:
     """``auto`` -> ``channels_last`` or ``contiguous`` for training on ``device`` in ``precision``
     (already resolved); explicit choices are checked.
 
@@ -144,8 +146,11 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
         return
     if device.type == "cpu" and not cpu_has_native_bf16():
         if not _warned_emulation:
-            log.warning("bfloat16 on a CPU without native bf16 (%s): emulated with float32 kernels, "
-                        "slower than float32 training; use it to test, not to train fast", describe_cpu())
+            log.warning(
+                "bfloat16 on a CPU without native bf16 (%s): emulated with float32 kernels, "
+                "slower than float32 training; use it to test, not to train fast",
+                describe_cpu(),
+            )
             _warned_emulation = True
         with EmulatedBf16Convolutions():
             yield

@@ -1,5 +1,6 @@
 """What one training run sets up before its first step (:class:`Run`): the images, the model and
 its teacher, the step, the precision; and how a run starts or resumes (the saved training state)."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,14 @@ log = logging.getLogger("efficientad_ext.train")
 STATE_KIND = "train_state"
 
 
-def save_train_state(path: Path, model: EfficientAD, stepper: TrainStep, step: int, meta: dict[str, Any],
-                extra: dict[str, Tensor] | None = None) -> None:
+def save_train_state(
+    path: Path,
+    model: EfficientAD,
+    stepper: TrainStep,
+    step: int,
+    meta: dict[str, Any],
+    extra: dict[str, Tensor] | None = None,
+) -> None:
     modules = {f"model.{name}": getattr(model, name) for name in ("teacher", "student", "autoencoder")}
     stats = {f"model.{name}": getattr(model, name) for name in ("teacher_mean", "teacher_std")}
     stats.update(extra or {})  # data-parallel training: every rank's RNG state (distributed.py)
@@ -104,7 +111,9 @@ class Run:
         if self.dp is None:
             save_train_state(self.state_path, self.model, self.stepper, step, self.meta)
         else:  # every rank's RNG state gathered (a collective), rank 0 writes
-            self.dp.save_state(lambda extra: save_train_state(self.state_path, self.model, self.stepper, step, self.meta, extra))
+            self.dp.save_state(
+                lambda extra: save_train_state(self.state_path, self.model, self.stepper, step, self.meta, extra)
+            )
 
 
 def _image_sources(train_images, validation_images, model_config: ModelConfig, config: TrainConfig):
@@ -121,8 +130,16 @@ def _image_sources(train_images, validation_images, model_config: ModelConfig, c
     return source, val_source, len(val_paths)
 
 
-def setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig, validation_images, teacher,
-           device: torch.device, dp: DataParallel | None = None) -> Run:
+def setup(
+    train_images,
+    out_dir,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    validation_images,
+    teacher,
+    device: torch.device,
+    dp: DataParallel | None = None,
+) -> Run:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files([out_dir, out_dir / "curve_models"])  # left by a run killed in this folder
@@ -136,16 +153,34 @@ def setup(train_images, out_dir, model_config: ModelConfig, config: TrainConfig,
         load_teacher_weights(model.teacher, choice.path)
         log.info("teacher: %s", choice.description)
     else:
-        log.warning("teacher: %s -- a RANDOMLY INITIALISED teacher; accuracy will be far below the paper's", choice.description)
-    record = TrainingRecord(steps=config.steps, teacher=choice.description, penalty_images=str(config.penalty_dir or "none"))
+        log.warning(
+            "teacher: %s -- a RANDOMLY INITIALISED teacher; accuracy will be far below the paper's", choice.description
+        )
+    record = TrainingRecord(
+        steps=config.steps, teacher=choice.description, penalty_images=str(config.penalty_dir or "none")
+    )
     precision = resolve_precision(config.precision, device)
     memory_format = resolve_memory_format(config.memory_format, precision, device)
-    log.info("precision: %s (asked: %s), memory format: %s (asked: %s); %s", precision, config.precision,
-             memory_format, config.memory_format,
-             f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}")
+    log.info(
+        "precision: %s (asked: %s), memory format: %s (asked: %s); %s",
+        precision,
+        config.precision,
+        memory_format,
+        config.memory_format,
+        f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}",
+    )
     # JSON round trip so the comparison on resume sees lists where the config has tuples.
-    meta = json.loads(json.dumps({"train_config": asdict(config), "model_config": model_config.to_dict(), "teacher": record.teacher,
-                                  "precision": precision, "memory_format": memory_format}))
+    meta = json.loads(
+        json.dumps(
+            {
+                "train_config": asdict(config),
+                "model_config": model_config.to_dict(),
+                "teacher": record.teacher,
+                "precision": precision,
+                "memory_format": memory_format,
+            }
+        )
+    )
     stepper = TrainStep(model, config, generator, precision, memory_format)
     return Run(model, config, out_dir, device, source, val_source, n_val, penalties, record, stepper, meta, dp)
 
@@ -156,10 +191,19 @@ def _teacher_cache(run: Run) -> TeacherCache | None:
     n, per_image = len(run.source), TeacherCache.bytes_needed(run.model, 1)
     capacity = min(n, run.config.teacher_cache_bytes // per_image)
     if run.dp is not None or capacity == 0:
-        why = "data-parallel training" if run.dp is not None else f"{per_image / 2**20:.1f} MiB an image > teacher_cache_bytes"
+        why = (
+            "data-parallel training"
+            if run.dp is not None
+            else f"{per_image / 2**20:.1f} MiB an image > teacher_cache_bytes"
+        )
         log.info("teacher outputs on the training images: not cached (%s)", why)
         return None
-    log.info("teacher outputs on the training images: cached for %d of %d (%.2f GiB)", capacity, n, capacity * per_image / 2**30)
+    log.info(
+        "teacher outputs on the training images: cached for %d of %d (%.2f GiB)",
+        capacity,
+        n,
+        capacity * per_image / 2**30,
+    )
     return TeacherCache(run.model, n, capacity)
 
 
@@ -182,12 +226,16 @@ def resume_or_start(run: Run, resume: bool) -> int:
     step, saved = load_train_state(run.state_path, model, run.stepper)
     for key in ("model_config", "teacher"):
         if saved.get(key) != run.meta[key]:
-            raise ValueError(f"cannot resume {run.state_path}: its {key} {saved.get(key)} differs from this run's {run.meta[key]}")
+            raise ValueError(
+                f"cannot resume {run.state_path}: its {key} {saved.get(key)} differs from this run's {run.meta[key]}"
+            )
     # States written before the precision was recorded were trained in float32.
     if saved.get("precision", "float32") != run.meta["precision"]:
-        raise ValueError(f"cannot resume {run.state_path} in {run.meta['precision']}: it was trained in "
-                         f"{saved.get('precision', 'float32')}; pass precision={saved.get('precision', 'float32')!r} "
-                         "(--precision) to continue it")
+        raise ValueError(
+            f"cannot resume {run.state_path} in {run.meta['precision']}: it was trained in "
+            f"{saved.get('precision', 'float32')}; pass precision={saved.get('precision', 'float32')!r} "
+            "(--precision) to continue it"
+        )
     if keep is not None:  # the same pass as a fresh start's, so the cached values are identical
         teacher_channel_stats(model, run.source, keep=keep)
     log.info("resuming at step %d of %d", step, run.config.steps)

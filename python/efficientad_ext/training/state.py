@@ -6,6 +6,7 @@ run's generator (``rng.generator``). Metadata: ``format`` (``efficientad_ext.<ki
 ``format_version``, ``step``, the optimiser's ``param_groups`` and the caller's own entries.
 Restoring all of it continues a run bit for bit as if it had never stopped (tested).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ class SavedState:
     def module_state(self, prefix: str) -> dict[str, Tensor]:
         """The state dict saved under ``prefix`` (e.g. ``"teacher"``)."""
         start = prefix + "."
-        return {k[len(start):]: v for k, v in self.tensors.items() if k.startswith(start)}
+        return {k[len(start) :]: v for k, v in self.tensors.items() if k.startswith(start)}
 
 
 def save_state(
@@ -60,8 +61,13 @@ def save_state(
             tensors[f"optim.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
-    header = {"format": f"efficientad_ext.{kind}", "format_version": FORMAT_VERSION, "step": str(step),
-              "param_groups": json.dumps(opt["param_groups"]), **(metadata or {})}
+    header = {
+        "format": f"efficientad_ext.{kind}",
+        "format_version": FORMAT_VERSION,
+        "step": str(step),
+        "param_groups": json.dumps(opt["param_groups"]),
+        **(metadata or {}),
+    }
     header = integrity.with_digest(tensors, header)  # verified by read_state
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
@@ -84,8 +90,9 @@ def read_state(path: Path, kind: str, description: str) -> SavedState:
     return SavedState(tensors, int(metadata["step"]), metadata)
 
 
-def restore_optimizer_and_rng(saved: SavedState, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                              device: torch.device) -> None:
+def restore_optimizer_and_rng(
+    saved: SavedState, optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device
+) -> None:
     """Puts the optimiser state (on ``device``; Adam's ``step`` counters stay on the CPU) and
     both RNG states back as they were when ``saved`` was written."""
     state: dict[int, dict[str, Tensor]] = {}

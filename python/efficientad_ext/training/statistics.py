@@ -1,6 +1,7 @@
 """Passes over a set of training images with a frozen network: the teacher's channel
 statistics (Algorithm 1, lines 2-5), the map quantiles (lines 28-33) and the hold-out scores
 behind the decision threshold."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,9 +16,15 @@ from efficientad_ext.models.efficientad import EfficientAD
 
 
 @torch.no_grad()
-def teacher_channel_stats(model: EfficientAD, source: ImageSource, batch_size: int = 8, *,
-                          indices: Sequence[int] | None = None, reduce=None,
-                          keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def teacher_channel_stats(
+    model: EfficientAD,
+    source: ImageSource,
+    batch_size: int = 8,
+    *,
+    indices: Sequence[int] | None = None,
+    reduce=None,
+    keep: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of the teacher's output over all images of ``source``, in one
     streaming pass with float64 sums (memory independent of the number of images).
 

@@ -1,4 +1,5 @@
 """One optimisation step of Algorithm 1 (:class:`TrainStep`)."""
+
 from __future__ import annotations
 
 import torch
@@ -26,12 +27,20 @@ class TrainStep:
     written contiguous either way).
     """
 
-    def __init__(self, model: EfficientAD, config: TrainConfig, generator: torch.Generator, precision: str = "float32",
-                 memory_format: str = "contiguous") -> None:
+    def __init__(
+        self,
+        model: EfficientAD,
+        config: TrainConfig,
+        generator: torch.Generator,
+        precision: str = "float32",
+        memory_format: str = "contiguous",
+    ) -> None:
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be float32 or bfloat16 (resolve 'auto' first), got {precision!r}")
         if memory_format not in ("contiguous", "channels_last"):
-            raise ValueError(f"memory_format must be contiguous or channels_last (resolve 'auto' first), got {memory_format!r}")
+            raise ValueError(
+                f"memory_format must be contiguous or channels_last (resolve 'auto' first), got {memory_format!r}"
+            )
         self.model, self.config, self.generator, self.precision = model, config, generator, precision
         self.memory_format = torch_memory_format(memory_format)
         for net in (model.teacher, model.student, model.autoencoder):
@@ -42,8 +51,15 @@ class TrainStep:
         # DistributedDataParallel wrappers (same parameters, gradients averaged over ranks).
         self.student, self.autoencoder = model.student, model.autoencoder
 
-    def __call__(self, step: int, images: Tensor, penalty: Tensor | None, *,
-                 jitter: tuple[Tensor, Tensor] | None = None, teacher_images: Tensor | None = None) -> dict[str, float]:
+    def __call__(
+        self,
+        step: int,
+        images: Tensor,
+        penalty: Tensor | None,
+        *,
+        jitter: tuple[Tensor, Tensor] | None = None,
+        teacher_images: Tensor | None = None,
+    ) -> dict[str, float]:
         """images: float [B, 3, H, W] in [0, 1]; penalty: the same for ImageNet images or None;
         jitter: the autoencoder branch's augmentation draws made beforehand (else drawn here);
         teacher_images: the frozen teacher's raw output on ``images`` when it is cached
@@ -81,4 +97,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "hard": hard.item(), "penalty": pen.item(), "ae": loss_ae.item(), "stae": loss_stae.item()}
+        return {
+            "loss": loss.item(),
+            "hard": hard.item(),
+            "penalty": pen.item(),
+            "ae": loss_ae.item(),
+            "stae": loss_stae.item(),
+        }

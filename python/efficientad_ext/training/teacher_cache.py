@@ -1,4 +1,5 @@
 """The frozen teacher's output on every training image, computed once (:class:`TeacherCache`)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

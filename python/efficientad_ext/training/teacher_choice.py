@@ -5,6 +5,7 @@ The shipped teacher was distilled by this project's own ``efficientad distill`` 
 MobileNetV2 extractor, ImageNet sample images); its provenance is in ``weights/TEACHER_CARD.md``
 and in the file's metadata.
 """
+
 from __future__ import annotations
 
 import hashlib

