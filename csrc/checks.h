@@ -1,8 +1,8 @@
 // Preconditions of every efficientad op, written once, here, for both devices. They raise
 // through TORCH_CHECK_VALUE / TORCH_CHECK_TYPE, which reach Python as ValueError / TypeError,
-// so a direct torch.ops.efficientad.* call fails exactly as the typed wrappers in ops.py do
+// so a direct torch.ops.efficientad.* call fails exactly as the typed wrappers in python/efficientad_ext/ops/ do
 // (those only turn Python arguments into the schema's types). Every message names the
-// argument and what was expected. The fake kernels in ops.py check the shape relations they
+// argument and what was expected. The fake kernels in python/efficientad_ext/ops/ check the shape relations they
 // need to compute output shapes with torch._check_value / torch._check_type.
 #pragma once
 

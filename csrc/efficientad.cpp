@@ -1,6 +1,6 @@
 // The `efficientad` operator library: every schema lives here, in one place. Kernels register
 // per device in cpu/*_cpu.cpp and cuda/*_cuda.cpp (TORCH_LIBRARY_IMPL); fake kernels and
-// autograd are registered from Python (efficientad_ext/ops.py). Importing the compiled
+// autograd are registered from Python (python/efficientad_ext/ops/). Importing the compiled
 // module `efficientad_ext._C` runs these registrations.
 #include <torch/library.h>
 #include <pybind11/pybind11.h>
@@ -56,7 +56,7 @@ TORCH_LIBRARY(efficientad, m) {
   // A stride-1 convolution (+ bias, optional ReLU, optional 2x2 average pooling) by
   // Winograd's F(m x m, r x r) (CPU, float32/float64, inference): weight_tf = G w G^T as
   // [a*a, C_in, C_out], input_tf = B^T [a, a], output_tf = A^T [m, a], a = m + r - 1
-  // (efficientad_ext/winograd.py makes them). Channels-last output.
+  // (efficientad_ext/inference/winograd.py makes them). Channels-last output.
   m.def(
       "winograd_conv2d(Tensor input, Tensor weight_tf, Tensor? bias, Tensor input_tf, Tensor output_tf, "
       "int kernel_size, int padding, bool relu, bool pool, int pool_padding) -> Tensor");

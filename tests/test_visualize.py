@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -87,8 +89,8 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "z.png"
     path.write_bytes(b"old")
 
-    def fail(self, fp, *args, **kwargs):
-        fp.write(b"partial")
+    def fail(self, fp, *args, **kwargs):  # writes part of the file, then fails
+        Path(fp).write_bytes(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", fail)

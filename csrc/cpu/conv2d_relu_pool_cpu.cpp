@@ -87,7 +87,7 @@ at::Tensor conv2d_relu_pool_cpu(const at::Tensor& input, const at::Tensor& weigh
                                 const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
                                 bool pool, int64_t pool_padding) {
   check_conv_layer(input, weight, bias, padding, pool, pool_padding);
-  // Output contract: always channels-last (the fake kernel in ops.py says the same).
+  // Output contract: always channels-last (the fake kernel in efficientad_ext/ops/ says the same).
   const auto cl = at::MemoryFormat::ChannelsLast;
   at::Tensor y = at::convolution(input.contiguous(cl), weight.contiguous(cl), bias, {1, 1}, {padding, padding},
                                  {1, 1}, false, {0, 0}, 1)

@@ -1,7 +1,7 @@
 // CPU kernel of efficientad::conv2d_relu_pool_split: the two output-channel halves as two
 // conv2d_relu_pool calls (CPU kernel, through the dispatcher) on the matching weight and bias
 // rows. Each half is then computed exactly as a separate layer would be and written dense;
-// oneDNN gains nothing from one wider convolution on the CPU (pdn_pair.py's measurement).
+// oneDNN gains nothing from one wider convolution on the CPU (measured; benchmarks/RESULTS.md).
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

@@ -11,7 +11,7 @@
 //                          V = BT d B   (per input tile and channel)
 //
 // The caller passes the transformed weights U [a*a, C, K] and the matrices BT [a, a] and
-// AT [m, a] (efficientad_ext/winograd.py derives them exactly from interpolation points), so
+// AT [m, a] (efficientad_ext/inference/winograd.py derives them exactly from interpolation points), so
 // this file only knows the generic three steps:
 //   1. input transform: every a x a input tile (stride m, zero padded) -> V[a*a, T, C];
 //   2. a*a independent GEMMs V[p] @ U[p] -> M[p] [T, K] (at::bmm: MKL / oneDNN);

@@ -1,6 +1,6 @@
 // CUDA registration of efficientad::conv2d_relu_pool: cuDNN convolution without bias, then one
 // epilogue pass for bias + ReLU + pooling (cuda/pdn_layer_cuda.h). The result is always
-// channels-last (ops.py's fake kernel says the same).
+// channels-last (the fake kernel in efficientad_ext/ops/ says the same).
 #include <torch/library.h>
 
 #include "checks.h"

@@ -14,6 +14,7 @@ import torch
 
 import efficientad_ext
 from efficientad_ext import Autoencoder, build_pdn, ops
+from efficientad_ext.models.autoencoder import MIN_IMAGE_SIZE
 from efficientad_ext.ops import reference
 
 
@@ -35,8 +36,8 @@ def selfcheck(
     prints the build, the agreement and the latencies; returns whether both paths agree."""
     if arch not in ("small", "medium"):
         raise ValueError(f"arch must be 'small' or 'medium', got {arch!r}")
-    if size < 256 or batch < 1 or repeats < 1:
-        raise ValueError(f"size must be >= 256 and batch, repeats >= 1, got {size}, {batch}, {repeats}")
+    if size < MIN_IMAGE_SIZE or batch < 1 or repeats < 1:
+        raise ValueError(f"size must be >= {MIN_IMAGE_SIZE} and batch, repeats >= 1, got {size}, {batch}, {repeats}")
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     info = efficientad_ext.build_info()
     print(

@@ -21,18 +21,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-
-    d = TrainConfig()
-    p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M")
-    p.add_argument(
-        "--padded",
-        action="store_true",
-        help="padded PDNs (the paper's 64x64 maps); off: unpadded PDNs, maps re-padded to the image",
-    )
-    p.add_argument(
-        "--image-size", type=int, nargs="+", default=[256], metavar="N", help="H [W] of the network input (>= 256)"
-    )
+def _add_optimiser_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 70,000)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 1)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate, x0.1 after 95%% of the steps")
@@ -68,6 +57,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="teacher: 'default' (the distilled teacher shipped with the package; "
         "the default), 'random', or a weight file (.safetensors / .pth: ours, nelson1425's, anomalib's)",
     )
+
+
+def _add_run_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument(
         "--validation-fraction",
         type=float,
@@ -84,6 +76,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
     )
     p.add_argument("--device", help=DEVICE_HELP)
+
+
+def _add_curve_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument(
         "--eval-dataset",
         type=Path,
@@ -105,6 +100,23 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write each curve point's calibrated model to --out/curve_models/ (default: off)",
     )
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+
+    d = TrainConfig()
+    p.add_argument("--arch", choices=["small", "medium"], default="small", help="EfficientAD-S or -M")
+    p.add_argument(
+        "--padded",
+        action="store_true",
+        help="padded PDNs (the paper's 64x64 maps); off: unpadded PDNs, maps re-padded to the image",
+    )
+    p.add_argument(
+        "--image-size", type=int, nargs="+", default=[256], metavar="N", help="H [W] of the network input (>= 256)"
+    )
+    _add_optimiser_args(p, d)
+    _add_run_args(p, d)
+    _add_curve_args(p, d)
 
 
 def model_config(args):

@@ -43,7 +43,7 @@ def cmd_eval(args) -> int:
 
 def cmd_infer(args) -> int:
 
-    if torchrun_env() is not None:  # under torchrun, sharded and resumable (sharded_infer.py)
+    if torchrun_env() is not None:  # under torchrun, sharded and resumable (inference/sharded.py)
         return cmd_infer_sharded(args)
 
     model = load_model(args.model, device=(args.device or default_device()))
@@ -88,60 +88,62 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _add_model_and_output_args(p: argparse.ArgumentParser, images: str, images_help: str, out_help: str) -> None:
+    """The arguments ``eval`` and ``infer`` share."""
+    p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+    p.add_argument(images, type=Path, help=images_help)
+    p.add_argument("--out", type=Path, required=True, help=out_help)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
+    p.add_argument("--device", help=DEVICE_HELP)
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a dataset's test set (metrics + heatmap PNGs)")
+    _add_model_and_output_args(
+        p, "dataset", "dataset folder (MVTec AD / LOCO / VisA layout)", "output folder (metrics.json, images/)"
+    )
+    p.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write --out/report.html: metrics, curves, score "
+        'histograms and a gallery, one self-contained page (pip install ".[report]")',
+    )
+    p.add_argument(
+        "--report-gallery",
+        type=non_negative_int,
+        default=DEFAULT_GALLERY_SIZE,
+        metavar="N",
+        help="test images in the report's gallery, misclassified first (0: all)",
+    )
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_infer_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="score a folder of images (scores.csv + heatmaps)")
+    _add_model_and_output_args(
+        p, "images", "folder of images (the files directly in it)", "output folder (scores.csv, heatmaps/)"
+    )
+    p.add_argument(  # sharded and resumable under torchrun
+        "--skip-corrupt",
+        action="store_true",
+        help="skip unreadable images (under torchrun always: listed in corrupt.csv)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)",
+    )
+    p.set_defaults(func=cmd_infer)
+
+
 def add_score_parsers(sub: argparse._SubParsersAction) -> None:
     """``eval``, ``infer`` and ``calibrate``."""
-    for name, images, func, help_text in (
-        ("eval", "dataset", cmd_eval, "evaluate a model on a dataset's test set (metrics + heatmap PNGs)"),
-        ("infer", "images", cmd_infer, "score a folder of images (scores.csv + heatmaps)"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
-        p.add_argument(
-            images,
-            type=Path,
-            help="dataset folder (MVTec AD / LOCO / VisA layout)"
-            if name == "eval"
-            else "folder of images (the files directly in it)",
-        )
-        p.add_argument(
-            "--out",
-            type=Path,
-            required=True,
-            help="output folder (metrics.json, images/)" if name == "eval" else "output folder (scores.csv, heatmaps/)",
-        )
-        p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-        p.add_argument("--no-images", action="store_true", help="scores only, no heatmap PNGs")
-        if name == "infer":  # sharded and resumable under torchrun
-            p.add_argument(
-                "--skip-corrupt",
-                action="store_true",
-                help="skip unreadable images (under torchrun always: listed in corrupt.csv)",
-            )
-            p.add_argument(
-                "--workers",
-                type=int,
-                help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)",
-            )
-        else:
-            p.add_argument(
-                "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
-            )
-            p.add_argument(
-                "--report",
-                action="store_true",
-                help="also write --out/report.html: metrics, curves, score "
-                'histograms and a gallery, one self-contained page (pip install ".[report]")',
-            )
-            p.add_argument(
-                "--report-gallery",
-                type=non_negative_int,
-                default=DEFAULT_GALLERY_SIZE,
-                metavar="N",
-                help="test images in the report's gallery, misclassified first (0: all)",
-            )
-        p.add_argument("--device", help=DEVICE_HELP)
-        p.set_defaults(func=func)
-
+    _add_eval_parser(sub)
+    _add_infer_parser(sub)
     p = sub.add_parser("calibrate", help="set a model's decision threshold to the F1-optimal one on a labelled set")
     p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
     p.add_argument(

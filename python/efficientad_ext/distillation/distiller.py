@@ -56,6 +56,7 @@ from efficientad_ext.distillation.extractors import (
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.formats.stale_files import remove_stale_temp_files
 from efficientad_ext.formats.teacher_file import save_teacher
+from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from efficientad_ext.models.pdn import PDN, build_pdn
 from efficientad_ext.progress import Progress, format_duration
 from efficientad_ext.training.augment import (
@@ -82,11 +83,12 @@ TEACHER_SIZE = 256
 CROP_MARGIN_CELLS = 4  # cells within this distance of a crop edge see padding a whole image does not
 PDN_STRIDE = 4
 AUGMENTATIONS = ("none", "resized_crop")
+# The hold-out's permutation is seeded apart from the training draws (seed + this prime), so that
+# changing --seed changes both, yet the two streams never coincide.
+HOLDOUT_SEED_OFFSET = 7919
 STATE_FILE = "distill_state.safetensors"
 TEACHER_FILE = "teacher.safetensors"
 RECORD_FILE = "distill.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -336,7 +338,7 @@ def _split_holdout(paths: Sequence[Path], holdout: int, seed: int) -> tuple[list
         raise ValueError(
             f"holdout_images ({holdout}) must be smaller than the number of distillation images ({len(paths)})"
         )
-    return split_holdout(paths, holdout, seed + 7919)
+    return split_holdout(paths, holdout, seed + HOLDOUT_SEED_OFFSET)
 
 
 _STATE_KIND = "distill_state"

@@ -40,11 +40,10 @@ from efficientad_ext.models.backbones.efficientnet_lite import (
 from efficientad_ext.models.backbones.efficientnet_lite import (
     INPUT_STD as LITE_INPUT_STD,
 )
+from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 EXTRACTORS = ("mobilenet_v2", "efficientnet_lite0", "wide_resnet101_2")
 ExtractorName = Literal["mobilenet_v2", "efficientnet_lite0", "wide_resnet101_2"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _aggregate_to_grid(features: list[Tensor], grid: tuple[int, int]) -> Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +11,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from efficientad_ext.formats.atomic import write_atomically
+
 __all__ = ["OUTLINE_COLOR", "heatmap_panels", "jet", "mask_outline", "save_heatmap_png", "save_png_atomic"]
 
 OUTLINE_COLOR = (0, 255, 0)
 
 
 def save_png_atomic(img: Image.Image, path: str | Path) -> Path:
-    """Save ``img`` as PNG at ``path`` atomically: written to a temporary file in the same
-    folder, then renamed over ``path`` (a crash never leaves a partial PNG under ``path``).
-    Creates missing parent folders. Returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    """Save ``img`` as PNG at ``path`` atomically (:func:`~efficientad_ext.formats.atomic.write_atomically`:
+    a crash never leaves a partial PNG under ``path``). Creates missing parent folders."""
+    return write_atomically(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 # The jet colour map as matplotlib defines it: for each of red, green and blue, the

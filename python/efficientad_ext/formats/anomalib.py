@@ -37,13 +37,8 @@ from torch import Tensor
 from efficientad_ext.formats import anomalib_layout as layout
 from efficientad_ext.formats.atomic import write_atomically
 from efficientad_ext.formats.state_dict import tensor_mismatch
-from efficientad_ext.models.efficientad import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EfficientAD,
-    ModelConfig,
-    TrainingRecord,
-)
+from efficientad_ext.models.efficientad import EfficientAD, ModelConfig, TrainingRecord
+from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 & ~umask).
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -30,10 +30,16 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)  # the only portable way to read it; restored at once
     os.umask(mask)
     return mask
+
+
+# Read once, at import: setting the umask to read it is process-wide, so doing it per write
+# would race with files other threads create meanwhile. A umask the process changes after
+# importing this module is not seen (the files then get the import-time permissions).
+_UMASK = _read_umask()
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from efficientad_ext.models.autoencoder import MIN_IMAGE_SIZE
 from efficientad_ext.models.efficientad import (
     DecisionThreshold,
     ModelConfig,
@@ -39,7 +40,7 @@ from efficientad_ext.models.efficientad import (
 )
 from efficientad_ext.models.pdn import PDN_ARCHITECTURES
 
-IMAGE_SIZE_RANGE = (256, 16384)
+IMAGE_SIZE_RANGE = (MIN_IMAGE_SIZE, 16384)
 TEACHER_CHANNELS_RANGE = (1, 4096)
 IMAGE_STD_RANGE = (1e-3, 1e3)
 # The metadata keys of a model file; any other key is refused (a flipped bit in a key name

@@ -79,7 +79,7 @@ def run_sequential(seq: nn.Sequential, x: Tensor, conv_relu: Callable[[Tensor, n
 
 def fused_forward(ae: Autoencoder, x: Tensor, output_size: tuple[int, int], conv_relu=fused_conv_relu) -> Tensor:
     """:meth:`Autoencoder.forward` (eval mode) with its Conv2d + ReLU pairs fused: the one
-    autoencoder forward (:func:`run_autoencoder`) over fused stages (``tests/test_autoencoder_cuda.py``
+    autoencoder forward (:func:`run_autoencoder`) over fused stages (``tests/test_cuda_autoencoder.py``
     checks it equals the module on the CPU with an unfused ``conv_relu``)."""
 
     def fused(seq: nn.Sequential) -> Callable[[Tensor], Tensor]:

@@ -27,8 +27,8 @@ class InferenceOptions:
     (:mod:`efficientad_ext.inference.cpu_winograd`); off: oneDNN direct convolutions.
     ``fuse_first_layer``: device types ("cpu", "cuda") on which the teacher's and student's
     first layers run as one convolution (:mod:`efficientad_ext.inference.teacher_student`).
-    Default CUDA only: on 2 CPU cores it measured no faster (separate/one-conv time 0.92-1.03),
-    the split halves cost a copy each; on CUDA it saves a launch and a read of the image.
+    Default CUDA only: on the CPU it measured no faster (benchmarks/RESULTS.md), since the split
+    halves cost a copy each; on CUDA it saves a launch and a read of the image.
     """
 
     cpu_winograd: bool = field(default_factory=winograd_from_environment)

@@ -53,6 +53,9 @@ from efficientad_ext.inference.folder import HEATMAP_VMAX, score_table
 
 log = logging.getLogger("efficientad_ext.inference.sharded")
 
+# The default's cap on decoding workers per rank, so that a many-core node does not start a
+# process per core for every rank (each holds its own decode buffers); --workers overrides it.
+MAX_DEFAULT_WORKERS = 8
 SHARDS = "shards"
 SHARD_COLUMNS = ["path", "score", "map_max", "error"]
 VMAX_FILE = ".vmax"
@@ -71,7 +74,7 @@ class ShardedResult:
 def default_workers(local_world_size: int) -> int:
     """DataLoader workers per rank: this node's CPUs shared among its ranks, at least one."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus // max(local_world_size, 1)))
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus // max(local_world_size, 1)))
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -155,6 +158,26 @@ def _score_share(
     flush()
 
 
+def _merge_shards(model, paths: Sequence[Path], out: Path, rank: int):
+    """Every rank's shard rows, checked complete; rank 0 writes ``scores.csv`` and
+    ``corrupt.csv`` from them. Returns (rows by path, scored (path, row) pairs, corrupt count)."""
+    rows = read_shards(out)
+    missing = [str(p) for p in paths if str(p) not in rows]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} images have no result after every rank finished, e.g. {missing[0]}: "
+            "were the ranks given different image folders or output folders?"
+        )
+    scored = [(str(p), rows[str(p)]) for p in paths if not rows[str(p)]["error"]]
+    corrupt = [(str(p), rows[str(p)]["error"]) for p in paths if rows[str(p)]["error"]]
+    if rank == 0:
+        threshold = None if model.threshold is None else model.threshold.value
+        header, table = score_table([p for p, _ in scored], [float(r["score"]) for _, r in scored], threshold)
+        _write_csv(out / "scores.csv", header, table)
+        _write_csv(out / "corrupt.csv", ["path", "error"], corrupt)
+    return rows, scored, len(corrupt)
+
+
 def sharded_infer(
     model_path: str | os.PathLike[str],
     images: str | os.PathLike[str],
@@ -197,20 +220,7 @@ def sharded_infer(
     _score_share(model, paths, mine, out, rank, batch_size, workers, chunk_size)
     _barrier()  # every shard is written
 
-    rows = read_shards(out)
-    missing = [str(p) for p in paths if str(p) not in rows]
-    if missing:
-        raise RuntimeError(
-            f"{len(missing)} images have no result after every rank finished, e.g. {missing[0]}: "
-            "were the ranks given different image folders or output folders?"
-        )
-    scored = [(str(p), rows[str(p)]) for p in paths if not rows[str(p)]["error"]]
-    corrupt = [(str(p), rows[str(p)]["error"]) for p in paths if rows[str(p)]["error"]]
-    if rank == 0:
-        threshold = None if model.threshold is None else model.threshold.value
-        header, table = score_table([p for p, _ in scored], [float(r["score"]) for _, r in scored], threshold)
-        _write_csv(out / "scores.csv", header, table)
-        _write_csv(out / "corrupt.csv", ["path", "error"], corrupt)
+    rows, scored, corrupt = _merge_shards(model, paths, out, rank)
     if write_images and scored:
         _heatmaps(model, paths, rows, out, size, batch_size, workers, rank, world)
     _barrier()  # the files are complete when any rank returns
@@ -219,7 +229,7 @@ def sharded_infer(
         scored=len(scored),
         scored_this_run=len(mine),
         skipped=len(paths) - len(remaining),
-        corrupt=len(corrupt),
+        corrupt=corrupt,
         seconds=time.perf_counter() - t0,
     )
 

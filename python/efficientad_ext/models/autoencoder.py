@@ -8,6 +8,10 @@ from collections.abc import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The smallest input side accepted (height and width): the paper's 256. decoder_sizes() stays
+# positive from 128 up, but nothing below 256 is tested, so nothing below is accepted.
+MIN_IMAGE_SIZE = 256
+
 
 def decoder_sizes(size: int) -> list[int]:
     """Bilinear upsampling targets of the decoder for an input side of ``size`` pixels

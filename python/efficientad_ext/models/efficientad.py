@@ -1,7 +1,7 @@
 """The EfficientAD model: teacher, student, autoencoder and everything inference needs.
 
 Inference (the paper's Algorithm 2) runs the PDNs through the fused ``pdn_forward`` op and
-the maps through the fused ``anomaly_maps`` op; training (Algorithm 1, ``train.py``) uses the
+the maps through the fused ``anomaly_maps`` op; training (Algorithm 1, :mod:`efficientad_ext.training`) uses the
 same modules as plain ``torch.nn``. Images are ImageNet-normalised once, before the three
 networks (anomalib normalises inside each network: three times per image).
 """
@@ -19,12 +19,11 @@ from torch import Tensor, nn
 from efficientad_ext import inference as _inference
 from efficientad_ext import ops
 from efficientad_ext.inference import InferenceOptions, InferenceResult, batch_input
-from efficientad_ext.models.autoencoder import Autoencoder
+from efficientad_ext.models.autoencoder import MIN_IMAGE_SIZE, Autoencoder
+from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from efficientad_ext.models.pdn import PDN, PDN_ARCHITECTURES
 from efficientad_ext.ops import reference
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Zero border added around the maps of unpadded PDNs (56x56 at 256x256) so that they align
 # with the image: the padded PDN's output is 8 pixels larger in each direction.
 UNPADDED_MAP_BORDER = 4
@@ -45,9 +44,9 @@ class ModelConfig:
         if self.arch not in PDN_ARCHITECTURES:
             raise ValueError(f"arch must be one of {PDN_ARCHITECTURES}, got {self.arch!r}")
         size = tuple(int(v) for v in self.image_size)
-        if len(size) != 2 or min(size) < 256:
+        if len(size) != 2 or min(size) < MIN_IMAGE_SIZE:
             raise ValueError(
-                f"image_size must be (H, W) with both >= 256 (the autoencoder's minimum), got {self.image_size!r}"
+                f"image_size must be (H, W) with both >= {MIN_IMAGE_SIZE} (the autoencoder's minimum), got {self.image_size!r}"
             )
         object.__setattr__(self, "image_size", size)
         object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
@@ -55,14 +54,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass

@@ -82,8 +82,8 @@ def hard_feature_loss(teacher: Tensor, student: Tensor, p: float = 0.999, reduct
         student: [B, C, H, W], the first C channels of the student output (a channel slice
             is fine), same dtype and device as ``teacher``.
         p: quantile in [0, 1]; the paper uses 0.999.
-        reduction: ``"batch"`` takes one threshold over the whole batch (the peers'
-            behaviour); ``"per_sample"`` gives each image its own threshold and averages the
+        reduction: ``"batch"`` takes one threshold over the whole batch (anomalib's
+            and the paper code's); ``"per_sample"`` gives each image its own threshold and averages the
             per-image losses.
 
     Returns:

@@ -1,5 +1,5 @@
 """Plain-PyTorch references of every ``efficientad`` op: the definitions the kernels are
-tested against, written the way the peers (anomalib, nelson1425/EfficientAD) compute them.
+tested against, in the order of operations anomalib and the paper's code use.
 
 They materialise every intermediate and use ``torch.quantile`` (sort-based, limited to
 2^24 elements), which is exactly what the fused kernels avoid.
@@ -64,7 +64,7 @@ def anomaly_maps(
     output_size: tuple[int, int] | None = None,
     pad: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """Algorithm 2 after the networks, in the peers' order: raw maps, zero padding,
+    """Algorithm 2 after the networks, in anomalib's order: raw maps, zero padding,
     bilinear resize, quantile normalisation, 0.5/0.5 sum, max per image."""
     map_st, map_ae = anomaly_maps_raw(teacher, teacher_mean, teacher_std, student, autoencoder)
     if pad:

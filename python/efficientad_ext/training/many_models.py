@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from efficientad_ext.data import open_dataset
+from efficientad_ext.data.images import list_images
 from efficientad_ext.evaluation.evaluator import evaluate
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.formats.model_file import load_model
@@ -113,6 +114,52 @@ def _train_one(
     return row
 
 
+def _train_or_reuse(
+    cat: Path, out: Path, model_config, config, teacher, device, evaluate_test: bool, rank: int
+) -> dict[str, Any]:
+    """One category's row: from its finished result file, or trained now (a failure is a row too)."""
+    result = out / cat.name / RESULT
+    if result.is_file():
+        log.info("%s: done before (%s), skipped", cat.name, result)
+        return json.loads(result.read_text())
+    try:
+        row = {
+            **_train_one(cat, out / cat.name, model_config, config, teacher, device, evaluate_test, rank),
+            "status": "ok",
+        }
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+        # One bad category (no images, corrupt files, a diverging run) must not cost the others
+        # their models: reported in the table. Anything else (CUDA out of memory, a bug) stops
+        # the job: carrying on would fail the next categories for the same reason, or worse.
+        log.error("%s failed: %s\n%s", cat.name, e, traceback.format_exc())
+        row = {"category": cat.name, "rank": rank, "device": str(device), "status": f"failed: {e}"}
+        write_text_atomically(out / cat.name / FAILED, json.dumps(row, indent=2))
+    else:
+        write_text_atomically(result, json.dumps(row, indent=2))
+        (out / cat.name / FAILED).unlink(missing_ok=True)
+    return row
+
+
+def _write_summary(out: Path, cats: Sequence[Path], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every category's row (this rank's, and the other ranks' from their files) into
+    ``summary.json`` and ``summary.csv``; returns them in category order."""
+    by_name = {r["category"]: r for r in rows}
+    for cat in cats:  # the other ranks' rows, from their result files
+        for name in (RESULT, FAILED):
+            if cat.name not in by_name and (out / cat.name / name).is_file():
+                by_name[cat.name] = json.loads((out / cat.name / name).read_text())
+    table = [
+        by_name.get(c.name, {"category": c.name, "status": "failed: no result (see that rank's log)"}) for c in cats
+    ]
+    write_text_atomically(out / "summary.json", json.dumps(table, indent=2))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(COLUMNS)
+    writer.writerows([[r.get(k, "") for k in COLUMNS] for r in table])
+    write_text_atomically(out / "summary.csv", buf.getvalue())
+    return table
+
+
 def train_all(
     root: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -130,49 +177,15 @@ def train_all(
     cats = find_categories(root)
     out = Path(out_dir)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    sizes = [sum(1 for _ in (c / "train" / "good").iterdir()) for c in cats]
+    sizes = [len(list_images(c / "train" / "good")) for c in cats]  # images only, as training reads them
     mine = [cats[i] for i in assign(sizes, world)[rank]]
     log.info("rank %d of %d: categories %s", rank, world, ", ".join(c.name for c in mine) or "none")
-    rows = []
-    for cat in mine:
-        result = out / cat.name / RESULT
-        if result.is_file():
-            log.info("%s: done before (%s), skipped", cat.name, result)
-            rows.append(json.loads(result.read_text()))
-            continue
-        try:
-            row = {
-                **_train_one(cat, out / cat.name, model_config, config, teacher, device, evaluate_test, rank),
-                "status": "ok",
-            }
-        except (FileNotFoundError, ValueError, FloatingPointError, RuntimeError) as e:
-            # One bad category must not cost the others their models: reported in the table.
-            log.error("%s failed: %s\n%s", cat.name, e, traceback.format_exc())
-            row = {"category": cat.name, "rank": rank, "device": str(device), "status": f"failed: {e}"}
-            write_text_atomically(out / cat.name / FAILED, json.dumps(row, indent=2))
-        else:
-            write_text_atomically(result, json.dumps(row, indent=2))
-            (out / cat.name / FAILED).unlink(missing_ok=True)
-        rows.append(row)
+    rows = [_train_or_reuse(cat, out, model_config, config, teacher, device, evaluate_test, rank) for cat in mine]
     if world > 1:
         dist.barrier()
     if rank != 0:
         return rows
-    by_name = {r["category"]: r for r in rows}
-    for cat in cats:  # the other ranks' rows, from their result files
-        for name in (RESULT, FAILED):
-            if cat.name not in by_name and (out / cat.name / name).is_file():
-                by_name[cat.name] = json.loads((out / cat.name / name).read_text())
-    table = [
-        by_name.get(c.name, {"category": c.name, "status": "failed: no result (see that rank's log)"}) for c in cats
-    ]
-    write_text_atomically(out / "summary.json", json.dumps(table, indent=2))
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(COLUMNS)
-    writer.writerows([[r.get(k, "") for k in COLUMNS] for r in table])
-    write_text_atomically(out / "summary.csv", buf.getvalue())
-    return table
+    return _write_summary(out, cats, rows)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -11,8 +11,8 @@ differences.
 
 An explicit ``bfloat16`` on a CPU without native bf16 runs the portable emulation
 (:class:`EmulatedBf16Convolutions`): oneDNN's own bf16 convolutions there are reference code,
-about 200x slower than float32 (measured: a 128->256 4x4 convolution at 64x64, 13.7 s vs
-0.063 s on an AVX2 EPYC), so they could not even be tested. The emulation gives the same
+orders of magnitude slower than float32 (the measurement is in benchmarks/RESULTS.md), too slow
+even to test. The emulation gives the same
 numerics as bf16 autocast's convolutions (bf16 operands, float32 accumulation, a bf16 result)
 with float32 kernels, so the bf16 training logic runs and is tested on every CPU.
 """
@@ -82,10 +82,9 @@ def resolve_memory_format(
     """``auto`` -> ``channels_last`` or ``contiguous`` for training on ``device`` in ``precision``
     (already resolved); explicit choices are checked.
 
-    Measured (benchmarks/RESULTS.md, a training step of batch 1 with a penalty image): on an
-    AMX-BF16 Xeon channels-last made the bf16 step 1.96x and the float32 step 1.15x faster (oneDNN's
-    blocked AVX-512 / AMX kernels read NHWC directly); on an AVX2-only EPYC it made the float32
-    step 1.3x *slower*. Not measured on AVX-512 CPUs without AMX. So ``auto`` is channels-last with bf16 (CUDA, or a native-bf16 CPU) and on
+    Why (measured per CPU kind, benchmarks/RESULTS.md): channels-last makes training steps
+    faster where oneDNN's blocked AVX-512 / AMX kernels read NHWC directly, and slower on
+    AVX2-only CPUs. So ``auto`` is channels-last with bf16 (CUDA, or a native-bf16 CPU) and on
     CPUs with AVX-512, and NCHW elsewhere. The layout changes no value beyond float rounding
     order (tests/test_train_fast_paths.py)."""
     if memory_format not in MEMORY_FORMATS:

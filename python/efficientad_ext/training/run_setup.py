@@ -55,7 +55,7 @@ def save_train_state(
 ) -> None:
     modules = {f"model.{name}": getattr(model, name) for name in ("teacher", "student", "autoencoder")}
     stats = {f"model.{name}": getattr(model, name) for name in ("teacher_mean", "teacher_std")}
-    stats.update(extra or {})  # data-parallel training: every rank's RNG state (distributed.py)
+    stats.update(extra or {})  # data-parallel training: every rank's RNG state (training/distributed.py)
     save_state(path, STATE_KIND, step, modules, stepper.optimizer, stepper.generator, stats, {"meta": json.dumps(meta)})
 
 

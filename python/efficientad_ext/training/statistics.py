@@ -28,7 +28,7 @@ def teacher_channel_stats(
     """Per-channel mean and std of the teacher's output over all images of ``source``, in one
     streaming pass with float64 sums (memory independent of the number of images).
 
-    Data-parallel training (distributed.py) passes this rank's ``indices`` and a ``reduce``
+    Data-parallel training (:mod:`.distributed`) passes this rank's ``indices`` and a ``reduce``
     that sums (total, total_sq, count) over the ranks before the mean and std are taken.
     ``keep``: a float32 [n, C, h, w] tensor that receives the raw output of images 0..n-1
     (the :class:`TeacherCache`; the same pass, so caching costs no extra teacher forward)."""
