@@ -15,10 +15,7 @@ from efficientad_ext import ops, reference
 IMPLS = ["ours", "eager", "compiled"]
 
 # (feature size h=w, pad): unpadded PDN -> 56x56 features, pad 4; padded PDN -> 64x64, pad 0.
-CASES = {
-    "unpadded 56x56 pad=4": (56, 4),
-    "padded 64x64 pad=0": (64, 0),
-}
+CASES = {"unpadded 56x56 pad=4": (56, 4), "padded 64x64 pad=0": (64, 0)}
 OUTPUT_SIZE = (256, 256)
 C = 384  # teacher / autoencoder channels; the student has 2 * C
 

@@ -20,11 +20,7 @@ from efficientad_ext import ops, reference
 
 Q = [0.9, 0.995]
 IMPLS = ["ours", "eager", "compiled", "kthvalue"]
-SIZES = {
-    "50x256x256": 50 * 256 * 256,
-    "2^24": 2**24,
-    "10^8": 10**8,
-}
+SIZES = {"50x256x256": 50 * 256 * 256, "2^24": 2**24, "10^8": 10**8}
 TORCH_QUANTILE_LIMIT = 2**24
 
 

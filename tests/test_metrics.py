@@ -114,15 +114,7 @@ def bfs_labels(mask: np.ndarray) -> np.ndarray:
 
 
 def test_connected_components_hand():
-    m = np.array(
-        [
-            [1, 0, 0, 1],
-            [0, 1, 0, 1],
-            [0, 0, 0, 0],
-            [1, 1, 0, 1],
-        ],
-        bool,
-    )
+    m = np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1]], bool)
     labels, n = connected_components(m)
     assert n == 4
     # the diagonal pair (0, 0)-(1, 1) is one component; numbered in raster order

@@ -10,12 +10,7 @@ import pytest
 import torch
 
 from efficientad_ext import DecisionThreshold, EfficientAD, InferenceResult
-from efficientad_ext.evaluation.threshold import (
-    decision_metrics,
-    f1_max,
-    f1_optimal_threshold,
-    threshold_at_fpr,
-)
+from efficientad_ext.evaluation.threshold import decision_metrics, f1_max, f1_optimal_threshold, threshold_at_fpr
 from efficientad_ext.formats.model_file import ModelFileError, load_model, save_model
 from efficientad_ext.inference.result import normalize_score
 

@@ -13,12 +13,7 @@ from PIL import Image
 import efficientad_ext
 from efficientad_ext import EfficientAD, load_model, ops
 from efficientad_ext.data.image_source import ImageSource, split_validation
-from efficientad_ext.training import (
-    TrainConfig,
-    TrainStep,
-    teacher_channel_stats,
-    train,
-)
+from efficientad_ext.training import TrainConfig, TrainStep, teacher_channel_stats, train
 from efficientad_ext.training.augment import color_jitter_one_of, penalty_transform
 
 

@@ -23,12 +23,7 @@ from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
 from efficientad_ext.evaluation.threshold import f1_optimal_threshold
 from efficientad_ext.formats.export import export_model
 from efficientad_ext.formats.model_file import load_model, save_model
-from efficientad_ext.models.efficientad import (
-    DecisionThreshold,
-    EfficientAD,
-    InferenceResult,
-    ModelConfig,
-)
+from efficientad_ext.models.efficientad import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig
 from efficientad_ext.training.config import TrainConfig
 from efficientad_ext.training.trainer import train as train_on_images
 
@@ -193,12 +188,7 @@ def calibrate(
     return model.threshold
 
 
-def export(
-    model: EfficientAD | PathLike,
-    out: PathLike,
-    format: str = "onnx",
-    dtype: str = "float32",
-) -> list[Path]:
+def export(model: EfficientAD | PathLike, out: PathLike, format: str = "onnx", dtype: str = "float32") -> list[Path]:
     """Writes the model's whole inference (Algorithm 2: normalisation, the three networks, the
     maps, the resize, the quantile normalisation, the score and, with a threshold, the
     decision) in standard operators for a deployment runtime: ``format="onnx"`` (one ``.onnx``

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import Any, TypeVar
 
 from efficientad_ext.models.efficientad import ModelConfig
 from efficientad_ext.training.config import TrainConfig
 
+T = TypeVar("T")
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda when available)"
 
 
@@ -127,24 +130,19 @@ def model_config(args):
     return ModelConfig(arch=args.arch, padded=args.padded, image_size=tuple(size))
 
 
-def train_config(args):
+def config_from_args(cls: type[T], args: argparse.Namespace, **converted: Any) -> T:
+    """A config dataclass from the parsed arguments named like its fields (each option's
+    ``dest`` is the field name); ``converted``: the fields whose option holds another form
+    (a Path for a string, minutes for seconds, 0 for None). Fields without an option keep their
+    defaults."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**given, **converted})
 
-    return TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        hard_reduction=args.hard_reduction,
-        precision=args.precision,
-        memory_format=args.memory_format,
-        penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
-        validation_fraction=args.validation_fraction,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        skip_corrupt=args.skip_corrupt,
-        eval_every=args.eval_every,
-        eval_at=tuple(args.eval_at),
-        eval_keep_models=args.eval_keep_models,
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return config_from_args(
+        TrainConfig, args, penalty_dir=str(args.penalty_dir) if args.penalty_dir else None, eval_at=tuple(args.eval_at)
     )
 
 

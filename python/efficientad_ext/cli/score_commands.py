@@ -133,9 +133,7 @@ def _add_infer_parser(sub: argparse._SubParsersAction) -> None:
         help="skip unreadable images (under torchrun always: listed in corrupt.csv)",
     )
     p.add_argument(
-        "--workers",
-        type=int,
-        help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)",
+        "--workers", type=int, help="under torchrun: DataLoader decoding workers per rank (default: the CPUs per rank)"
     )
     p.set_defaults(func=cmd_infer)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from efficientad_ext.api import default_device, distill, evaluate, train
-from efficientad_ext.cli.options import DEVICE_HELP, add_train_args, model_config, train_config
+from efficientad_ext.cli.options import DEVICE_HELP, add_train_args, config_from_args, model_config, train_config
 from efficientad_ext.data.synthetic import make_synthetic_dataset
 from efficientad_ext.distillation.distiller import DistillConfig
 from efficientad_ext.distillation.extractors import EXTRACTORS
@@ -63,28 +63,13 @@ def cmd_train_all(args) -> int:
 
 def cmd_distill(args) -> int:
 
-    config = DistillConfig(
-        arch=args.arch,
-        extractor=args.extractor,
+    config = config_from_args(
+        DistillConfig,
+        args,
         extractor_weights=str(args.extractor_weights) if args.extractor_weights else None,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        p_grayscale=args.p_grayscale,
-        stat_samples=args.stat_samples,
         crop_size=args.crop_size or None,
-        holdout_images=args.holdout_images,
-        augment=args.augment,
         crop_scale=tuple(args.crop_scale),
-        p_flip=args.p_flip,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        seed=args.seed,
         time_limit_s=args.time_limit * 60 if args.time_limit else None,
-        skip_corrupt=args.skip_corrupt,
-        precision=args.precision,
     )
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.save_dtype]
     distill(

@@ -24,15 +24,7 @@ from efficientad_ext.data.images import (
     resize_image,
     resize_mask,
 )
-from efficientad_ext.data.layouts import (
-    DatasetSplits,
-    Sample,
-    image_folder,
-    mvtec_ad,
-    mvtec_loco,
-    open_dataset,
-    visa,
-)
+from efficientad_ext.data.layouts import DatasetSplits, Sample, image_folder, mvtec_ad, mvtec_loco, open_dataset, visa
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -197,12 +197,7 @@ def _write_dataset(tmp: Path, settings: dict) -> None:
 
 
 def make_synthetic_dataset(
-    root: str | Path,
-    n_train: int = 60,
-    n_test_good: int = 20,
-    n_test_defect: int = 20,
-    size: int = 256,
-    seed: int = 0,
+    root: str | Path, n_train: int = 60, n_test_good: int = 20, n_test_defect: int = 20, size: int = 256, seed: int = 0
 ) -> Path:
     """Write a synthetic category in the MVTec AD layout at ``root`` and return ``root``.
 

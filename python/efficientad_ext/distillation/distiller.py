@@ -59,23 +59,10 @@ from efficientad_ext.formats.teacher_file import save_teacher
 from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from efficientad_ext.models.pdn import PDN, build_pdn
 from efficientad_ext.progress import Progress, format_duration
-from efficientad_ext.training.augment import (
-    draw_resized_crops,
-    grayscale,
-    resized_crops,
-)
+from efficientad_ext.training.augment import draw_resized_crops, grayscale, resized_crops
 from efficientad_ext.training.driver import run_steps
-from efficientad_ext.training.precision import (
-    PRECISIONS,
-    autocast,
-    describe_cpu,
-    resolve_precision,
-)
-from efficientad_ext.training.state import (
-    read_state,
-    restore_optimizer_and_rng,
-    save_state,
-)
+from efficientad_ext.training.precision import PRECISIONS, autocast, describe_cpu, resolve_precision
+from efficientad_ext.training.state import read_state, restore_optimizer_and_rng, save_state
 
 log = logging.getLogger("efficientad_ext.distill")
 

@@ -29,17 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from efficientad_ext.models.backbones import (
-    load_efficientnet_lite0,
-    load_mobilenet_v2,
-    load_wide_resnet101_trunk,
-)
-from efficientad_ext.models.backbones.efficientnet_lite import (
-    INPUT_MEAN as LITE_INPUT_MEAN,
-)
-from efficientad_ext.models.backbones.efficientnet_lite import (
-    INPUT_STD as LITE_INPUT_STD,
-)
+from efficientad_ext.models.backbones import load_efficientnet_lite0, load_mobilenet_v2, load_wide_resnet101_trunk
+from efficientad_ext.models.backbones.efficientnet_lite import INPUT_MEAN as LITE_INPUT_MEAN
+from efficientad_ext.models.backbones.efficientnet_lite import INPUT_STD as LITE_INPUT_STD
 from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 EXTRACTORS = ("mobilenet_v2", "efficientnet_lite0", "wide_resnet101_2")

@@ -15,13 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from efficientad_ext.evaluation.metrics import (
-    _fpr_limit,
-    _labels,
-    _maps_and_masks,
-    _scores,
-    _stack_labels,
-)
+from efficientad_ext.evaluation.metrics import _fpr_limit, _labels, _maps_and_masks, _scores, _stack_labels
 
 __all__ = ["pixel_roc_curve", "pro_curve", "roc_curve"]
 

@@ -30,11 +30,7 @@ from efficientad_ext.data import Sample
 from efficientad_ext.evaluation.curves import pixel_roc_curve, pro_curve, roc_curve
 from efficientad_ext.evaluation.visualize import heatmap_panels
 from efficientad_ext.formats.atomic import write_text_atomically
-from efficientad_ext.inference.result import (
-    NORMALISED_THRESHOLD,
-    decide,
-    normalize_score,
-)
+from efficientad_ext.inference.result import NORMALISED_THRESHOLD, decide, normalize_score
 
 __all__ = [
     "DEFAULT_GALLERY_SIZE",

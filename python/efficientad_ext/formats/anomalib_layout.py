@@ -20,10 +20,7 @@ Facts read from anomalib 2.7.0's ``models/image/efficient_ad/torch_model.py`` (n
 from __future__ import annotations
 
 # Our nn.Sequential index of each anomalib PDN convolution, by architecture.
-PDN_CONV_INDICES: dict[str, tuple[int, ...]] = {
-    "small": (0, 3, 6, 8),
-    "medium": (0, 3, 6, 8, 10, 12),
-}
+PDN_CONV_INDICES: dict[str, tuple[int, ...]] = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
 # Our Autoencoder's module path of each anomalib autoencoder convolution.
 AUTOENCODER_CONVS: dict[str, str] = {
     **{f"encoder.enconv{i + 1}": f"encoder.{2 * i}" for i in range(6)},

@@ -33,11 +33,7 @@ import torch
 from torch import Tensor
 
 from efficientad_ext.models.autoencoder import MIN_IMAGE_SIZE
-from efficientad_ext.models.efficientad import (
-    DecisionThreshold,
-    ModelConfig,
-    TrainingRecord,
-)
+from efficientad_ext.models.efficientad import DecisionThreshold, ModelConfig, TrainingRecord
 from efficientad_ext.models.pdn import PDN_ARCHITECTURES
 
 IMAGE_SIZE_RANGE = (MIN_IMAGE_SIZE, 16384)

@@ -25,11 +25,7 @@ import torch
 
 from efficientad_ext.formats import anomalib_layout, integrity
 from efficientad_ext.formats.atomic import write_atomically
-from efficientad_ext.formats.state_dict import (
-    key_mismatch,
-    read_state_dict,
-    shape_mismatch,
-)
+from efficientad_ext.formats.state_dict import key_mismatch, read_state_dict, shape_mismatch
 from efficientad_ext.models.pdn import PDN
 
 ACCEPTED_LAYOUTS = (

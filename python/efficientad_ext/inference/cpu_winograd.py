@@ -30,11 +30,7 @@ from torch import Tensor, nn
 
 from efficientad_ext import ops
 from efficientad_ext.inference.teacher_student import first_layers_fusable
-from efficientad_ext.inference.winograd import (
-    DEFAULT_TILE,
-    WinogradWeights,
-    prepare_weights,
-)
+from efficientad_ext.inference.winograd import DEFAULT_TILE, WinogradWeights, prepare_weights
 from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
 from efficientad_ext.models.pdn import PDN
 

@@ -18,18 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from efficientad_ext import ops
-from efficientad_ext.inference import (
-    autoencoder_cuda,
-    batch_input,
-    cpu_winograd,
-    cuda_graphs,
-)
-from efficientad_ext.inference.networks import (
-    InferenceNetworks,
-    cache_of,
-    networks_for,
-    resolve_dtype,
-)
+from efficientad_ext.inference import autoencoder_cuda, batch_input, cpu_winograd, cuda_graphs
+from efficientad_ext.inference.networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
 from efficientad_ext.inference.result import InferenceResult
 from efficientad_ext.inference.teacher_student import teacher_student_forward
 

@@ -129,9 +129,5 @@ def prepare_weights(weight: Tensor, bias: Tensor | None = None, tile: int | None
     weight_tf = u.reshape(a * a, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
     as_tensor = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype, device=dev)  # noqa: E731
     return WinogradWeights(
-        weight_tf,
-        None if bias is None else bias.detach().contiguous(),
-        as_tensor(bt),
-        as_tensor(at),
-        r,
+        weight_tf, None if bias is None else bias.detach().contiguous(), as_tensor(bt), as_tensor(at), r
     )

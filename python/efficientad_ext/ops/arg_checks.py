@@ -12,6 +12,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What every op accumulates in: float64 for float64 inputs, float32 for every other float
+    dtype (half and bfloat16 included). The C++ side states the same rule (``csrc/cpu/acc_type.h``,
+    ``csrc/cuda/launchers.h``); the references use this function."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from efficientad_ext.ops.arg_checks import accumulation_dtype
+
 
 def _acc(t: Tensor) -> Tensor:
-    return t.double() if t.dtype == torch.float64 else t.float()
+    return t.to(accumulation_dtype(t.dtype))
 
 
 def quantile(input: Tensor, q: float | Sequence[float]) -> Tensor:

@@ -20,21 +20,9 @@ from efficientad_ext.models.efficientad import EfficientAD, ModelConfig, Trainin
 from efficientad_ext.training.config import STATE_FILE, TrainConfig
 from efficientad_ext.training.distributed import DataParallel
 from efficientad_ext.training.penalty import penalty_paths
-from efficientad_ext.training.precision import (
-    describe_cpu,
-    resolve_memory_format,
-    resolve_precision,
-)
-from efficientad_ext.training.state import (
-    read_state,
-    restore_optimizer_and_rng,
-    save_state,
-)
-from efficientad_ext.training.statistics import (
-    holdout_scores,
-    map_quantiles,
-    teacher_channel_stats,
-)
+from efficientad_ext.training.precision import describe_cpu, resolve_memory_format, resolve_precision
+from efficientad_ext.training.state import read_state, restore_optimizer_and_rng, save_state
+from efficientad_ext.training.statistics import holdout_scores, map_quantiles, teacher_channel_stats
 from efficientad_ext.training.step import TrainStep
 from efficientad_ext.training.teacher_cache import TeacherCache
 from efficientad_ext.training.teacher_choice import resolve_teacher

@@ -39,11 +39,7 @@ from efficientad_ext.progress import Progress, format_duration
 from efficientad_ext.training.config import MODEL_FILE, TrainConfig
 from efficientad_ext.training.distributed import DataParallel
 from efficientad_ext.training.driver import LoopTimer, run_steps
-from efficientad_ext.training.learning_curve import (
-    LearningCurve,
-    eval_steps,
-    evaluate_snapshot,
-)
+from efficientad_ext.training.learning_curve import LearningCurve, eval_steps, evaluate_snapshot
 from efficientad_ext.training.penalty import penalty_batch
 from efficientad_ext.training.precision import describe_cpu
 from efficientad_ext.training.run_setup import Run, resume_or_start, setup

