@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from efficientad_ext.distillation.distiller import (
+from efficientad_ext.distillation import (
     CROP_MARGIN_CELLS,
     PDN_STRIDE,
     DistillConfig,
@@ -190,7 +190,7 @@ def test_short_distillation_resumes_exactly_and_writes_a_loadable_teacher(tmp_pa
     torch.testing.assert_close(pdn[0].weight, straight[0].weight.half().float())
 
     # Interrupted after 2 steps, resumed: the same weights as the uninterrupted run.
-    import efficientad_ext.distillation.distiller as dm
+    import efficientad_ext.distillation as dm
 
     original = dm.DistillStep.__call__
     calls = {"n": 0}
@@ -328,7 +328,7 @@ def test_resized_crop_draws_stay_inside_the_image_and_cover_the_asked_share():
 def test_resized_crop_targets_are_psi_of_the_same_crop(monkeypatch, tmp_path):
     """With augment=resized_crop, Psi's input and the teacher's input are the same crop: the
     teacher's 256^2 image is the 512^2 crop given to Psi, downsized; and the crops vary."""
-    import efficientad_ext.distillation.distiller as dm
+    import efficientad_ext.distillation as dm
 
     seen = []
     original = dm.DistillStep.__call__

@@ -186,7 +186,7 @@ def test_the_cli_prints_one_line_and_exits_2(model_file, tmp_path, capsys):
 
 
 def test_training_state_and_teacher_files_carry_the_digest(tmp_path):
-    from efficientad_ext.distillation.distiller import DistillRecord
+    from efficientad_ext.distillation import DistillRecord
     from efficientad_ext.formats.teacher_file import save_teacher
     from efficientad_ext.training import TrainConfig, TrainStep
     from efficientad_ext.training.run_setup import load_train_state as _load_state

@@ -28,7 +28,7 @@ from efficientad_ext.training.config import TrainConfig
 from efficientad_ext.training.trainer import train as train_on_images
 
 if TYPE_CHECKING:
-    from efficientad_ext.distillation.distiller import DistillConfig
+    from efficientad_ext.distillation.config import DistillConfig
     from efficientad_ext.models.pdn import PDN
 
 PathLike = str | os.PathLike[str]

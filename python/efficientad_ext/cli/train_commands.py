@@ -11,7 +11,7 @@ import torch
 from efficientad_ext.api import default_device, distill, evaluate, train
 from efficientad_ext.cli.options import DEVICE_HELP, add_train_args, config_from_args, model_config, train_config
 from efficientad_ext.data.synthetic import make_synthetic_dataset
-from efficientad_ext.distillation.distiller import DistillConfig
+from efficientad_ext.distillation.config import DistillConfig
 from efficientad_ext.distillation.extractors import EXTRACTORS
 from efficientad_ext.evaluation.evaluator import format_summary
 from efficientad_ext.evaluation.report import report_libraries_missing
