@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from efficientad_ext import ops
@@ -22,6 +21,7 @@ from efficientad_ext.inference import autoencoder_cuda, batch_input, cpu_winogra
 from efficientad_ext.inference.networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
 from efficientad_ext.inference.result import InferenceResult
 from efficientad_ext.inference.teacher_student import teacher_student_forward
+from efficientad_ext.ops import reference
 
 if TYPE_CHECKING:
     from efficientad_ext.inference.options import InferenceOptions
@@ -93,6 +93,5 @@ def branch_maps(raw: tuple[Tensor, Tensor], quantiles: Tensor, size: tuple[int, 
     q = quantiles.float()
     out = {}
     for name, m, qa, qb in (("local", raw[0], q[0], q[1]), ("global", raw[1], q[2], q[3])):
-        m = F.interpolate(F.pad(m.float(), (border,) * 4), size=tuple(size), mode="bilinear", align_corners=False)
-        out[name] = 0.1 * (m - qa) / (qb - qa)
+        out[name] = reference.normalize_map(reference.pad_and_resize(m.float(), border, size), qa, qb)
     return out

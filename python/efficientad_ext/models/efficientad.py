@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efficientad_ext import inference as _inference
@@ -178,11 +177,7 @@ class EfficientAD(nn.Module):
         student = self.student.fused_forward(x)
         autoencoder = self.autoencoder(x, self.feature_size)
         maps = ops.anomaly_maps_raw(teacher, self.teacher_mean, self.teacher_std, student, autoencoder)
-        b = self.map_border
-        return tuple(
-            F.interpolate(F.pad(m, (b, b, b, b)), size=self.config.image_size, mode="bilinear", align_corners=False)
-            for m in maps
-        )
+        return tuple(reference.pad_and_resize(m, self.map_border, self.config.image_size) for m in maps)
 
     def forward(self, batch: Tensor | Sequence[Any]) -> InferenceResult:  # noqa: D401
         """Same as :meth:`infer`."""

@@ -56,6 +56,20 @@ def anomaly_maps_raw(
     return map_st, map_ae
 
 
+def pad_and_resize(m: Tensor, border: int, size: Sequence[int]) -> Tensor:
+    """A raw map [B, 1, h, w] with a zero border of ``border`` cells, resized bilinearly to
+    ``size``: the map geometry of Algorithm 2 (the fused ``anomaly_maps`` kernel does the same
+    in one pass; unpadded PDNs' maps need the border to line up with the image)."""
+    if border:
+        m = F.pad(m, (border,) * 4)
+    return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def normalize_map(m: Tensor, q_a: Tensor, q_b: Tensor) -> Tensor:
+    """Algorithm 2's quantile normalisation of one map: ``0.1 (m - q_a) / (q_b - q_a)``."""
+    return 0.1 * (m - q_a) / (q_b - q_a)
+
+
 def anomaly_maps(
     teacher: Tensor,
     teacher_mean: Tensor,
@@ -69,15 +83,11 @@ def anomaly_maps(
     """Algorithm 2 after the networks, in anomalib's order: raw maps, zero padding,
     bilinear resize, quantile normalisation, 0.5/0.5 sum, max per image."""
     map_st, map_ae = anomaly_maps_raw(teacher, teacher_mean, teacher_std, student, autoencoder)
-    if pad:
-        map_st, map_ae = F.pad(map_st, (pad,) * 4), F.pad(map_ae, (pad,) * 4)
     if output_size is None:
-        output_size = tuple(map_st.shape[-2:])
-    map_st = F.interpolate(map_st, size=tuple(output_size), mode="bilinear", align_corners=False)
-    map_ae = F.interpolate(map_ae, size=tuple(output_size), mode="bilinear", align_corners=False)
+        output_size = (map_st.shape[-2] + 2 * pad, map_st.shape[-1] + 2 * pad)
     q = quantiles.to(map_st.dtype)
-    map_st = 0.1 * (map_st - q[0]) / (q[1] - q[0])
-    map_ae = 0.1 * (map_ae - q[2]) / (q[3] - q[2])
+    map_st = normalize_map(pad_and_resize(map_st, pad, output_size), q[0], q[1])
+    map_ae = normalize_map(pad_and_resize(map_ae, pad, output_size), q[2], q[3])
     combined = 0.5 * map_st + 0.5 * map_ae
     flat = combined.flatten(1)
     # torch.amax ignores nothing: NaN propagates, as the fused kernel does.
