@@ -1,8 +1,10 @@
 """The Python API: every command of the ``efficientad`` CLI is one typed function here, and the
 CLI only parses arguments and calls them.
 
-``load(path)`` then ``infer(batch)``; ``train(dataset_root, out_dir)``,
-``evaluate(model, dataset_root, out_dir)`` and ``distill(images, out_dir)``.
+``load(path)`` then ``infer(batch)``; ``train(dataset_root, out_dir)`` (``train_categories`` for
+one model per category), ``evaluate(model, dataset_root, out_dir)``, ``calibrate``,
+``score_folder`` (``score_folder_sharded`` under torchrun), ``export``, ``convert_from_anomalib``
+/ ``convert_to_anomalib`` and ``distill(images, out_dir)``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from efficientad_ext.data import open_dataset
+from efficientad_ext.data import list_images, open_dataset
 from efficientad_ext.distillation.distiller import distill as distill_teacher
 from efficientad_ext.evaluation.evaluator import evaluate as evaluate_samples
 from efficientad_ext.evaluation.evaluator import predict
 from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
 from efficientad_ext.evaluation.threshold import f1_optimal_threshold
+from efficientad_ext.formats.anomalib import convert_anomalib_file, save_anomalib_state_dict
 from efficientad_ext.formats.export import export_model
 from efficientad_ext.formats.model_file import load_model, save_model
+from efficientad_ext.inference.folder import infer_folder
+from efficientad_ext.inference.sharded import ShardedResult, sharded_infer
 from efficientad_ext.models.efficientad import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig
 from efficientad_ext.training.config import TrainConfig
+from efficientad_ext.training.many_models import train_all
 from efficientad_ext.training.trainer import train as train_on_images
 
 if TYPE_CHECKING:
@@ -224,3 +230,86 @@ def distill(
         save_dtype=save_dtype,
         command=command,
     )
+
+
+def train_categories(
+    root: PathLike,
+    out_dir: PathLike,
+    model_config: ModelConfig | None = None,
+    config: TrainConfig | None = None,
+    *,
+    teacher: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    evaluate_test: bool = True,
+) -> list[dict[str, Any]]:
+    """One model per category folder of ``root`` (each with ``train/good``) into
+    ``out_dir/<category>/``, evaluated on its test set unless ``evaluate_test`` is False;
+    resumable per category, and shared among the ranks of an initialised process group (see
+    :mod:`efficientad_ext.training.many_models`). Returns the summary rows."""
+    return train_all(
+        root,
+        out_dir,
+        model_config,
+        config,
+        teacher=teacher,
+        device=device or default_device(),
+        evaluate_test=evaluate_test,
+    )
+
+
+def score_folder(
+    model_path: PathLike,
+    images: PathLike,
+    out_dir: PathLike,
+    *,
+    batch_size: int = 8,
+    skip_corrupt: bool = False,
+    write_images: bool = True,
+    device: str | torch.device | None = None,
+) -> int:
+    """Scores every image directly in the folder ``images`` with the model file ``model_path``
+    into ``out_dir/scores.csv`` and ``out_dir/heatmaps/``; returns the number scored."""
+    paths = list_images(images)
+    if not paths:
+        raise FileNotFoundError(f"no images found in {images}")
+    model = load_model(model_path, device=device or default_device())
+    return infer_folder(model, paths, out_dir, model_path, batch_size, skip_corrupt, write_images=write_images)
+
+
+def score_folder_sharded(
+    model_path: PathLike,
+    images: PathLike,
+    out_dir: PathLike,
+    *,
+    batch_size: int = 8,
+    workers: int | None = None,
+    write_images: bool = True,
+    device: str | torch.device | None = None,
+) -> ShardedResult:
+    """:func:`score_folder` shared among the ranks of the initialised process group,
+    resumable, corrupt files listed in ``corrupt.csv`` (:mod:`efficientad_ext.inference.sharded`)."""
+    return sharded_infer(
+        model_path,
+        images,
+        out_dir,
+        device=device or default_device(),
+        batch_size=batch_size,
+        workers=workers,
+        write_images=write_images,
+    )
+
+
+def convert_from_anomalib(
+    path: PathLike, out: PathLike, *, padded: bool | None = None, image_size: tuple[int, int] = (256, 256)
+) -> EfficientAD:
+    """anomalib 2.7.0's ``EfficientAdModel`` state dict (or Lightning checkpoint) at ``path`` as
+    our model file at ``out``; ``padded`` / ``image_size``: how it was trained (not stored in
+    its file; ``padded=None`` reads the checkpoint's hyper-parameters when it has them)."""
+    model = convert_anomalib_file(path, padded=padded, image_size=tuple(image_size))
+    save_model(model, out)
+    return model
+
+
+def convert_to_anomalib(model_path: PathLike, out: PathLike) -> Path:
+    """Our model file as an anomalib ``EfficientAdModel`` state dict (``.pth`` or ``.safetensors``)."""
+    return save_anomalib_state_dict(load_model(model_path), out)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from efficientad_ext.api import export
+from efficientad_ext.api import convert_from_anomalib, convert_to_anomalib, export
 from efficientad_ext.cli.options import DEVICE_HELP
-from efficientad_ext.formats.anomalib import convert_anomalib_file, save_anomalib_state_dict
-from efficientad_ext.formats.model_file import load_model, save_model
 from efficientad_ext.selfcheck import selfcheck
 
 
@@ -32,8 +30,7 @@ def cmd_convert(args) -> int:
         size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
         if len(size) != 2:
             raise SystemExit(f"--image-size takes one or two numbers, got {args.image_size}")
-        model = convert_anomalib_file(args.input, padded=args.padded, image_size=tuple(size))
-        save_model(model, args.to)
+        model = convert_from_anomalib(args.input, args.to, padded=args.padded, image_size=tuple(size))
         c = model.config
         print(
             f"{args.to}: EfficientAD-{c.arch[0].upper()} ({'padded' if c.padded else 'unpadded'}, "
@@ -42,7 +39,7 @@ def cmd_convert(args) -> int:
     else:
         if args.padded is not None or args.image_size != [256]:
             raise SystemExit("--padded / --image-size apply to --from anomalib only (our model file stores them)")
-        save_anomalib_state_dict(load_model(args.input), args.to)
+        convert_to_anomalib(args.input, args.to)
         print(
             f"{args.to}: anomalib EfficientAdModel state dict (load with model.load_state_dict(torch.load(path, weights_only=True)))"
         )

@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from efficientad_ext.api import calibrate, default_device, evaluate
+from efficientad_ext.api import calibrate, default_device, evaluate, score_folder, score_folder_sharded
 from efficientad_ext.cli.options import DEVICE_HELP, non_negative_int
-from efficientad_ext.data import list_images
 from efficientad_ext.evaluation.evaluator import format_summary
 from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
-from efficientad_ext.formats.model_file import load_model
 from efficientad_ext.formats.run_record import RunRecord
 from efficientad_ext.formats.stale_files import remove_stale_temp_files, subfolders
-from efficientad_ext.inference.folder import infer_folder
-from efficientad_ext.inference.sharded import sharded_infer
 from efficientad_ext.training.distributed import process_group, rank_device, torchrun_env
 
 
@@ -46,12 +42,16 @@ def cmd_infer(args) -> int:
     if torchrun_env() is not None:  # under torchrun, sharded and resumable (inference/sharded.py)
         return cmd_infer_sharded(args)
 
-    model = load_model(args.model, device=(args.device or default_device()))
-    paths = list_images(args.images)
-    if not paths:
-        raise SystemExit(f"no images found in {args.images}")
     out = Path(args.out)
-    n = infer_folder(model, paths, out, args.model, args.batch_size, args.skip_corrupt, write_images=not args.no_images)
+    n = score_folder(
+        args.model,
+        args.images,
+        out,
+        batch_size=args.batch_size,
+        skip_corrupt=args.skip_corrupt,
+        write_images=not args.no_images,
+        device=args.device,
+    )
     print(f"{n} images scored: {out / 'scores.csv'}")
     return 0
 
@@ -60,7 +60,7 @@ def cmd_infer_sharded(args) -> int:
 
     device = rank_device(args.device or default_device())
     with process_group(device) as env:
-        r = sharded_infer(
+        r = score_folder_sharded(
             args.model,
             args.images,
             args.out,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from efficientad_ext.api import default_device, distill, evaluate, train
+from efficientad_ext.api import default_device, distill, evaluate, train, train_categories
 from efficientad_ext.cli.options import DEVICE_HELP, add_train_args, config_from_args, model_config, train_config
 from efficientad_ext.data.synthetic import make_synthetic_dataset
 from efficientad_ext.distillation.config import DistillConfig
@@ -17,7 +17,7 @@ from efficientad_ext.evaluation.evaluator import format_summary
 from efficientad_ext.evaluation.report import report_libraries_missing
 from efficientad_ext.training.config import TrainConfig
 from efficientad_ext.training.distributed import process_group, rank_device
-from efficientad_ext.training.many_models import format_table, train_all
+from efficientad_ext.training.many_models import format_table
 
 
 def cmd_train(args) -> int:
@@ -45,7 +45,7 @@ def cmd_train_all(args) -> int:
     device = rank_device(args.device or default_device())
     # gloo even on GPUs: the ranks only meet at the end (a barrier), after hours of training.
     with process_group(device, backend="gloo", timeout_s=7 * 24 * 3600.0) as env:
-        rows = train_all(
+        rows = train_categories(
             args.root,
             args.out,
             model_config(args),
