@@ -11,9 +11,9 @@ and score out):
              (``InferenceOptions.fuse_first_layer``) flipped: the measurement behind its default
   ref        ``EfficientAD.reference_infer`` (plain torch.nn + reference ops), eager float32 and
              eager float16 autocast (cuDNN)
-  ours-cudnnfuse  ``infer`` bf16 with EFFICIENTAD_CUDNN_FUSION=1 (cuDNN's fused conv + bias + ReLU
+  ours-cudnnfuse  ``infer`` bf16 with ``InferenceOptions(cudnn_fusion=True)`` (cuDNN's fused conv + bias + ReLU
              for the un-pooled PDN layers and the autoencoder; default off until this row shows a gain)
-  ours-aestream   ``infer`` bf16, batch 1, with EFFICIENTAD_AE_SIDE_STREAM=1 (the autoencoder on a
+  ours-aestream   ``infer`` bf16, batch 1, with ``autoencoder_side_stream=True`` (the autoencoder on a
              second stream inside the CUDA graph; default off likewise)
   compiled   ``torch.compile(reference_infer, mode="max-autotune")``: EfficientAD-S, float16
              autocast, batch 1 only (its autotuning takes minutes; run last, or alone with
@@ -398,14 +398,13 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
 
         return run
 
-    def ours_switched(var: str, label: str, dtype: torch.dtype, batch: int) -> Callable[[], None]:
-        """ours with the environment switch ``var`` = 1 (read at every call: the CUDA PDN layers'
-        EFFICIENTAD_CUDNN_FUSION, and efficientad_ext.inference.autoencoder_cuda's switches)."""
+    def ours_switched(option: str, label: str, dtype: torch.dtype, batch: int) -> Callable[[], None]:
+        """ours with the :class:`InferenceOptions` switch ``option`` on (the options key the CUDA
+        graphs, so the switched path is captured anew; the default options are restored)."""
 
         def run() -> None:
-            old = os.environ.get(var)
-            os.environ[var] = "1"
-            clear_inference_cache(model)  # graphs keep the path they were captured with
+            default = model.inference_options
+            model.inference_options = replace(default, **{option: True})
             try:
                 x = inputs[batch]
                 measure(
@@ -414,14 +413,10 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
                     "bf16" if dtype == torch.bfloat16 else "fp32",
                     batch,
                     "yes" if dev.type == "cuda" else "no",
-                    switch=f"{var}=1",
+                    switch=f"{option}=True",
                 )
             finally:
-                if old is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = old
-                clear_inference_cache(model)
+                model.inference_options = default
 
         return run
 
@@ -495,7 +490,7 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
                 (
                     f"{arch} ours {alt_dtype} cuDNN fusion B={batch}",
                     4,
-                    ours_switched("EFFICIENTAD_CUDNN_FUSION", "ours-cudnnfuse", alt_dtype, batch),
+                    ours_switched("cudnn_fusion", "ours-cudnnfuse", alt_dtype, batch),
                 )
             )
             jobs.append((f"{arch} profile {alt_dtype} B={batch}", 6, profile(alt_dtype, batch)))
@@ -504,7 +499,7 @@ def infer_jobs(s: Settings, arch: str, table: Table) -> list[tuple[str, float, C
                 (
                     f"{arch} ours {alt_dtype} autoencoder side stream B={batch}",
                     4,
-                    ours_switched("EFFICIENTAD_AE_SIDE_STREAM", "ours-aestream", alt_dtype, batch),
+                    ours_switched("autoencoder_side_stream", "ours-aestream", alt_dtype, batch),
                 )
             )
         if low_precision_fits(f"{arch} ref fp16 B={batch}", batch):

@@ -6,6 +6,7 @@
 // need to compute output shapes with torch._check_value / torch._check_type.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -13,6 +14,7 @@
 #include <optional>
 #include <utility>
 
+#include "common/accumulation.h"
 #include "common/pdn_epilogue.h"
 
 namespace efficientad {
@@ -60,9 +62,14 @@ inline void check_quantile_args(const at::Tensor& input, at::ArrayRef<double> q)
   for (double v : q) check_probability(v, "q");
 }
 
-// Accumulation dtype: float for half/bfloat16/float, double for double.
+// The dtype of acc_t (common/accumulation.h) for the element dtype s: the dtype of the ops'
+// accumulated outputs (maps, scores, losses, thresholds). s is one of the four floating dtypes
+// (the callers have checked it).
 inline at::ScalarType accumulation_type(at::ScalarType s) {
-  return s == at::kDouble ? at::kDouble : at::kFloat;
+  at::ScalarType acc = at::kFloat;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s, "accumulation_type",
+                                  [&] { acc = c10::CppTypeToScalarType<acc_t<scalar_t>>::value; });
+  return acc;
 }
 
 // [B, C, h, w] features of the anomaly-map ops (teacher C, student 2C, autoencoder C).

@@ -142,3 +142,25 @@ def test_no_function_longer_than_a_screen():
         if b - a + 1 > MAX_FUNCTION_LINES
     ]
     assert long == []
+
+
+def _readme_layout() -> str:
+    text = (PACKAGE.parents[1] / "README.md").read_text()
+    start = text.index("## Layout")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def test_readme_layout_names_every_module_and_folder():
+    layout = _readme_layout()
+    unnamed = [
+        str(p.relative_to(PACKAGE))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name not in ("__init__.py", "__main__.py", "_version.py") and f"`{p.name}`" not in layout
+    ]
+    unnamed += [
+        f"{d.relative_to(PACKAGE)}/"
+        for d in sorted(PACKAGE.rglob("*"))
+        if d.is_dir() and d.name != "__pycache__" and f"`{d.name}/`" not in layout
+    ]
+    assert not unnamed, f"README's Layout section does not name: {unnamed}"

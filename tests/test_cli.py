@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from efficientad_ext.cli import main
@@ -197,3 +198,34 @@ def test_threshold_from_training_then_calibrated_and_used(trained, tmp_path, cap
     c = load_model(calibrated).threshold
     assert c.method == "f1_labelled" and c.details["f1"] == pytest.approx(metrics["f1_max"])
     assert load_model(out / "model.safetensors").threshold == t  # --out: the original is untouched
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes."),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB\nmore lines of detail"),
+        MemoryError(),
+    ],
+)
+def test_an_allocation_failure_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, error):
+    from efficientad_ext.cli import score_commands
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(score_commands, "score_folder", fail)
+    assert main(["infer", str(tmp_path / "m.safetensors"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("efficientad infer: error: out of memory") and "--batch-size" in err[0]
+
+
+def test_other_runtime_errors_are_not_hidden(tmp_path, monkeypatch):
+    from efficientad_ext.cli import score_commands
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(score_commands, "score_folder", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["infer", str(tmp_path / "m.safetensors"), str(tmp_path), "--out", str(tmp_path / "o")])

@@ -48,3 +48,10 @@ def test_every_corrupted_model_file_is_refused_or_harmless(tmp_path):
     assert "integrity digest" in by_name["training.teacher edited (digest keep)"]["detail"]
     assert by_name["training.teacher edited (digest sign)"]["outcome"] == "harmless"
     assert by_name["digest removed (file from before digests)"]["outcome"] == "harmless"
+    # Without a digest a file is refused unless the user allows it (then it is checked like any other).
+    refused = by_name["digest removed, without --allow-unverified"]
+    assert refused["outcome"] == "refused" and "--allow-unverified" in refused["detail"], refused
+    assert (
+        "image_size[0] must be an integer in [256, 4096], got 16384"
+        in (by_name["metadata config.image_size=16384 (digest sign)"]["detail"])
+    )

@@ -105,19 +105,6 @@ def test_split_is_checked():
         torch.ops.efficientad.conv2d_relu_pool_split(x, w, b, 1, True, True, 0, 8)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cudnn_fusion_switch(dtype, monkeypatch):
-    # EFFICIENTAD_CUDNN_FUSION=1 (default off) runs un-pooled bias+ReLU layers as
-    # at::cudnn_convolution_relu; pooled layers keep our epilogue.
-    x, w, b = layer_inputs(16, 32, (14, 14), dtype)
-    off = ops.conv2d_relu_pool(x, w, b, 1, True, False, 0)
-    monkeypatch.setenv("EFFICIENTAD_CUDNN_FUSION", "1")
-    on = ops.conv2d_relu_pool(x, w, b, 1, True, False, 0)
-    assert on.is_contiguous(memory_format=torch.channels_last) and on.dtype == dtype
-    torch.testing.assert_close(on.double(), reference(x, w, b, 1, True, False, 0), **TOL[dtype])
-    torch.testing.assert_close(on, off, **TOL[dtype])
-
-
 def test_graph_capture_of_the_epilogue():
     # The epilogue only enqueues work on the current stream: it can be captured and replayed.
     x, w, b = layer_inputs(3, 16, (16, 16), torch.bfloat16, k=4)

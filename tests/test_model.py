@@ -51,6 +51,10 @@ def test_input_forms_agree():
 
     pil = [Image.fromarray(u8[i].numpy()) for i in range(2)]
     torch.testing.assert_close(efficientad_ext.infer(pil, model=model).score, ref.score)
+    # uint8 [B, H, W, 3] where dim 1 cannot be a channel count (an image library's layout)
+    hwc = torch.randint(0, 256, (1, 40, 64, 3), dtype=torch.uint8)
+    torch.testing.assert_close(model.infer(hwc).score, model.infer(hwc.permute(0, 3, 1, 2)).score)
+    assert model.infer(hwc).anomaly_map.shape == (1, 1, 40, 64)
     gray = torch.randint(0, 256, (1, 1, 256, 256), dtype=torch.uint8)
     torch.testing.assert_close(model.infer(gray).score, model.infer(gray.expand(1, 3, 256, 256)).score)
 
@@ -65,6 +69,12 @@ def test_input_forms_agree():
         ([], TypeError, "non-empty list"),
         ([np.zeros((256, 256, 3), np.uint8), np.zeros((300, 256, 3), np.uint8)], ValueError, "same size"),
         ("image.png", TypeError, "batch must be a tensor"),
+        # a float tensor is [B, C, H, W]: never guessed to be [B, H, W, C] from its shape
+        (torch.rand(1, 4, 64, 3), ValueError, "float tensors are read as \\[B, C, H, W\\]"),
+        (torch.rand(1, 2, 1, 3), ValueError, "3 \\(RGB\\) or 1 \\(grayscale\\) channels"),
+        (torch.rand(1, 3, 32, 256), ValueError, "at least 33x33 pixels .* got 32x256"),
+        (torch.randint(0, 256, (1, 20, 64, 3), dtype=torch.uint8), ValueError, "at least 33x33 .* got 20x64"),
+        ([np.zeros((8, 8, 3), np.uint8)], ValueError, "batch\\[0\\]: images must be at least 33x33"),
     ],
 )
 def test_bad_batches(batch, error, match):

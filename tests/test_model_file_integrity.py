@@ -7,11 +7,14 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import efficientad_ext
 from corruption_probe import tiny_model
 from efficientad_ext import ModelFileError, load_model, save_model
 from efficientad_ext.cli import main
@@ -68,22 +71,42 @@ def test_digest_is_stored_and_covers_data_and_metadata(model_file, tmp_path):
         load_model(rewrite(tmp_path / "malformed.safetensors", tensors, {**metadata, "digest": "md5:00"}, "keep"))
 
 
-def test_a_file_without_digest_loads_with_one_warning(model_file, tmp_path):
+def test_a_file_without_digest_is_refused_unless_allowed(model_file, tmp_path):
     tensors, metadata = read(model_file)
     old = rewrite(tmp_path / "old.safetensors", tensors, metadata, "drop")
+    with pytest.raises(ModelFileError, match="old.safetensors has no integrity digest.*allow_unverified=True"):
+        load_model(old)
+    with pytest.raises(ModelFileError, match="no integrity digest"):
+        efficientad_ext.load(old)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(old)
+        model = load_model(old, allow_unverified=True)
     assert [type(w.message) for w in caught] == [UnverifiedFileWarning]
     assert "old.safetensors has no integrity digest" in str(caught[0].message)
     images = torch.rand(1, 3, 256, 256)
     torch.testing.assert_close(model.infer(images).score, load_model(model_file).infer(images).score, rtol=0, atol=0)
 
 
+def test_the_cli_refuses_a_file_without_digest_in_one_line(model_file, tmp_path, capsys):
+    tensors, metadata = read(model_file)
+    old = rewrite(tmp_path / "old.safetensors", tensors, metadata, "drop")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / "a.png")
+    assert main(["infer", str(old), str(images), "--out", str(tmp_path / "out"), "--no-images"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "old.safetensors has no integrity digest" in err[0] and "--allow-unverified" in err[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnverifiedFileWarning)
+        args = ["infer", str(old), str(images), "--out", str(tmp_path / "out"), "--no-images", "--allow-unverified"]
+        assert main(args) == 0
+    assert (tmp_path / "out" / "scores.csv").is_file()
+
+
 BAD_METADATA = [
     # (field, new JSON text or a function of the parsed config, expected message)
     ("padded", "no", r"config\.padded must be true or false, got 'no'"),
-    ("image_size", [256.7, 256], r"config\.image_size\[0\] must be an integer in \[256, 16384\], got 256\.7"),
+    ("image_size", [256.7, 256], r"config\.image_size\[0\] must be an integer in \[256, 4096\], got 256\.7"),
     ("teacher_channels", -1, r"config\.teacher_channels must be an integer in \[1, 4096\], got -1"),
     ("teacher_channels", 10**12, r"config\.teacher_channels must be an integer in \[1, 4096\], got 1000000000000"),
     ("teacher_channels", "x", r"config\.teacher_channels must be an integer .*got 'x'"),
@@ -108,7 +131,7 @@ def test_metadata_fields_are_typed_and_ranged(model_file, tmp_path, field, value
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnverifiedFileWarning)
         with pytest.raises(ModelFileError, match=message):
-            load_model(path)
+            load_model(path, allow_unverified=True)
 
 
 @pytest.mark.parametrize(

@@ -262,3 +262,27 @@ def test_penalty_images_are_resized_once_from_the_original(tmp_path):
     if not gray:
         torch.testing.assert_close(p[0], direct)
     assert not torch.allclose(direct, via_small, atol=1e-3)  # the old double resize differs
+
+
+def test_skip_corrupt_drops_bad_and_tiny_files_before_the_split(tmp_path):
+    """A corrupt file or a 1x1 image never empties the validation hold-out, whichever split a
+    seed would have put it in; without skip_corrupt the run stops before its first step."""
+    from efficientad_ext.data import ImageError
+
+    good = write_images(tmp_path / "imgs", 4)
+    bad = tmp_path / "imgs" / "bad.png"
+    bad.write_bytes(b"not an image")
+    tiny = tmp_path / "imgs" / "tiny.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    paths = [*good, bad, tiny]
+    for seed in range(3):  # the seeded hold-out of 3 of 6 files takes a bad one for some seed
+        cfg = TrainConfig(steps=1, validation_fraction=0.5, seed=seed, skip_corrupt=True)
+        model = train(paths, tmp_path / f"out{seed}", config=cfg)
+        assert model.calibrated
+        assert model.record.extra["train_images"] + model.record.extra["validation_images"] == 4
+    for path, what in ((bad, "bad.png"), (tiny, "tiny.png: 1x1 pixels is below the 33x33 minimum")):
+        with pytest.raises(ImageError, match=what):
+            train([*good, path], tmp_path / "strict", config=TrainConfig(steps=1, validation_fraction=0.5))
+        assert not (tmp_path / "strict" / "train_state.safetensors").exists()
+    with pytest.raises(ValueError, match="none of the 2 validation images is usable"):
+        train(good, tmp_path / "novalid", config=TrainConfig(steps=1, skip_corrupt=True), validation_images=[bad, tiny])

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "cpu/acc_type.h"
+#include "common/accumulation.h"
 #include "common/anomaly_math.h"
 
 namespace efficientad::cpu {
@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> anomaly_maps_raw_cpu(const at::Tensor& teache
   const auto opts = teacher.options().dtype(accumulation_type(teacher.scalar_type()));
   at::Tensor map_st = at::empty({B, 1, H, W}, opts), map_ae = at::empty({B, 1, H, W}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "anomaly_maps_raw_cpu", [&] {
-    using Acc = AccOf<scalar_t>;
+    using Acc = acc_t<scalar_t>;
     Acc* ost = map_st.mutable_data_ptr<Acc>();
     Acc* oae = map_ae.mutable_data_ptr<Acc>();
     for_each_row<scalar_t, Acc>(f, teacher_mean, teacher_std, [&](int64_t b, int64_t y, const Acc* st, const Acc* ae) {
@@ -140,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> anomaly_maps_cpu(const at::Tensor& teacher, c
   at::Tensor score = at::empty({B}, opts);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "anomaly_maps_cpu", [&] {
-    using Acc = AccOf<scalar_t>;
+    using Acc = acc_t<scalar_t>;
     const std::vector<Acc> q = channel_vector<Acc>(quantiles, false);
     const MapNormalization<Acc> norm = make_map_normalization(q.data());
     const Acc border = combine_maps(Acc(0), Acc(0), norm);  // padded raw maps are 0

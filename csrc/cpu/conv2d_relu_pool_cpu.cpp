@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "cpu/acc_type.h"
+#include "common/accumulation.h"
 #include "common/pdn_epilogue.h"
 
 namespace efficientad::cpu {
@@ -26,13 +26,13 @@ template <typename scalar_t>
 void relu_in_place(at::Tensor& y) {
   scalar_t* p = y.mutable_data_ptr<scalar_t>();  // y is dense (fresh convolution output)
   at::parallel_for(0, y.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) p[i] = static_cast<scalar_t>(maybe_relu(AccOf<scalar_t>(p[i]), true));
+    for (int64_t i = begin; i < end; ++i) p[i] = static_cast<scalar_t>(maybe_relu(acc_t<scalar_t>(p[i]), true));
   });
 }
 
 template <typename scalar_t>
 void relu_pool(const at::Tensor& y, at::Tensor& out, bool relu, int64_t pp) {
-  using Acc = AccOf<scalar_t>;
+  using Acc = acc_t<scalar_t>;
   const int64_t B = y.size(0), C = y.size(1), H = y.size(2), W = y.size(3);
   const int64_t OH = out.size(2), OW = out.size(3);
   const int64_t ys0 = y.stride(0), ys1 = y.stride(1), ys2 = y.stride(2), ys3 = y.stride(3);

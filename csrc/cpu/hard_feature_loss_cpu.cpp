@@ -15,7 +15,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
-#include "cpu/acc_type.h"
+#include "common/accumulation.h"
 #include "common/anomaly_math.h"
 #include "cpu/radix_select_cpu.h"
 
@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hard_feature_loss_cpu(const at::T
   at::Tensor loss = at::empty({}, teacher.options().dtype(acc_type));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "hard_feature_loss_cpu", [&] {
-    using Acc = AccOf<scalar_t>;
+    using Acc = acc_t<scalar_t>;
     const scalar_t* t = teacher.const_data_ptr<scalar_t>();
     const scalar_t* s = student.const_data_ptr<scalar_t>();
     Acc* thr = threshold.mutable_data_ptr<Acc>();
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> hard_feature_loss_backward_cpu(
   const at::Tensor cnt = count.contiguous();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "hard_feature_loss_backward_cpu", [&] {
-    using Acc = AccOf<scalar_t>;
+    using Acc = acc_t<scalar_t>;
     const scalar_t* t = teacher.const_data_ptr<scalar_t>();
     const scalar_t* s = student.const_data_ptr<scalar_t>();
     scalar_t* gs = grad_student.mutable_data_ptr<scalar_t>();

@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
-#include "cpu/acc_type.h"
+#include "common/accumulation.h"
 #include "cpu/radix_select_cpu.h"
 
 namespace efficientad::cpu {
@@ -20,7 +20,7 @@ at::Tensor quantile_cpu(const at::Tensor& input, at::ArrayRef<double> q) {
   const int64_t n = x.numel();
   at::Tensor out = at::empty({int64_t(q.size())}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantile_cpu", [&] {
-    using Acc = AccOf<scalar_t>;
+    using Acc = acc_t<scalar_t>;
     const scalar_t* data = x.const_data_ptr<scalar_t>();
     std::vector<Acc> result(q.size());
     select_quantiles<Acc>(n, [data](int64_t i) { return static_cast<Acc>(data[i]); }, q.data(),

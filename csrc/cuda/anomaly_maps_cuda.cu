@@ -207,10 +207,7 @@ cudaError_t launch_anomaly_maps(const FeatureArgs<T>& f, const double* mean, con
   template cudaError_t launch_anomaly_maps<T>(const FeatureArgs<T>&, const double*, const double*, const double*, \
                                               int64_t, int64_t, int64_t, acc_t<T>*, acc_t<T>*,                   \
                                               unsigned long long*, acc_t<T>*, acc_t<T>*, cudaStream_t);
-EFFICIENTAD_INSTANTIATE(__half)
-EFFICIENTAD_INSTANTIATE(__nv_bfloat16)
-EFFICIENTAD_INSTANTIATE(float)
-EFFICIENTAD_INSTANTIATE(double)
+EFFICIENTAD_FOR_ELEMENT_TYPES(EFFICIENTAD_INSTANTIATE)
 #undef EFFICIENTAD_INSTANTIATE
 
 }  // namespace efficientad::cuda

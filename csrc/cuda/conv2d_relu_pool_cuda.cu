@@ -144,10 +144,7 @@ cudaError_t launch_conv_epilogue_nhwc(const EpilogueArgs<T>& a, cudaStream_t str
 
 #define EFFICIENTAD_INSTANTIATE(T) \
   template cudaError_t launch_conv_epilogue_nhwc<T>(const EpilogueArgs<T>&, cudaStream_t);
-EFFICIENTAD_INSTANTIATE(__half)
-EFFICIENTAD_INSTANTIATE(__nv_bfloat16)
-EFFICIENTAD_INSTANTIATE(float)
-EFFICIENTAD_INSTANTIATE(double)
+EFFICIENTAD_FOR_ELEMENT_TYPES(EFFICIENTAD_INSTANTIATE)
 #undef EFFICIENTAD_INSTANTIATE
 
 }  // namespace efficientad::cuda

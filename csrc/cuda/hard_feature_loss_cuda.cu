@@ -176,10 +176,7 @@ cudaError_t launch_hard_feature_loss_backward(const T* teacher, const T* student
   template cudaError_t launch_hard_feature_loss_backward<T>(const T*, const T*, int64_t, int64_t,           \
                                                             const double*, const acc_t<T>*, const int64_t*, \
                                                             T*, T*, cudaStream_t);
-EFFICIENTAD_INSTANTIATE(__half)
-EFFICIENTAD_INSTANTIATE(__nv_bfloat16)
-EFFICIENTAD_INSTANTIATE(float)
-EFFICIENTAD_INSTANTIATE(double)
+EFFICIENTAD_FOR_ELEMENT_TYPES(EFFICIENTAD_INSTANTIATE)
 #undef EFFICIENTAD_INSTANTIATE
 
 }  // namespace efficientad::cuda

@@ -19,11 +19,19 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/accumulation.h"
+
 namespace efficientad::cuda {
 
-template <typename T> struct AccumulationOf { using type = float; };
-template <> struct AccumulationOf<double> { using type = double; };
-template <typename T> using acc_t = typename AccumulationOf<T>::type;
+// acc_t<T>: efficientad::acc_t (common/accumulation.h), visible here unqualified.
+
+// Expands INSTANTIATE(T) for the four element types every launcher is compiled for; each *.cu
+// file instantiates its launchers with it.
+#define EFFICIENTAD_FOR_ELEMENT_TYPES(INSTANTIATE) \
+  INSTANTIATE(__half)                              \
+  INSTANTIATE(__nv_bfloat16)                       \
+  INSTANTIATE(float)                               \
+  INSTANTIATE(double)
 
 // ---- quantile: q[0..nq) of the n elements of the dense array x, written to out[0..nq).
 size_t quantile_workspace_bytes(int64_t nq);

@@ -7,31 +7,22 @@
 // a bias would add it in a pass of its own (read + write of the whole output) before our
 // epilogue reads it again.
 //
-// Optional, default off: EFFICIENTAD_CUDNN_FUSION=1 in the environment (read at every call,
-// host only, so it is capture-safe and can be flipped between calls) runs un-pooled
-// bias + ReLU layers (PDN layer 3 and on) as cuDNN's runtime-fused at::cudnn_convolution_relu
-// instead. Not measured on a GPU yet: it stays off until benchmarks/gpu_table.py shows a gain.
+// cuDNN's runtime-fused convolution + bias + ReLU for un-pooled layers is chosen in Python
+// (InferenceOptions.cudnn_fusion, efficientad_ext/inference/cuda_options.py), never here: an op
+// computes one function of its arguments, and a switch read here would escape the CUDA-graph key.
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/convolution.h>
-#include <ATen/ops/cudnn_convolution_relu.h>
 #include <ATen/ops/empty.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "common/pdn_epilogue.h"
 #include "cuda/torch_glue.h"
 
 namespace efficientad::cuda {
-
-inline bool cudnn_fusion_enabled() {
-  const char* v = std::getenv("EFFICIENTAD_CUDNN_FUSION");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
 
 // The layer's output channels [0, split) and [split, C_out) as two dense channels-last
 // tensors; when split == C_out the second is undefined. Preconditions: check_conv_layer and
@@ -43,9 +34,6 @@ inline std::pair<at::Tensor, at::Tensor> pdn_layer_cuda(const at::Tensor& input,
   const at::Tensor x = input.contiguous(cl), w = weight.contiguous(cl);
   const bool has_bias = bias.has_value() && bias->defined();
   const int64_t C = weight.size(0);
-  if (!pool && relu && has_bias && split == C && cudnn_fusion_enabled())
-    return {at::cudnn_convolution_relu(x, w, bias, {1, 1}, {padding, padding}, {1, 1}, 1).contiguous(cl), {}};
-
   at::Tensor y = at::convolution(x, w, std::nullopt, {1, 1}, {padding, padding}, {1, 1}, false, {0, 0}, 1)
                      .contiguous(cl);
   if (!pool && !relu && !has_bias && split == C) return {y, {}};

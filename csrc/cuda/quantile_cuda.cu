@@ -87,10 +87,7 @@ cudaError_t launch_quantile(const T* x, int64_t n, const double* q, int64_t nq, 
 
 #define EFFICIENTAD_INSTANTIATE(T)                                                                   \
   template cudaError_t launch_quantile<T>(const T*, int64_t, const double*, int64_t, T*, void*, cudaStream_t);
-EFFICIENTAD_INSTANTIATE(__half)
-EFFICIENTAD_INSTANTIATE(__nv_bfloat16)
-EFFICIENTAD_INSTANTIATE(float)
-EFFICIENTAD_INSTANTIATE(double)
+EFFICIENTAD_FOR_ELEMENT_TYPES(EFFICIENTAD_INSTANTIATE)
 #undef EFFICIENTAD_INSTANTIATE
 
 }  // namespace efficientad::cuda

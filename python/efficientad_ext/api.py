@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from efficientad_ext.data import list_images, open_dataset
+from efficientad_ext.data import broken_links, list_images, open_dataset
 from efficientad_ext.distillation.distiller import distill as distill_teacher
 from efficientad_ext.evaluation.evaluator import evaluate as evaluate_samples
 from efficientad_ext.evaluation.evaluator import predict
@@ -46,11 +46,20 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load(path: PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> EfficientAD:
+def load(
+    path: PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    allow_unverified: bool = False,
+) -> EfficientAD:
     """Loads a model file and makes it the default model of :func:`infer`. ``device`` and
-    ``dtype`` (e.g. ``"cuda"``, ``torch.bfloat16``) move it after loading."""
+    ``dtype`` (e.g. ``"cuda"``, ``torch.bfloat16``) move it after loading.
+
+    ``allow_unverified`` (here and in every function that reads a model file): accept a file
+    without an integrity digest (an older or stripped one; refused by default)."""
     global _current
-    _current = load_model(path, device=device, dtype=dtype)
+    _current = load_model(path, device=device, dtype=dtype, allow_unverified=allow_unverified)
     return _current
 
 
@@ -62,7 +71,7 @@ def infer(
 ) -> InferenceResult:
     """Anomaly maps [B, 1, H, W] (at the input resolution) and scores [B] for ``batch``.
 
-    ``batch``: float tensor in [0, 1] or uint8 tensor, [B, 3, H, W] or [B, H, W, 3], or a list
+    ``batch``: float tensor in [0, 1], [B, 3, H, W], or uint8 tensor ([B, 3, H, W] or [B, H, W, 3]), or a list
     of PIL images / numpy arrays. ``model``: defaults to the one set by :func:`load`.
     ``dtype`` / ``cuda_graph``: as :meth:`EfficientAD.infer` (default: bfloat16 on GPUs that
     support it, CUDA-graph replay for repeated batch shapes on the GPU).
@@ -140,6 +149,7 @@ def evaluate(
     device: str | torch.device | None = None,
     report: bool = False,
     report_gallery: int = DEFAULT_GALLERY_SIZE,
+    allow_unverified: bool = False,
 ) -> dict[str, Any]:
     """Image AUROC, pixel AUROC and AU-PRO of ``model`` (or a model file) on the test split of
     a dataset; with ``out_dir``, writes ``metrics.json``, (``write_images``) one heatmap PNG per
@@ -149,7 +159,7 @@ def evaluate(
 
     model_name = "in-memory model" if isinstance(model, EfficientAD) else str(model)
     if not isinstance(model, EfficientAD):
-        model = load_model(model, device=device or default_device())
+        model = load_model(model, device=device or default_device(), allow_unverified=allow_unverified)
     splits = open_dataset(dataset_root)
     if not splits.test:
         raise ValueError(f"{dataset_root} has no test images (expected <dataset>/test/<type>/...)")
@@ -173,6 +183,7 @@ def calibrate(
     *,
     batch_size: int = 8,
     device: str | torch.device | None = None,
+    allow_unverified: bool = False,
 ) -> DecisionThreshold:
     """Sets a model file's decision threshold to the F1-optimal one on a labelled set (the test
     split of ``dataset_root``: normal and anomalous images; masks are not needed) and writes
@@ -180,7 +191,7 @@ def calibrate(
     threshold, with its F1 and image counts in ``details``. Use a set kept apart from the one
     you report accuracy on: a threshold chosen on the test set flatters it."""
 
-    model = load_model(model_path, device=device or default_device())
+    model = load_model(model_path, device=device or default_device(), allow_unverified=allow_unverified)
     samples = open_dataset(dataset_root).test
     labels = [s.label for s in samples]
     if not samples or len(set(labels)) < 2:
@@ -194,7 +205,14 @@ def calibrate(
     return model.threshold
 
 
-def export(model: EfficientAD | PathLike, out: PathLike, format: str = "onnx", dtype: str = "float32") -> list[Path]:
+def export(
+    model: EfficientAD | PathLike,
+    out: PathLike,
+    format: str = "onnx",
+    dtype: str = "float32",
+    *,
+    allow_unverified: bool = False,
+) -> list[Path]:
     """Writes the model's whole inference (Algorithm 2: normalisation, the three networks, the
     maps, the resize, the quantile normalisation, the score and, with a threshold, the
     decision) in standard operators for a deployment runtime: ``format="onnx"`` (one ``.onnx``
@@ -203,7 +221,7 @@ def export(model: EfficientAD | PathLike, out: PathLike, format: str = "onnx", d
     model's image size. Returns the written files (see :mod:`efficientad_ext.formats.export`)."""
 
     if not isinstance(model, EfficientAD):
-        model = load_model(model, device="cpu")
+        model = load_model(model, device="cpu", allow_unverified=allow_unverified)
     return export_model(model, out, format, dtype)
 
 
@@ -221,14 +239,9 @@ def distill(
     writes ``out_dir/teacher.safetensors`` (use it with ``train(..., teacher=path)``) and
     ``distill.json``. See :func:`efficientad_ext.distillation.distiller.distill`."""
 
+    device = device or default_device()
     return distill_teacher(
-        images,
-        out_dir,
-        config,
-        device=device or default_device(),
-        resume=resume,
-        save_dtype=save_dtype,
-        command=command,
+        images, out_dir, config, device=device, resume=resume, save_dtype=save_dtype, command=command
     )
 
 
@@ -246,15 +259,8 @@ def train_categories(
     ``out_dir/<category>/``, evaluated on its test set unless ``evaluate_test`` is False;
     resumable per category, and shared among the ranks of an initialised process group (see
     :mod:`efficientad_ext.training.many_models`). Returns the summary rows."""
-    return train_all(
-        root,
-        out_dir,
-        model_config,
-        config,
-        teacher=teacher,
-        device=device or default_device(),
-        evaluate_test=evaluate_test,
-    )
+    device = device or default_device()
+    return train_all(root, out_dir, model_config, config, teacher=teacher, device=device, evaluate_test=evaluate_test)
 
 
 def score_folder(
@@ -266,14 +272,19 @@ def score_folder(
     skip_corrupt: bool = False,
     write_images: bool = True,
     device: str | torch.device | None = None,
+    allow_unverified: bool = False,
 ) -> int:
     """Scores every image directly in the folder ``images`` with the model file ``model_path``
-    into ``out_dir/scores.csv`` and ``out_dir/heatmaps/``; returns the number scored."""
-    paths = list_images(images)
+    into ``out_dir/scores.csv`` and ``out_dir/heatmaps/``; returns the number scored. Symbolic
+    links that lead to no file are skipped with a warning and counted in ``run.json``."""
+    paths = list_images(images)  # warns about symbolic links that lead to no file
     if not paths:
         raise FileNotFoundError(f"no images found in {images}")
-    model = load_model(model_path, device=device or default_device())
-    return infer_folder(model, paths, out_dir, model_path, batch_size, skip_corrupt, write_images=write_images)
+    model = load_model(model_path, device=device or default_device(), allow_unverified=allow_unverified)
+    broken = len(broken_links(images))  # counted in run.json
+    return infer_folder(
+        model, paths, out_dir, model_path, batch_size, skip_corrupt, write_images=write_images, broken_links=broken
+    )
 
 
 def score_folder_sharded(
@@ -285,6 +296,7 @@ def score_folder_sharded(
     workers: int | None = None,
     write_images: bool = True,
     device: str | torch.device | None = None,
+    allow_unverified: bool = False,
 ) -> ShardedResult:
     """:func:`score_folder` shared among the ranks of the initialised process group,
     resumable, corrupt files listed in ``corrupt.csv`` (:mod:`efficientad_ext.inference.sharded`)."""
@@ -296,6 +308,7 @@ def score_folder_sharded(
         batch_size=batch_size,
         workers=workers,
         write_images=write_images,
+        allow_unverified=allow_unverified,
     )
 
 
@@ -310,6 +323,6 @@ def convert_from_anomalib(
     return model
 
 
-def convert_to_anomalib(model_path: PathLike, out: PathLike) -> Path:
+def convert_to_anomalib(model_path: PathLike, out: PathLike, *, allow_unverified: bool = False) -> Path:
     """Our model file as an anomalib ``EfficientAdModel`` state dict (``.pth`` or ``.safetensors``)."""
-    return save_anomalib_state_dict(load_model(model_path), out)
+    return save_anomalib_state_dict(load_model(model_path, allow_unverified=allow_unverified), out)

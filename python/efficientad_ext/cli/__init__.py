@@ -9,6 +9,8 @@ import argparse
 import logging
 import sys
 
+import torch
+
 from efficientad_ext.cli.model_commands import add_model_parsers
 from efficientad_ext.cli.options import HelpWithDefaults
 from efficientad_ext.cli.score_commands import add_score_parsers
@@ -38,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _allocation_failure(e: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, torch's OutOfMemoryError (CUDA), or the
+    RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(e)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -58,6 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, ValueError, ImageError) as e:
         print(f"efficientad {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _allocation_failure(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(
+            f"efficientad {args.command}: error: out of memory ({first[:300]}); lower --batch-size or the image size, "
+            "or run on a machine with more memory",
+            file=sys.stderr,
+        )
         return 2
     except FloatingPointError as e:  # a diverging run: the cause is the settings, not a bug
         print(

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from efficientad_ext.api import convert_from_anomalib, convert_to_anomalib, export
-from efficientad_ext.cli.options import DEVICE_HELP
+from efficientad_ext.cli.options import ALLOW_UNVERIFIED_HELP, DEVICE_HELP, add_model_arg
 from efficientad_ext.selfcheck import selfcheck
 
 
 def cmd_export(args) -> int:
 
-    for path in export(args.model, args.out, args.format, args.dtype):
+    for path in export(args.model, args.out, args.format, args.dtype, allow_unverified=args.allow_unverified):
         print(f"{path}")
     return 0
 
@@ -27,6 +27,10 @@ def cmd_convert(args) -> int:
     """anomalib 2.7.0 EfficientAdModel state dict <-> our model file (:mod:`efficientad_ext.formats.anomalib`)."""
 
     if args.source == "anomalib":
+        if args.allow_unverified:
+            raise SystemExit(
+                "--allow-unverified applies to --from ours only (anomalib's files carry no digest of ours)"
+            )
         size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
         if len(size) != 2:
             raise SystemExit(f"--image-size takes one or two numbers, got {args.image_size}")
@@ -39,7 +43,7 @@ def cmd_convert(args) -> int:
     else:
         if args.padded is not None or args.image_size != [256]:
             raise SystemExit("--padded / --image-size apply to --from anomalib only (our model file stores them)")
-        convert_to_anomalib(args.input, args.to)
+        convert_to_anomalib(args.input, args.to, allow_unverified=args.allow_unverified)
         print(
             f"{args.to}: anomalib EfficientAdModel state dict (load with model.load_state_dict(torch.load(path, weights_only=True)))"
         )
@@ -49,7 +53,7 @@ def cmd_convert(args) -> int:
 def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     """``export``, ``selfcheck`` and ``convert``."""
     p = sub.add_parser("export", help="write the model's inference as an ONNX file or OpenVINO IR (dynamic batch)")
-    p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+    add_model_arg(p)
     p.add_argument(
         "--format",
         choices=["onnx", "openvino"],
@@ -85,6 +89,7 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
         "ours: our model file -> an anomalib state dict (.pth, or .safetensors)",
     )
     p.add_argument("input", type=Path, help="the file to convert")
+    p.add_argument("--allow-unverified", action="store_true", help=f"--from ours: {ALLOW_UNVERIFIED_HELP}")
     p.add_argument("--to", type=Path, required=True, help="output file (written atomically)")
     p.add_argument(
         "--padded",

@@ -14,6 +14,18 @@ T = TypeVar("T")
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda when available)"
 
 
+ALLOW_UNVERIFIED_HELP = (
+    "accept a model file without an integrity digest (an older or stripped file; refused by default: "
+    "its content cannot be checked for corruption)"
+)
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    """The positional model file of the commands that read one, and ``--allow-unverified``."""
+    p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+    p.add_argument("--allow-unverified", action="store_true", help=ALLOW_UNVERIFIED_HELP)
+
+
 def non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -24,29 +36,47 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def _add_optimiser_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 70,000)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 1)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate, x0.1 after 95%% of the steps")
+def add_optimiser_basics(p: argparse.ArgumentParser, d: Any, paper_steps: str, paper_batch: str, lr_help: str) -> None:
+    """``--steps``, ``--batch-size``, ``--lr`` and ``--weight-decay``: train and distill share
+    them; ``d`` is the command's config (a TrainConfig or DistillConfig) and gives the defaults."""
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (the paper's {paper_steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (the paper's {paper_batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=lr_help)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
-    p.add_argument(
+
+
+def add_choice(p: argparse.ArgumentParser, flag: str, choices: list[str], default: str, help: str) -> None:
+    """An option that takes one of ``choices`` (the help formatter adds the default)."""
+    p.add_argument(flag, choices=choices, default=default, help=help)
+
+
+# What "auto" precision means, said once for train and distill; each adds what stays float32.
+PRECISION_AUTO_HELP = "bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 and on bf16-capable GPUs, float32 elsewhere"
+PRECISION_CHOICES = ["auto", "float32", "bfloat16"]
+
+
+def _add_optimiser_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    add_optimiser_basics(p, d, "70,000", "1", "Adam learning rate, x0.1 after 95%% of the steps")
+    add_choice(
+        p,
         "--hard-reduction",
-        choices=["auto", "batch", "per_sample"],
-        default=d.hard_reduction,
-        help="hard-feature threshold over the whole batch or per image (auto: batch at batch size 1, else per image)",
+        ["auto", "batch", "per_sample"],
+        d.hard_reduction,
+        "hard-feature threshold over the whole batch or per image (auto: batch at batch size 1, else per image)",
     )
-    p.add_argument(
+    add_choice(
+        p,
         "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        default=d.precision,
-        help="network compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 "
-        "and on bf16-capable GPUs, float32 elsewhere; weights, optimizer and losses stay float32)",
+        PRECISION_CHOICES,
+        d.precision,
+        f"network compute precision (auto: {PRECISION_AUTO_HELP}; weights, optimizer and losses stay float32)",
     )
-    p.add_argument(
+    add_choice(
+        p,
         "--memory-format",
-        choices=["auto", "channels_last", "contiguous"],
-        default=d.memory_format,
-        help="layout of the networks' weights and batches (auto: channels-last with bf16 and on AVX-512 CPUs, "
+        ["auto", "channels_last", "contiguous"],
+        d.memory_format,
+        "layout of the networks' weights and batches (auto: channels-last with bf16 and on AVX-512 CPUs, "
         "where oneDNN runs it faster; NCHW on AVX2-only CPUs, where it is slower)",
     )
     p.add_argument(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from efficientad_ext.api import calibrate, default_device, evaluate, score_folder, score_folder_sharded
-from efficientad_ext.cli.options import DEVICE_HELP, non_negative_int
+from efficientad_ext.cli.options import DEVICE_HELP, add_model_arg, non_negative_int
 from efficientad_ext.evaluation.evaluator import format_summary
 from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
 from efficientad_ext.formats.run_record import RunRecord
@@ -28,6 +28,7 @@ def cmd_eval(args) -> int:
         device=args.device,
         report=args.report,
         report_gallery=args.report_gallery,
+        allow_unverified=args.allow_unverified,
     )
     record.finish(images=result["images"], anomalous=result["anomalous"])  # the last write: the run is complete
     print(format_summary(result))
@@ -51,6 +52,7 @@ def cmd_infer(args) -> int:
         skip_corrupt=args.skip_corrupt,
         write_images=not args.no_images,
         device=args.device,
+        allow_unverified=args.allow_unverified,
     )
     print(f"{n} images scored: {out / 'scores.csv'}")
     return 0
@@ -68,6 +70,7 @@ def cmd_infer_sharded(args) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             write_images=not args.no_images,
+            allow_unverified=args.allow_unverified,
         )
     if env.is_main:
         out = Path(args.out)
@@ -80,7 +83,14 @@ def cmd_infer_sharded(args) -> int:
 
 def cmd_calibrate(args) -> int:
 
-    t = calibrate(args.model, args.dataset, args.out, batch_size=args.batch_size, device=args.device)
+    t = calibrate(
+        args.model,
+        args.dataset,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        allow_unverified=args.allow_unverified,
+    )
     print(
         f"threshold {t.value:.6g} (F1-optimal on {t.details['images']} images, {t.details['anomalous']} anomalous: "
         f"F1 {t.details['f1']:.4f}) written to {args.out or args.model}"
@@ -90,7 +100,7 @@ def cmd_calibrate(args) -> int:
 
 def _add_model_and_output_args(p: argparse.ArgumentParser, images: str, images_help: str, out_help: str) -> None:
     """The arguments ``eval`` and ``infer`` share."""
-    p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+    add_model_arg(p)
     p.add_argument(images, type=Path, help=images_help)
     p.add_argument("--out", type=Path, required=True, help=out_help)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
@@ -143,7 +153,7 @@ def add_score_parsers(sub: argparse._SubParsersAction) -> None:
     _add_eval_parser(sub)
     _add_infer_parser(sub)
     p = sub.add_parser("calibrate", help="set a model's decision threshold to the F1-optimal one on a labelled set")
-    p.add_argument("model", type=Path, help="model file written by train (model.safetensors)")
+    add_model_arg(p)
     p.add_argument(
         "dataset",
         type=Path,

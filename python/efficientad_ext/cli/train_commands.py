@@ -9,7 +9,17 @@ from pathlib import Path
 import torch
 
 from efficientad_ext.api import default_device, distill, evaluate, train, train_categories
-from efficientad_ext.cli.options import DEVICE_HELP, add_train_args, config_from_args, model_config, train_config
+from efficientad_ext.cli.options import (
+    DEVICE_HELP,
+    PRECISION_AUTO_HELP,
+    PRECISION_CHOICES,
+    add_choice,
+    add_optimiser_basics,
+    add_train_args,
+    config_from_args,
+    model_config,
+    train_config,
+)
 from efficientad_ext.data.synthetic import make_synthetic_dataset
 from efficientad_ext.distillation.config import DistillConfig
 from efficientad_ext.distillation.extractors import EXTRACTORS
@@ -24,11 +34,11 @@ def cmd_train(args) -> int:
 
     device = rank_device(args.device or default_device())  # under torchrun, data-parallel over its ranks
     with process_group(device) as env:
+        configs = model_config(args), train_config(args)
         train(
             args.dataset,
             args.out,
-            model_config(args),
-            train_config(args),
+            *configs,
             teacher=args.teacher,
             device=device,
             resume=args.resume,
@@ -118,34 +128,44 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def add_train_parsers(sub: argparse._SubParsersAction) -> None:
-    """``train`` and ``train-all``."""
-    p = sub.add_parser("train", help="train a model on a dataset's normal images (Algorithm 1)")
-    p.add_argument("dataset", type=Path, help="MVTec AD / LOCO / VisA folder, or a plain folder of normal images")
-    p.add_argument(
-        "--out", type=Path, required=True, help="output folder (model.safetensors, train_state, training.json)"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from --out/train_state.safetensors")
+def _training_parser(sub: argparse._SubParsersAction, name: str, help: str, source: tuple[str, str], out_help: str):
+    """A parser that trains models: ``source`` is (positional name, its help); every training
+    option from ``add_train_args``; ``--out`` with ``out_help``."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument(source[0], type=Path, help=source[1])
+    p.add_argument("--out", type=Path, required=True, help=out_help)
     add_train_args(p)
-    p.set_defaults(func=cmd_train)
+    return p
 
-    p = sub.add_parser(
-        "train-all", help="train one model per category of an MVTec-style root (under torchrun: one per rank)"
+
+def add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    """``train`` and ``train-all``: the same training options, a different source and one own flag."""
+    commands = (
+        (
+            "train",
+            "train a model on a dataset's normal images (Algorithm 1)",
+            ("dataset", "MVTec AD / LOCO / VisA folder, or a plain folder of normal images"),
+            "output folder (model.safetensors, train_state, training.json)",
+            ("--resume", "continue from --out/train_state.safetensors"),
+            cmd_train,
+        ),
+        (
+            "train-all",
+            "train one model per category of an MVTec-style root (under torchrun: one per rank)",
+            ("root", "folder of category folders, each with train/good (e.g. the MVTec AD root)"),
+            "output folder: one subfolder per category, summary.csv / summary.json",
+            ("--no-eval", "do not evaluate each category's test set"),
+            cmd_train_all,
+        ),
     )
-    p.add_argument("root", type=Path, help="folder of category folders, each with train/good (e.g. the MVTec AD root)")
-    p.add_argument(
-        "--out", type=Path, required=True, help="output folder: one subfolder per category, summary.csv / summary.json"
-    )
-    p.add_argument("--no-eval", action="store_true", help="do not evaluate each category's test set")
-    add_train_args(p)
-    p.set_defaults(func=cmd_train_all)
+    for name, help, source, out_help, (flag, flag_help), func in commands:
+        p = _training_parser(sub, name, help, source, out_help)
+        p.add_argument(flag, action="store_true", help=flag_help)
+        p.set_defaults(func=func)
 
 
 def _add_distill_optimiser_args(p: argparse.ArgumentParser, d: DistillConfig) -> None:
-    p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (the paper's 60,000)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (the paper's 16)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
+    add_optimiser_basics(p, d, "60,000", "16", "Adam learning rate")
     p.add_argument(
         "--p-grayscale", type=float, default=d.p_grayscale, help="probability of a grayscale distillation image"
     )
@@ -188,15 +208,13 @@ def _add_distill_run_args(p: argparse.ArgumentParser, d: DistillConfig) -> None:
         type=float,
         help="stop after this many minutes of training; the teacher is still written (default: none)",
     )
-    p.add_argument(
-        "--save-dtype", choices=["float32", "float16"], default="float32", help="dtype of the written teacher weights"
-    )
-    p.add_argument(
+    add_choice(p, "--save-dtype", ["float32", "float16"], "float32", "dtype of the written teacher weights")
+    add_choice(
+        p,
         "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        default=d.precision,
-        help="the teacher's compute precision (auto: bf16 autocast on CPUs with AMX-BF16 or AVX-512-BF16 and on "
-        "bf16-capable GPUs, float32 elsewhere; Psi's targets, weights and the loss stay float32)",
+        PRECISION_CHOICES,
+        d.precision,
+        f"the teacher's compute precision (auto: {PRECISION_AUTO_HELP}; Psi's targets, weights and the loss stay float32)",
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
     p.add_argument("--resume", action="store_true", help="continue from --out/distill_state.safetensors")

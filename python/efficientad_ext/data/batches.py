@@ -28,16 +28,18 @@ def batches(
     workers: int = 0,
     label: str | None = None,
     unit: str = "images",
+    stream: Any = None,
 ) -> Iterator[tuple[list[int], list[Any]]]:
     """``(indices, items)`` per batch of at most ``batch_size`` items, in the order of
     ``indices`` (default: all, in order). ``workers`` > 0 reads items in that many
     DataLoader worker processes (decoding overlaps the model). ``label``: a progress line at
-    every tenth of the items (a bar on a terminal)."""
+    every tenth of the items (a bar on a terminal), written to ``stream`` (default: the log; a
+    data-parallel rank other than 0 passes a null stream, so the run logs each pass once)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = list(range(len(dataset))) if indices is None else list(indices)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    progress = Progress(len(order), label=label, every=None, unit=unit) if label else None
+    progress = Progress(len(order), label=label, every=None, unit=unit, stream=stream) if label else None
     if workers > 0:
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(dataset, order),

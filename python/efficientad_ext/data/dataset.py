@@ -12,8 +12,9 @@ from efficientad_ext.data.images import (
     ImageError,
     _check_size,
     _open_decoded,
-    load_image,
+    check_min_side,
     load_mask,
+    load_model_image,
     resize_image,
     resize_mask,
 )
@@ -71,6 +72,7 @@ class ImageDataset(torch.utils.data.Dataset):
     @staticmethod
     def _validate(s: Sample) -> None:
         img = _open_decoded(s.path)
+        check_min_side(s.path, img.width, img.height)
         if s.mask_path is not None:
             m = load_mask(s.mask_path)
             if tuple(m.shape[-2:]) != (img.height, img.width):
@@ -99,7 +101,7 @@ class ImageDataset(torch.utils.data.Dataset):
             }
 
     def _read(self, s: Sample) -> dict:
-        image = load_image(s.path)
+        image = load_model_image(s.path)
         h, w = int(image.shape[1]), int(image.shape[2])
         if s.mask_path is not None:
             mask = load_mask(s.mask_path)

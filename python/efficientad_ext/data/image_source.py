@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from efficientad_ext.data import ImageError, load_image, resize_image
+from efficientad_ext.data.images import ImageError, load_model_image, resize_image
 
 log = logging.getLogger("efficientad_ext.training")
 
@@ -42,8 +42,24 @@ class ImageSource:
         if not self.paths:
             raise ValueError("no usable training images")
 
+    def verify(self) -> None:
+        """Decodes every image not preloaded once (an :class:`ImageError` names the first bad
+        one): for a source read only after training, such as the validation images."""
+        if self._cache is None:
+            for path in self.paths:
+                self._load(path)
+
+    def subset(self, paths: Sequence[Path]) -> ImageSource:
+        """The source of ``paths`` (some of this one's), sharing its preloaded images: a split
+        made after ``skip_corrupt`` has dropped what cannot be read."""
+        index = {p: i for i, p in enumerate(self.paths)}
+        part = object.__new__(ImageSource)
+        part.size, part.paths = self.size, [Path(p) for p in paths]
+        part._cache = None if self._cache is None else [self._cache[index[p]] for p in part.paths]
+        return part
+
     def _load(self, path: Path) -> Tensor:
-        image = resize_image(load_image(path), self.size)
+        image = resize_image(load_model_image(path), self.size)
         return (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
 
     def __len__(self) -> int:

@@ -97,6 +97,13 @@ def pil_to_float_array(img: Image.Image, name: str) -> np.ndarray:
         raise ImageError(Path(name), f"cannot convert PIL mode {img.mode!r} to RGB ({e})") from None
 
 
+# The smallest image side accepted anywhere (files and in-memory batches), before any resize to
+# the model's size: the PDNs' 33x33 receptive field. A smaller image holds less than one patch
+# the networks were trained to score; upsampled to 256 it would be scored (or trained on) as a
+# blur, and a 1x1 one makes every map constant, so no map quantiles can be calibrated from it.
+MIN_INPUT_SIDE = 33
+
+
 def load_image(path: PathLike) -> Tensor:
     """Decode an image file into a float32 ``[3, H, W]`` RGB tensor in ``[0, 1]``.
 
@@ -118,6 +125,24 @@ def load_image(path: PathLike) -> Tensor:
             raise
         raise ImageError(p, f"cannot convert PIL mode {img.mode!r} to RGB ({e})") from None
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def load_model_image(path: PathLike) -> Tensor:
+    """:func:`load_image` for the images a model trains on, is calibrated on or scores: also
+    an :class:`ImageError` (so ``skip_corrupt`` skips it) when a side is below
+    :data:`MIN_INPUT_SIDE`."""
+    image = load_image(path)
+    check_min_side(path, int(image.shape[2]), int(image.shape[1]))
+    return image
+
+
+def check_min_side(path: PathLike, width: int, height: int) -> None:
+    """An :class:`ImageError` naming ``path`` when a side is below :data:`MIN_INPUT_SIDE`."""
+    if min(width, height) < MIN_INPUT_SIDE:
+        raise ImageError(
+            path,
+            f"{width}x{height} pixels is below the {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} minimum (one receptive field)",
+        )
 
 
 def _mask_array(path: Path) -> np.ndarray:
@@ -226,9 +251,20 @@ def resize_mask(mask: Tensor, size: Sequence[int]) -> Tensor:
     return out if batched else out[0]
 
 
+def broken_links(folder: PathLike) -> list[Path]:
+    """The symbolic links directly inside ``folder`` with an image extension that lead to no
+    file: the target is missing, or the links form a loop. Sorted by name."""
+    d = Path(folder)
+    links = [p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    # is_file() follows the link; it is False for a missing target and for a loop (ELOOP).
+    return sorted((p for p in links if p.is_symlink() and not p.is_file()), key=lambda p: p.name)
+
+
 def list_images(folder: PathLike) -> list[Path]:
     """The image files directly inside ``folder`` (extensions in :data:`IMAGE_EXTENSIONS`,
-    any case; hidden files such as macOS ``._x.png`` skipped), sorted by name.
+    any case; hidden files such as macOS ``._x.png`` skipped), sorted by name. Symbolic links
+    are followed; one that leads to no file (:func:`broken_links`) is left out with a warning
+    naming it.
 
     Raises:
         FileNotFoundError: ``folder`` does not exist or is not a folder.
@@ -239,4 +275,11 @@ def list_images(folder: PathLike) -> list[Path]:
     files = [
         p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     ]
+    broken = broken_links(d)
+    if broken:
+        shown = ", ".join(str(p) for p in broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        warnings.warn(
+            f"skipping {len(broken)} symbolic link(s) in {d} that lead to no file (missing target or a loop): {shown}",
+            stacklevel=2,
+        )
     return sorted(files, key=lambda p: p.name)

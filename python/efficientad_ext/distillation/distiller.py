@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -50,7 +49,7 @@ from efficientad_ext.formats.teacher_file import save_teacher
 from efficientad_ext.models.pdn import PDN
 from efficientad_ext.progress import Progress, format_duration
 from efficientad_ext.training.augment import draw_resized_crops, resized_crops
-from efficientad_ext.training.driver import run_steps
+from efficientad_ext.training.driver import LoopTimer, drive
 
 log = logging.getLogger("efficientad_ext.distill")
 
@@ -113,44 +112,70 @@ def _step_function(run: Run, targets: DistillTargets, cache: Tensor | None):
     return one_step
 
 
-def _loop(run: Run, step: int, head: TargetHead, resume: bool) -> int:
-    """Distils until ``config.steps`` or the time limit; returns the steps done."""
-    cfg, record = run.config, run.record
-    targets = DistillTargets(run.extractor, head, run.device)
-    one_step = _step_function(run, targets, target_cache(run, targets))
-    evaluate = _holdout_evaluator(run, targets)
-    if not resume:
-        evaluate(step)
-    run.teacher.train()
-    t0, seconds_before = time.perf_counter(), record.seconds
-    window: list[float] = []
+class DistillationJob:
+    """Algorithm 3 as a :class:`~efficientad_ext.training.driver.Job`: the steps of ``run``,
+    the held-out loss every ``eval_every`` steps, the state file, and the teacher file at the end.
+    ``record.seconds`` counts the loop's time over all runs of a resumed distillation."""
 
-    def out_of_time(done: int) -> bool:
-        if cfg.time_limit_s is None or seconds_before + time.perf_counter() - t0 < cfg.time_limit_s:
+    what = "distillation"
+
+    def __init__(self, run: Run, save_dtype: torch.dtype) -> None:
+        self.run, self.save_dtype = run, save_dtype
+        self.total, self.checkpoint_every = run.config.steps, run.config.checkpoint_every
+        self.window: list[float] = []  # step losses since the last loss-history entry
+        self.head: TargetHead  # Psi's standardisation and projection; set by start
+
+    def start(self, resume: bool) -> int:
+        run = self.run
+        step, self.head = resume_or_start(run, resume)
+        targets = DistillTargets(run.extractor, self.head, run.device)
+        self.one_step = _step_function(run, targets, target_cache(run, targets))
+        self.evaluate = _holdout_evaluator(run, targets)
+        if not resume:
+            self.evaluate(step)
+        self.seconds_before = run.record.seconds
+        run.teacher.train()
+        return step
+
+    def progress(self, start: int) -> Progress:
+        return Progress(self.total, start=start, label="distill", every=self.run.config.log_every)
+
+    def step(self, step: int) -> dict[str, float]:
+        return self.one_step(step)
+
+    def _seconds(self, timer: LoopTimer) -> float:
+        return self.seconds_before + timer.seconds()
+
+    def periodic(self, done: int, terms: dict[str, float], timer: LoopTimer) -> None:
+        cfg, record = self.run.config, self.run.record
+        self.window.append(terms["loss"])
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            record.final_loss = sum(self.window) / len(self.window)
+            record.loss_history.append((done, record.final_loss))
+            self.window.clear()
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            self.evaluate(done)
+
+    def checkpoint(self, done: int, timer: LoopTimer) -> None:
+        run = self.run
+        run.record.steps_done, run.record.seconds = done, round(self._seconds(timer), 2)
+        save_distill_state(
+            run.state_path, run.teacher, self.head, run.step_fn, run.generator, done, run.record, run.meta
+        )
+
+    def out_of_time(self, done: int, timer: LoopTimer) -> bool:
+        limit = self.run.config.time_limit_s
+        if limit is None or self._seconds(timer) < limit:
             return False
-        log.warning("time limit of %.0f s reached after %d of %d steps", cfg.time_limit_s, done, cfg.steps)
+        log.warning("time limit of %.0f s reached after %d of %d steps", limit, done, self.total)
         return True
 
-    def after_step(done: int, terms: dict[str, float]) -> None:
-        window.append(terms["loss"])
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            record.final_loss = sum(window) / len(window)
-            record.loss_history.append((done, record.final_loss))
-            window.clear()
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            evaluate(done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            record.steps_done = done
-            record.seconds = round(seconds_before + time.perf_counter() - t0, 2)
-            save_distill_state(run.state_path, run.teacher, head, run.step_fn, run.generator, done, record, run.meta)
-
-    progress = Progress(cfg.steps, start=step, label="distill", every=cfg.log_every)
-    step, _ = run_steps("distillation", step, cfg.steps, one_step, after_step, progress, out_of_time)
-    if not record.holdout_history or record.holdout_history[-1][0] != step:
-        evaluate(step)  # the record always ends with the final teacher's held-out loss
-    record.steps_done = step
-    record.seconds = round(seconds_before + time.perf_counter() - t0, 2)
-    return step
+    def finish(self, start: int, done: int, terms: dict[str, float], timer: LoopTimer) -> PDN:
+        record = self.run.record
+        if not record.holdout_history or record.holdout_history[-1][0] != done:
+            self.evaluate(done)  # the record always ends with the final teacher's held-out loss
+        record.steps_done, record.seconds = done, round(self._seconds(timer), 2)
+        return _finalise(self.run, done, self.save_dtype)
 
 
 def _finalise(run: Run, step: int, save_dtype: torch.dtype) -> PDN:
@@ -191,6 +216,4 @@ def distill(
         command: the command line to record (default: ``sys.argv``).
     """
     run = setup(images, out_dir, config or DistillConfig(), torch.device(device), command)
-    step, head = resume_or_start(run, resume)
-    step = _loop(run, step, head, resume)
-    return _finalise(run, step, save_dtype)
+    return drive(DistillationJob(run, save_dtype), resume)

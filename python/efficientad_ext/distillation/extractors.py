@@ -23,6 +23,7 @@ streaming float64 pass (:class:`RawMoments`) and fold into one 1x1 convolution
 from __future__ import annotations
 
 import os
+from collections.abc import Container, Iterable
 from typing import Literal
 
 import torch
@@ -48,6 +49,16 @@ def _aggregate_to_grid(features: list[Tensor], grid: tuple[int, int]) -> Tensor:
             f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
         out.append(f)
     return torch.cat(out, dim=1)
+
+
+def tapped_outputs(blocks: Iterable[nn.Module], taps: Container[int], x: Tensor) -> list[Tensor]:
+    """Runs ``x`` through ``blocks`` in order; the outputs of the blocks whose index is in ``taps``."""
+    outputs = []
+    for i, block in enumerate(blocks):
+        x = block(x)
+        if i in taps:
+            outputs.append(x)
+    return outputs
 
 
 class RawFeatureExtractor(nn.Module):
@@ -111,12 +122,7 @@ class MobileNetV2Features(RawFeatureExtractor):
         self.requires_grad_(False)
 
     def layers(self, x: Tensor) -> list[Tensor]:
-        taps = []
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i in self.TAPS:
-                taps.append(x)
-        return taps
+        return tapped_outputs(self.features, self.TAPS, x)
 
 
 class EfficientNetLite0Features(RawFeatureExtractor):
@@ -140,13 +146,7 @@ class EfficientNetLite0Features(RawFeatureExtractor):
         self.requires_grad_(False)
 
     def layers(self, x: Tensor) -> list[Tensor]:
-        taps = []
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self.TAPS:
-                taps.append(x)
-        return taps
+        return tapped_outputs(self.blocks, self.TAPS, F.relu6(self._bn0(self._conv_stem(x))))
 
 
 class WideResNetFeatures(RawFeatureExtractor):

@@ -25,7 +25,7 @@ from efficientad_ext.evaluation.report import (
     write_report,
 )
 from efficientad_ext.evaluation.threshold import decision_metrics, f1_max
-from efficientad_ext.evaluation.visualize import save_heatmap_png
+from efficientad_ext.evaluation.visualize import heatmap_name, save_heatmap_png
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.models.efficientad import EfficientAD
 
@@ -146,7 +146,7 @@ def _write_outputs(
             save_heatmap_png(
                 item["image"],
                 maps[i],
-                out_dir / "images" / sample.defect_type / f"{Path(sample.path).stem}.png",
+                out_dir / "images" / sample.defect_type / heatmap_name(sample.path),
                 mask=mask,
                 vmin=0.0,
                 vmax=vmax,
@@ -187,7 +187,7 @@ def evaluate(
     image AUROC (overall and per defect type), F1-max, precision / recall / F1 at the model's
     decision threshold when it has one, pixel AUROC and AU-PRO.
 
-    Writes ``out_dir/metrics.json`` and, with ``write_images``, ``out_dir/images/<type>/<name>.png``;
+    Writes ``out_dir/metrics.json`` and, with ``write_images``, ``out_dir/images/<type>/<file name>.png`` (:func:`heatmap_name`);
     with ``report``, ``out_dir/report.html`` (:mod:`.report`: ``report_gallery`` images, 0 for
     all; ``names``: the model's and the data set's names on the page).
     Pixel metrics need a mask for every anomalous image (one of them non-empty): a set

@@ -13,7 +13,23 @@ from torch import Tensor
 
 from efficientad_ext.formats.atomic import write_atomically
 
-__all__ = ["OUTLINE_COLOR", "heatmap_panels", "jet", "mask_outline", "save_heatmap_png", "save_png_atomic"]
+__all__ = [
+    "OUTLINE_COLOR",
+    "heatmap_name",
+    "heatmap_panels",
+    "jet",
+    "mask_outline",
+    "save_heatmap_png",
+    "save_png_atomic",
+]
+
+
+def heatmap_name(image_path: str | Path) -> str:
+    """The heatmap file of an image: its whole file name plus ``.png`` (``000.jpg`` ->
+    ``000.jpg.png``). The extension stays, so ``000.png`` and ``000.jpg`` in one folder (which
+    a run scores as two images) cannot overwrite each other's heatmap."""
+    return f"{Path(image_path).name}.png"
+
 
 OUTLINE_COLOR = (0, 255, 0)
 

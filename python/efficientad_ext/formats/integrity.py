@@ -11,8 +11,11 @@ It is stored in the metadata as ``"digest": "sha256-v1:<64 hex digits>"`` and ch
 
 - a mismatch means the file changed after it was written (a flipped bit, a truncation that
   safetensors did not notice, an edit): the loader raises its error, naming the file;
-- a file of our format without a digest was written before digests existed: it loads after
-  one :class:`UnverifiedFileWarning` (its values are still validated).
+- a model file without a digest is an old file or a stripped one: it is refused unless the
+  caller allows it (``allow_unverified=True``, ``--allow-unverified``), and then loads after one
+  :class:`UnverifiedFileWarning` (its values are still validated). Teacher files and training
+  states without one still load after the warning: they only feed a new training run, whose
+  own output carries a digest.
 
 The digest protects against accidental damage, not against a forger, who can recompute it;
 loading runs no code either way (safetensors holds tensors and strings only).
@@ -71,13 +74,27 @@ def with_digest(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> d
 
 
 def verify(
-    tensors: Mapping[str, Tensor], metadata: Mapping[str, str], *, source: str, error: type[Exception]
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str],
+    *,
+    source: str,
+    error: type[Exception],
+    allow_unverified: bool = True,
+    way_in: str = "",
 ) -> str | None:
     """Checks the stored digest of a file of our format; returns it, or ``None`` for a file
-    without one (after an :class:`UnverifiedFileWarning`). Raises ``error(message)`` naming
-    ``source`` when the digest is malformed or does not match the content."""
+    without one. Raises ``error(message)`` naming ``source`` when the digest is malformed or does
+    not match the content. A file without a digest is refused (one line naming ``way_in``, the
+    argument that accepts it) unless ``allow_unverified``; then it loads after one
+    :class:`UnverifiedFileWarning`."""
     stored = metadata.get(DIGEST_KEY)
     if stored is None:
+        if not allow_unverified:
+            raise error(
+                f"{source} has no integrity digest, so it cannot be checked for corruption: every file efficientad_ext "
+                f"writes carries one (this one is older, or had it stripped). If you trust it, load it with {way_in} "
+                "and save it again to add one"
+            )
         warnings.warn(
             f"{source} has no integrity digest (written by an efficientad_ext without digests): it cannot be checked "
             "for corruption; its values are still validated. Save it again to add one.",

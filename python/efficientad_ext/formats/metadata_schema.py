@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from efficientad_ext.models.autoencoder import MIN_IMAGE_SIZE
+from efficientad_ext.models.autoencoder import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from efficientad_ext.models.efficientad import DecisionThreshold, ModelConfig, TrainingRecord
 from efficientad_ext.models.pdn import PDN_ARCHITECTURES
 
-IMAGE_SIZE_RANGE = (MIN_IMAGE_SIZE, 16384)
+IMAGE_SIZE_RANGE = (MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 TEACHER_CHANNELS_RANGE = (1, 4096)
 IMAGE_STD_RANGE = (1e-3, 1e3)
 # The metadata keys of a model file; any other key is refused (a flipped bit in a key name
@@ -96,15 +96,22 @@ def _triple(field: str, v: Any, lo: float, hi: float) -> tuple[float, float, flo
     return tuple(float(x) for x in v)  # type: ignore[return-value]
 
 
-def parse_model_config(text: Any) -> ModelConfig:
-    d = parse_json("config", text)
+def _fields_of(field: str, text: Any, cls: type, allow_nan: bool = False) -> dict[str, Any]:
+    """The JSON object in metadata field ``field``, refused when it names a field the dataclass
+    ``cls`` does not have."""
+    d = parse_json(field, text, allow_nan=allow_nan)
     if not isinstance(d, dict):
-        raise FieldError(f"metadata field 'config' must be a JSON object, got {_show(d)}")
-    known = set(ModelConfig.__dataclass_fields__)
+        raise FieldError(f"metadata field '{field}' must be a JSON object, got {_show(d)}")
+    known = set(cls.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:
-        raise FieldError(f"config has unknown fields {unknown} (known: {sorted(known)})")
-    missing = sorted(known - set(d))
+        raise FieldError(f"{field} has unknown fields {unknown} (known: {sorted(known)})")
+    return d
+
+
+def parse_model_config(text: Any) -> ModelConfig:
+    d = _fields_of("config", text, ModelConfig)
+    missing = sorted(set(ModelConfig.__dataclass_fields__) - set(d))
     if missing:
         raise FieldError(f"config lacks fields {missing}")
     if d["arch"] not in PDN_ARCHITECTURES:
@@ -126,13 +133,7 @@ def parse_model_config(text: Any) -> ModelConfig:
 
 def parse_training_record(text: Any) -> TrainingRecord:
     # Informational (free-form "extra" may hold any JSON, NaN included); typed all the same.
-    d = parse_json("training", text, allow_nan=True)
-    if not isinstance(d, dict):
-        raise FieldError(f"metadata field 'training' must be a JSON object, got {_show(d)}")
-    known = set(TrainingRecord.__dataclass_fields__)
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise FieldError(f"training has unknown fields {unknown} (known: {sorted(known)})")
+    d = _fields_of("training", text, TrainingRecord, allow_nan=True)
     record = TrainingRecord()
     if "steps" in d:
         record.steps = _int_in("training.steps", d["steps"], 0, 2**62)

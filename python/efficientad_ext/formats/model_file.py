@@ -64,7 +64,7 @@ def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def _read_checked_metadata(path: Path):
+def _read_checked_metadata(path: Path, allow_unverified: bool):
     """The file's tensors and parsed metadata: format, version, digest and every field checked."""
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -83,7 +83,10 @@ def _read_checked_metadata(path: Path):
         raise ModelFileError(
             f"{path} has model format version {version}, this efficientad_ext reads version {FORMAT_VERSION}"
         )
-    integrity.verify(tensors, metadata, source=str(path), error=ModelFileError)
+    way_in = "load_model(..., allow_unverified=True) (CLI: --allow-unverified)"
+    integrity.verify(
+        tensors, metadata, source=str(path), error=ModelFileError, allow_unverified=allow_unverified, way_in=way_in
+    )
     try:
         config, calibrated, record = metadata_schema.parse_model_metadata(metadata)
         threshold = metadata_schema.parse_threshold(metadata)
@@ -116,14 +119,19 @@ def _model_for(path: Path, config, tensors: dict[str, torch.Tensor]) -> Efficien
 
 
 def load_model(
-    path: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    allow_unverified: bool = False,
 ) -> EfficientAD:
     """Reads a model file written by :func:`save_model`; checks format, version, the integrity
-    digest (a file without one loads after one warning), every metadata field's type and
+    digest (a file without one is refused unless ``allow_unverified``; then it loads after one
+    :class:`~efficientad_ext.formats.integrity.UnverifiedFileWarning`), every metadata field's type and
     range, every tensor's name, shape and values. Raises :class:`ModelFileError` (or
     FileNotFoundError) with the file's path and what is wrong."""
     path = Path(path)
-    tensors, config, calibrated, record, threshold = _read_checked_metadata(path)
+    tensors, config, calibrated, record, threshold = _read_checked_metadata(path, allow_unverified)
     model = _model_for(path, config, tensors)
     with torch.no_grad():
         for prefix in ("teacher", "student", "autoencoder"):

@@ -6,6 +6,10 @@ accepted unchanged (resampling filters such as bicubic overshoot a little at edg
 further out, and NaN or infinity, is refused: such a batch is almost always 0-255 values or an
 already normalised image (about -2.1 to 2.6 with ImageNet statistics), and would score as
 garbage rather than fail.
+
+Layouts: a float tensor is [B, C, H, W] (or [C, H, W]); a uint8 tensor may also be
+[B, H, W, C] where its shape cannot be read as [B, C, H, W] (see :func:`_channels_first`).
+Images smaller than :data:`MIN_INPUT_SIDE` on a side are refused.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from efficientad_ext.data.images import pil_to_float_array
+from efficientad_ext.data.images import MIN_INPUT_SIDE, pil_to_float_array
 
 if TYPE_CHECKING:  # type annotations only; the model calls this module
     from efficientad_ext.models.efficientad import EfficientAD
@@ -59,6 +63,35 @@ def prepare(model: EfficientAD, batch: Tensor | Sequence[Any]) -> tuple[Tensor, 
     return model.normalize(x), in_size
 
 
+def _channels_first(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``x`` [B, C, H, W]. A float tensor is always read as [B, C, H, W]: its layout cannot be
+    told from its shape ((1, 4, 64, 3) could be either). A uint8 tensor is read as [B, H, W, C]
+    only where [B, C, H, W] is impossible: its dim 1 is not a channel count and its last dim is
+    (the layout image libraries and numpy give)."""
+    if x.dtype == torch.uint8 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3):
+        hint = (
+            "float tensors are read as [B, C, H, W]: permute a [B, H, W, C] one with x.permute(0, 3, 1, 2)"
+            if x.is_floating_point() and x.shape[-1] in (1, 3)
+            else "drop an alpha channel first"
+        )
+        raise ValueError(
+            f"batch must have 3 (RGB) or 1 (grayscale) channels, as [B, 3, H, W] (or, for uint8, [B, H, W, 3]); "
+            f"got shape {shape} ({hint})"
+        )
+    return x
+
+
+def check_image_side(height: int, width: int, what: str) -> None:
+    """Refuses images with a side below :data:`MIN_INPUT_SIDE` (the PDN's receptive field)."""
+    if height < MIN_INPUT_SIDE or width < MIN_INPUT_SIDE:
+        raise ValueError(
+            f"{what}: images must be at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} pixels (one receptive field of the "
+            f"networks), got {height}x{width}"
+        )
+
+
 def batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
     """A [B, C, H, W] tensor (C 1 or 3) from any supported batch form, on its own device."""
     if isinstance(batch, Tensor):
@@ -67,19 +100,15 @@ def batch_tensor(batch: Tensor | Sequence[Any]) -> Tensor:
             x = x.unsqueeze(0)
         if x.dim() != 4:
             raise ValueError(
-                f"batch must be [B, 3, H, W] or [B, H, W, 3] (or one image without B), got shape {tuple(batch.shape)}"
-            )
-        if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-            x = x.permute(0, 3, 1, 2)
-        if x.shape[1] not in (1, 3):
-            raise ValueError(
-                f"batch must have 3 (RGB) or 1 (grayscale) channels, as [B, 3, H, W] or [B, H, W, 3]; got shape "
-                f"{tuple(batch.shape)} (drop an alpha channel first)"
+                f"batch must be [B, 3, H, W] (or uint8 [B, H, W, 3], or one image without B), got shape "
+                f"{tuple(batch.shape)}"
             )
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise TypeError(f"batch must be uint8 (0-255) or floating point (0-1), got {x.dtype}")
         if x.numel() == 0:
             raise ValueError(f"batch must not be empty, got shape {tuple(batch.shape)}")
+        x = _channels_first(x, tuple(batch.shape))
+        check_image_side(int(x.shape[2]), int(x.shape[3]), "batch")
         if x.is_floating_point() and x.device.type == "cpu":
             # Cheap on the CPU (no device sync): catch 0-255 or normalised floats instead of returning garbage.
             check_float_range(x, "batch")
@@ -114,6 +143,7 @@ def image_tensor(item: Any, index: int) -> Tensor:
         raise ValueError(f"batch[{index}] must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"batch[{index}] must not be empty, got shape {a.shape}")
+    check_image_side(a.shape[0], a.shape[1], f"batch[{index}]")
     a = a[:, :, :3]
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from efficientad_ext import ops
-from efficientad_ext.inference import autoencoder_cuda, batch_input, cpu_winograd, cuda_graphs
+from efficientad_ext.inference import batch_input, cpu_winograd, cuda_graphs, cuda_options
 from efficientad_ext.inference.networks import InferenceNetworks, cache_of, networks_for, resolve_dtype
 from efficientad_ext.inference.result import InferenceResult
 from efficientad_ext.inference.teacher_student import teacher_student_forward
@@ -61,13 +61,15 @@ def _eager(
     if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
         teacher, student, autoencoder = cpu_winograd.plan_for(nets).forward(x, model.feature_size)
     else:
-        fuse = options.fuses_first_layer(x.device.type)
-        # The autoencoder's CUDA options (side stream, cuDNN fusion; off by default): autoencoder_cuda.
-        teacher, student, autoencoder = autoencoder_cuda.forward_with_pdns(
-            lambda: teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer),
+        fuse, cudnn = options.fuses_first_layer(x.device.type), options.cudnn_fusion and x.is_cuda
+        # The CUDA switches (side stream, cuDNN fusion; off by default): inference/cuda_options.py.
+        teacher, student, autoencoder = cuda_options.forward_with_pdns(
+            lambda: teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer, cudnn),
             nets.autoencoder,
             x,
             model.feature_size,
+            cudnn_fusion=cudnn,
+            side_stream=options.autoencoder_side_stream,
         )
     out = ops.anomaly_maps(
         teacher, model.teacher_mean, model.teacher_std, student, autoencoder, model.quantiles, in_size, model.map_border

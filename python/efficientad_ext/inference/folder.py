@@ -26,7 +26,7 @@ import torch
 
 from efficientad_ext.data import ImageDataset, Sample
 from efficientad_ext.data.batches import batches
-from efficientad_ext.evaluation.visualize import save_heatmap_png
+from efficientad_ext.evaluation.visualize import heatmap_name, save_heatmap_png
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.formats.run_record import RunRecord
 from efficientad_ext.formats.stale_files import remove_stale_temp_files
@@ -60,11 +60,13 @@ def infer_folder(
     batch_size: int = 8,
     skip_corrupt: bool = False,
     write_images: bool = True,
+    broken_links: int = 0,
 ) -> int:
     """Scores ``paths`` into ``out_dir/scores.csv`` (columns ``path,score``, plus
     ``is_anomalous`` (1/0) and ``normalized_score`` when the model has a decision threshold)
-    and ``heatmaps/<stem>.png``; returns
-    the number of images scored. Memory is one batch of maps whatever the number of images."""
+    and ``heatmaps/<file name>.png`` (:func:`heatmap_name`); returns
+    the number of images scored. Memory is one batch of maps whatever the number of images.
+    ``broken_links``: the symbolic links of the folder left out of ``paths``, for ``run.json``."""
     out = Path(out_dir)
     remove_stale_temp_files([out, out / "heatmaps"])
     record = RunRecord(out, "infer", model_path).start()
@@ -77,8 +79,8 @@ def infer_folder(
         scores.extend(float(v) for v in result.score.float().cpu())
         if write_images:
             for item, m in zip(items, maps):
-                stem = Path(item["path"]).stem
-                save_heatmap_png(item["image"], m, out / "heatmaps" / f"{stem}.png", vmin=0.0, vmax=HEATMAP_VMAX)
+                png = out / "heatmaps" / heatmap_name(item["path"])
+                save_heatmap_png(item["image"], m, png, vmin=0.0, vmax=HEATMAP_VMAX)
     buf = io.StringIO()
     writer = csv.writer(buf)
     threshold = None if model.threshold is None else model.threshold.value
@@ -87,6 +89,10 @@ def infer_folder(
     writer.writerows(rows)
     write_text_atomically(out / "scores.csv", buf.getvalue())
     record.finish(
-        images=len(paths), scored=len(scores), skipped=len(dataset.skipped), heatmaps=len(scores) if write_images else 0
+        images=len(paths),
+        scored=len(scores),
+        skipped=len(dataset.skipped),
+        heatmaps=len(scores) if write_images else 0,
+        broken_links=broken_links,
     )
     return len(scores)

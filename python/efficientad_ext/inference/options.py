@@ -29,10 +29,20 @@ class InferenceOptions:
     first layers run as one convolution (:mod:`efficientad_ext.inference.teacher_student`).
     Default CUDA only: on the CPU it measured no faster (benchmarks/RESULTS.md), since the split
     halves cost a copy each; on CUDA it saves a launch and a read of the image.
+    ``cudnn_fusion`` (CUDA only, default off): every un-pooled convolution + bias + ReLU of the
+    PDNs and the autoencoder runs as cuDNN's runtime-fused kernel
+    (:mod:`efficientad_ext.inference.cuda_options`).
+    ``autoencoder_side_stream`` (CUDA, batch 1, default off): the autoencoder is enqueued on a
+    second stream while the PDNs run on the current one.
+    The two CUDA switches stay off until a GPU has measured them (``benchmarks/gpu_table.py``
+    has a row for each). Nothing here is read from the environment per call: a captured CUDA
+    graph is keyed by these options, so it always runs the path it was captured with.
     """
 
     cpu_winograd: bool = field(default_factory=winograd_from_environment)
     fuse_first_layer: frozenset[str] = frozenset({"cuda"})
+    cudnn_fusion: bool = False
+    autoencoder_side_stream: bool = False
 
     def __post_init__(self) -> None:
         devices = frozenset(self.fuse_first_layer)
@@ -40,7 +50,8 @@ class InferenceOptions:
         if unknown:
             raise ValueError(f"fuse_first_layer takes device types 'cpu' and 'cuda', got {sorted(unknown)}")
         object.__setattr__(self, "fuse_first_layer", devices)
-        object.__setattr__(self, "cpu_winograd", bool(self.cpu_winograd))
+        for name in ("cpu_winograd", "cudnn_fusion", "autoencoder_side_stream"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
 
     def fuses_first_layer(self, device_type: str) -> bool:
         return device_type in self.fuse_first_layer

@@ -46,7 +46,7 @@ from efficientad_ext.data.batches import batches
 from efficientad_ext.data.dataset import ImageDataset
 from efficientad_ext.data.images import list_images
 from efficientad_ext.data.layouts import Sample
-from efficientad_ext.evaluation.visualize import save_heatmap_png
+from efficientad_ext.evaluation.visualize import heatmap_name, save_heatmap_png
 from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.formats.model_file import load_model
 from efficientad_ext.inference.folder import HEATMAP_VMAX, score_table
@@ -188,6 +188,7 @@ def sharded_infer(
     workers: int | None = None,
     write_images: bool = True,
     chunk_size: int = 256,
+    allow_unverified: bool = False,
 ) -> ShardedResult:
     """Scores ``images`` (a folder) with the model file ``model_path`` on this rank's share;
     see the module docstring. Every rank of the initialised process group must call it (one
@@ -198,7 +199,7 @@ def sharded_infer(
     t0 = time.perf_counter()
     rank, world = _rank_and_world()
     out = Path(out_dir)
-    model = load_model(model_path, device=device)
+    model = load_model(model_path, device=device, allow_unverified=allow_unverified)
     paths = list_images(images)
     if not paths:
         raise FileNotFoundError(f"no images found in {images}")
@@ -246,11 +247,11 @@ def _heatmaps(model, paths, rows, out: Path, size, batch_size: int, workers: int
                 old.unlink()
             write_text_atomically(marker, repr(vmax) + "\n")
     _barrier()  # stale PNGs are gone before any rank looks for missing ones
-    need = [i for i, p in enumerate(paths) if not rows[str(p)]["error"] and not (folder / f"{p.stem}.png").is_file()]
+    need = [i for i, p in enumerate(paths) if not rows[str(p)]["error"] and not (folder / heatmap_name(p)).is_file()]
     _barrier()  # every rank has its list before any rank writes
     for positions, items in batches(
         _dataset(paths, size), batch_size, indices=need[rank::world], workers=workers, label=f"heatmaps (rank {rank})"
     ):
         good, maps, _ = _infer(model, positions, items)
         for (pos, image), m in zip(good, maps if maps is not None else []):
-            save_heatmap_png(image, m, folder / f"{paths[pos].stem}.png", vmin=0.0, vmax=vmax)
+            save_heatmap_png(image, m, folder / heatmap_name(paths[pos]), vmin=0.0, vmax=vmax)

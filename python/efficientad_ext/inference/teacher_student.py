@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from efficientad_ext import ops
+from efficientad_ext.inference.cuda_options import pdn_forward as cudnn_fused_pdn_forward
 from efficientad_ext.models.pdn import PDN
 
 
@@ -35,19 +36,30 @@ def concat_first_layers(teacher: PDN, student: PDN) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def teacher_student_forward(
-    x: Tensor, teacher: PDN, student: PDN, fuse: bool, first_layer: tuple[Tensor, Tensor] | None = None
+    x: Tensor,
+    teacher: PDN,
+    student: PDN,
+    fuse: bool,
+    first_layer: tuple[Tensor, Tensor] | None = None,
+    cudnn_fusion: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(teacher(x), student(x))`` for inference, channels-last outputs.
 
     ``fuse``: run the first layers as one convolution (when :func:`first_layers_fusable`);
-    ``first_layer``: its cached :func:`concat_first_layers` (``None``: computed here).
+    ``first_layer``: its cached :func:`concat_first_layers` (``None``: computed here);
+    ``cudnn_fusion``: the layers after it through cuDNN's fused convolution + bias + ReLU where
+    un-pooled (:func:`efficientad_ext.inference.cuda_options.pdn_forward`; CUDA only).
     """
+
+    def rest(pdn: PDN, t: Tensor, first: int) -> Tensor:
+        return cudnn_fused_pdn_forward(pdn, t, first) if cudnn_fusion else pdn.fused_forward(t, first=first)
+
     if not fuse or not first_layers_fusable(teacher, student):
-        return teacher.fused_forward(x), student.fused_forward(x)
+        return rest(teacher, x, 0), rest(student, x, 0)
     weight, bias = first_layer if first_layer is not None else concat_first_layers(teacher, student)
     spec = teacher.specs[0]
     # Two dense channels-last halves from one convolution: no channel-slice copy follows.
     first, second = ops.conv2d_relu_pool_split(
         x, weight, bias, spec.padding, spec.relu, spec.pool, spec.pool_padding, spec.out_channels
     )
-    return teacher.fused_forward(first, first=1), student.fused_forward(second, first=1)
+    return rest(teacher, first, 1), rest(student, second, 1)

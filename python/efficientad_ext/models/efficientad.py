@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from efficientad_ext import inference as _inference
 from efficientad_ext import ops
 from efficientad_ext.inference import InferenceOptions, InferenceResult, batch_input
-from efficientad_ext.models.autoencoder import MIN_IMAGE_SIZE, Autoencoder
+from efficientad_ext.models.autoencoder import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Autoencoder
 from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from efficientad_ext.models.pdn import PDN, PDN_ARCHITECTURES
 from efficientad_ext.ops import reference
@@ -43,9 +43,10 @@ class ModelConfig:
         if self.arch not in PDN_ARCHITECTURES:
             raise ValueError(f"arch must be one of {PDN_ARCHITECTURES}, got {self.arch!r}")
         size = tuple(int(v) for v in self.image_size)
-        if len(size) != 2 or min(size) < MIN_IMAGE_SIZE:
+        if len(size) != 2 or min(size) < MIN_IMAGE_SIZE or max(size) > MAX_IMAGE_SIZE:
             raise ValueError(
-                f"image_size must be (H, W) with both >= {MIN_IMAGE_SIZE} (the autoencoder's minimum), got {self.image_size!r}"
+                f"image_size must be (H, W) with both in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] (the autoencoder's "
+                f"minimum; the maximum bounds memory: about 1.3 GB per megapixel per image), got {self.image_size!r}"
             )
         object.__setattr__(self, "image_size", size)
         object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
@@ -127,7 +128,7 @@ class EfficientAD(nn.Module):
         device and dtype, resized to ``config.image_size``. Returns it and the input's (H, W).
 
         Accepts a float tensor in [0, 1] (see :mod:`efficientad_ext.models.batch_input` for the
-        tolerance) or a uint8 tensor, [B, 3, H, W] or [B, H, W, 3]
+        tolerance) or a uint8 tensor, [B, 3, H, W] (uint8 also [B, H, W, 3] where that is the only reading)
         ([B, 1, H, W] / [B, H, W, 1] grayscale is replicated to RGB; a single image without
         the batch dimension is accepted too), or a list of PIL images or numpy arrays of one size.
         """

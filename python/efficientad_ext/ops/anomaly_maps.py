@@ -106,7 +106,20 @@ def anomaly_maps(
     )
 
 
-def _fake_feature_checks(teacher: Tensor, student: Tensor, autoencoder: Tensor) -> None:
+def _fake_feature_checks(
+    op: str, teacher: Tensor, teacher_mean: Tensor, teacher_std: Tensor, student: Tensor, autoencoder: Tensor, **more
+) -> None:
+    """The checks both maps ops' fake kernels make: one device for every tensor argument
+    (``more``: the op's other tensors, by name), the feature shapes and the dtype."""
+    _checks.fake_same_device(
+        op,
+        teacher=teacher,
+        teacher_mean=teacher_mean,
+        teacher_std=teacher_std,
+        student=student,
+        autoencoder=autoencoder,
+        **more,
+    )
     _checks.fake_floating(teacher, "teacher")
     torch._check_value(
         teacher.dim() == 4, lambda: f"teacher must have 4 dimensions [B, C, h, w], got shape {tuple(teacher.shape)}"
@@ -126,15 +139,7 @@ def _fake_feature_checks(teacher: Tensor, student: Tensor, autoencoder: Tensor) 
 
 @torch.library.register_fake("efficientad::anomaly_maps_raw")
 def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoencoder):
-    _checks.fake_same_device(
-        "anomaly_maps_raw",
-        teacher=teacher,
-        teacher_mean=teacher_mean,
-        teacher_std=teacher_std,
-        student=student,
-        autoencoder=autoencoder,
-    )
-    _fake_feature_checks(teacher, student, autoencoder)
+    _fake_feature_checks("anomaly_maps_raw", teacher, teacher_mean, teacher_std, student, autoencoder)
     b, _c, h, w = teacher.shape
     acc = _acc_dtype(teacher.dtype)
     return teacher.new_empty((b, 1, h, w), dtype=acc), teacher.new_empty((b, 1, h, w), dtype=acc)
@@ -142,16 +147,7 @@ def _anomaly_maps_raw_fake(teacher, teacher_mean, teacher_std, student, autoenco
 
 @torch.library.register_fake("efficientad::anomaly_maps")
 def _anomaly_maps_fake(teacher, teacher_mean, teacher_std, student, autoencoder, quantiles, output_size, pad):
-    _checks.fake_same_device(
-        "anomaly_maps",
-        teacher=teacher,
-        teacher_mean=teacher_mean,
-        teacher_std=teacher_std,
-        student=student,
-        autoencoder=autoencoder,
-        quantiles=quantiles,
-    )
-    _fake_feature_checks(teacher, student, autoencoder)
+    _fake_feature_checks("anomaly_maps", teacher, teacher_mean, teacher_std, student, autoencoder, quantiles=quantiles)
     torch._check_value(
         len(output_size) == 2 and min(output_size) > 0,
         lambda: f"output_size must be two positive integers (H, W), got {output_size}",

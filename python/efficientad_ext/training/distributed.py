@@ -243,8 +243,10 @@ class DataParallel:
             # count: a sum of integers far below 2^53, exact in float64.
             return packed[:c], packed[c : 2 * c], int(packed[2 * c].item())
 
+        indices = range(self.rank, len(source), self.world_size)
+        # the pass's progress from rank 0 only (every rank reads the same share of the images)
         return teacher_channel_stats(
-            model, source, indices=range(self.rank, len(source), self.world_size), reduce=reduce
+            model, source, indices=indices, reduce=reduce, progress_stream=self.progress_stream()
         )
 
     def on_main_then_broadcast(self, compute: Callable[[], Tensor]) -> Tensor:

@@ -68,7 +68,7 @@ class Run:
     device: torch.device
     source: ImageSource
     val_source: ImageSource | None
-    validation_images: int  # paths given or held out (before any skip_corrupt), as recorded
+    validation_images: int  # usable validation images (after skip_corrupt), as recorded
     penalty_paths: list[Path]
     record: TrainingRecord
     stepper: TrainStep
@@ -105,17 +105,43 @@ class Run:
 
 
 def _image_sources(train_images, validation_images, model_config: ModelConfig, config: TrainConfig):
+    """The training and validation sources. With ``skip_corrupt``, unreadable and too-small
+    images are dropped *before* the validation hold-out is drawn, so a bad file cannot empty
+    either split; a run left without validation images for its quantiles fails here, before
+    any training step."""
     if not train_images:
         raise ValueError("the training set is empty: give at least one normal training image")
+    size, limit, skip = model_config.image_size, config.max_preload_bytes, config.skip_corrupt
     if validation_images is None:
-        train_paths, val_paths = split_validation(train_images, config.validation_fraction, config.seed)
+        given = sorted(Path(p) for p in train_images)
+        usable = ImageSource(given, size, limit, skip)  # the same paths, in the same order, without a bad file
+        train_paths, val_paths = split_validation(usable.paths, config.validation_fraction, config.seed)
+        source, val_source = usable.subset(train_paths), usable.subset(val_paths) if val_paths else None
+        skipped = len(given) - len(usable)
     else:
         train_paths, val_paths = sorted(Path(p) for p in train_images), sorted(Path(p) for p in validation_images)
-    log.info("training images: %d, validation images: %d", len(train_paths), len(val_paths))
-    size, limit = model_config.image_size, config.max_preload_bytes
-    source = ImageSource(train_paths, size, limit, config.skip_corrupt)
-    val_source = ImageSource(val_paths, size, limit, config.skip_corrupt) if val_paths else None
-    return source, val_source, len(val_paths)
+        source = ImageSource(train_paths, size, limit, skip)
+        val_source = _validation_source(val_paths, size, limit, skip)
+        skipped = len(train_paths) + len(val_paths) - len(source) - (0 if val_source is None else len(val_source))
+    if val_source is not None:
+        val_source.verify()  # read again only to calibrate after training: a bad file must stop the run now
+    n_val = 0 if val_source is None else len(val_source)
+    log.info("training images: %d, validation images: %d, skipped: %d", len(source), n_val, skipped)
+    return source, val_source, n_val
+
+
+def _validation_source(paths: list[Path], size, limit: int, skip: bool) -> ImageSource | None:
+    if not paths:
+        return None
+    try:
+        return ImageSource(paths, size, limit, skip)
+    except ValueError as e:  # every one skipped: say so before training, not when calibrating after it
+        if "no usable training images" not in str(e):
+            raise
+        raise ValueError(
+            f"none of the {len(paths)} validation images is usable (all unreadable or too small), so the map "
+            "quantiles could not be calibrated; give readable validation images"
+        ) from None
 
 
 def setup(

@@ -24,6 +24,7 @@ def teacher_channel_stats(
     indices: Sequence[int] | None = None,
     reduce=None,
     keep: Tensor | None = None,
+    progress_stream=None,
 ) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of the teacher's output over all images of ``source``, in one
     streaming pass with float64 sums (memory independent of the number of images).
@@ -31,12 +32,15 @@ def teacher_channel_stats(
     Data-parallel training (:mod:`.distributed`) passes this rank's ``indices`` and a ``reduce``
     that sums (total, total_sq, count) over the ranks before the mean and std are taken.
     ``keep``: a float32 [n, C, h, w] tensor that receives the raw output of images 0..n-1
-    (the :class:`TeacherCache`; the same pass, so caching costs no extra teacher forward)."""
+    (the :class:`TeacherCache`; the same pass, so caching costs no extra teacher forward).
+    ``progress_stream``: where the pass's progress lines go (see :func:`batches`)."""
     c = model.config.teacher_channels
     total = torch.zeros(c, dtype=torch.float64, device=model.device)
     total_sq = torch.zeros(c, dtype=torch.float64, device=model.device)
     count = 0
-    for chunk, images in batches(source, batch_size, indices=indices, label="teacher statistics"):
+    for chunk, images in batches(
+        source, batch_size, indices=indices, label="teacher statistics", stream=progress_stream
+    ):
         x = to_unit_float(torch.stack(images), model.device)
         t = model.teacher.fused_forward(model.normalize(x))
         if keep is not None:  # the images the cache has rows for (all, or the first n)

@@ -38,7 +38,7 @@ from efficientad_ext.models.efficientad import EfficientAD, ModelConfig
 from efficientad_ext.progress import Progress, format_duration
 from efficientad_ext.training.config import MODEL_FILE, TrainConfig
 from efficientad_ext.training.distributed import DataParallel
-from efficientad_ext.training.driver import LoopTimer, run_steps
+from efficientad_ext.training.driver import LoopTimer, drive
 from efficientad_ext.training.learning_curve import LearningCurve, eval_steps, evaluate_snapshot
 from efficientad_ext.training.penalty import penalty_batch
 from efficientad_ext.training.precision import describe_cpu
@@ -105,27 +105,50 @@ def _batch(run: Run) -> tuple[list[int], Tensor, Tensor | None]:
     return idx, images, penalty_batch([run.penalty_paths[i] for i in pidx], size, generator).to(run.device)
 
 
-def _loop(run: Run, step: int, curve: LearningCurve | None, curve_samples) -> tuple[int, dict[str, float], float]:
-    """The optimisation steps; returns the steps done, the last loss terms and the training
-    seconds (learning-curve evaluations excluded)."""
-    cfg, model = run.config, run.model
-    model.teacher.eval()
-    model.student.train()
-    model.autoencoder.train()
-    timer = LoopTimer()
+class TrainingJob:
+    """Algorithm 1 as a :class:`~efficientad_ext.training.driver.Job`: the steps of ``run``,
+    the learning-curve points, the training state, and the calibrated model file at the end."""
 
-    def after_step(done: int, terms: dict[str, float]) -> None:
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            run.save_state(done)
-        if curve is not None and curve.due(done):
-            timer.exclude(
-                lambda: curve.add(done, timer.seconds(), terms, lambda: _curve_point(run, curve_samples, done))
-            )
+    what = "training"
 
-    stream = None if run.dp is None else run.dp.progress_stream()  # rank 0's progress only
-    progress = Progress(cfg.steps, start=step, every=cfg.log_every, stream=stream)
-    done, terms = run_steps("training", step, cfg.steps, lambda s: _step(run, s), after_step, progress)
-    return done, terms, timer.seconds()
+    def __init__(self, run: Run, curve_samples: Sequence[Sample] | None) -> None:
+        self.run, self.curve_samples = run, curve_samples
+        self.total, self.checkpoint_every = run.config.steps, run.config.checkpoint_every
+        self.curve: LearningCurve | None = None
+
+    def start(self, resume: bool) -> int:
+        run = self.run
+        step = resume_or_start(run, resume)
+        self.curve = _learning_curve(run, self.curve_samples, step, resume)
+        if run.dp is not None:  # DDP wrappers, this rank's own RNG stream (restored on resume)
+            run.dp.start(run.stepper, run.state_path if resume else None)
+        run.model.teacher.eval()
+        run.model.student.train()
+        run.model.autoencoder.train()
+        return step
+
+    def progress(self, start: int) -> Progress:
+        stream = None if self.run.dp is None else self.run.dp.progress_stream()  # rank 0's progress only
+        return Progress(self.total, start=start, every=self.run.config.log_every, stream=stream)
+
+    def step(self, step: int) -> dict[str, float]:
+        return _step(self.run, step)
+
+    def periodic(self, done: int, terms: dict[str, float], timer: LoopTimer) -> None:
+        curve = self.curve
+        if curve is not None and curve.due(done):  # its evaluation time is not training time
+            point = lambda: _curve_point(self.run, self.curve_samples, done)  # noqa: E731
+            timer.exclude(lambda: curve.add(done, timer.seconds(), terms, point))
+
+    def checkpoint(self, done: int, timer: LoopTimer) -> None:
+        self.run.save_state(done)
+
+    def out_of_time(self, done: int, timer: LoopTimer) -> bool:
+        return False
+
+    def finish(self, start: int, done: int, terms: dict[str, float], timer: LoopTimer) -> EfficientAD:
+        """Calibrates the quantiles and writes the model file and ``training.json``."""
+        return _finalise(self.run, start, done, terms, timer.seconds())
 
 
 def _finalise(run: Run, start_step: int, step: int, terms: dict[str, float], seconds: float) -> EfficientAD:
@@ -206,9 +229,4 @@ def train(
     # None in one process; else this rank's view of the data-parallel run.
     dp = DataParallel.create(config, device, data_parallel, curve=curve_samples is not None)
     run = setup(train_images, out_dir, model_config, config, validation_images, teacher, torch.device(device), dp)
-    start_step = resume_or_start(run, resume)
-    curve = _learning_curve(run, curve_samples, start_step, resume)
-    if dp is not None:  # DDP wrappers, this rank's own RNG stream (restored on resume)
-        dp.start(run.stepper, run.state_path if resume else None)
-    step, terms, seconds = _loop(run, start_step, curve, curve_samples)
-    return _finalise(run, start_step, step, terms, seconds)
+    return drive(TrainingJob(run, curve_samples), resume)

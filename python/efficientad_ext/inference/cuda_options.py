@@ -1,19 +1,21 @@
-"""Two CUDA options for the autoencoder in ``EfficientAD.infer``, both OFF by default until a
-GPU has measured them (``benchmarks/gpu_table.py`` has a row for each).
+"""The two CUDA options of ``EfficientAD.infer`` (:class:`InferenceOptions` ``cudnn_fusion``
+and ``autoencoder_side_stream``), both OFF by default until a GPU has measured them
+(``benchmarks/gpu_table.py`` has a row for each).
 
-``EFFICIENTAD_CUDNN_FUSION=1``
-    Every ``Conv2d`` directly followed by ``ReLU`` in the autoencoder runs as cuDNN's
-    runtime-fused convolution + bias + ReLU (``aten::cudnn_convolution_relu``): one kernel and
-    one pass over the output instead of a convolution, a bias pass and a ReLU pass. The same
-    variable switches the CUDA PDN layers (``csrc/cuda/pdn_layer_cuda.h``).
-``EFFICIENTAD_AE_SIDE_STREAM=1``
+``cudnn_fusion``
+    Every ``Conv2d`` directly followed by ``ReLU`` in the autoencoder, and every un-pooled
+    convolution + bias + ReLU of the PDNs (:func:`pdn_forward`), runs as cuDNN's runtime-fused
+    convolution + bias + ReLU (``aten::cudnn_convolution_relu``): one kernel and one pass over
+    the output instead of a convolution, a bias pass and a ReLU pass. Pooled PDN layers keep
+    the ``conv2d_relu_pool`` op (cuDNN has no fused pooling).
+``autoencoder_side_stream``
     At batch 1 the autoencoder (about half of ``infer``'s ~80 launches, independent of the
     PDNs) is enqueued on a side stream; the PDNs run on the current stream meanwhile. Inside a
     CUDA-graph capture (:mod:`.cuda_graphs`) the fork and join become graph
     edges, so the replayed graph runs both branches concurrently.
 
-Both are read at every call (host only: capture-safe); CUDA graphs already captured keep the
-path they were captured with (a model's cached graphs are dropped with its inference cache).
+Both are fields of the options, which key the CUDA graphs: a graph never replays a path other
+than the one it was captured with. Both are ignored off CUDA.
 Invariants of the side stream:
 
 * Fork: the side stream waits for everything enqueued on the current stream so far (the
@@ -29,19 +31,16 @@ Invariants of the side stream:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from efficientad_ext import ops
 from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
+from efficientad_ext.models.pdn import PDN
 
 _SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-
-
-def _on(name: str) -> bool:
-    return os.environ.get(name) == "1"
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
@@ -88,24 +87,44 @@ def fused_forward(ae: Autoencoder, x: Tensor, output_size: tuple[int, int], conv
     return run_autoencoder(x, output_size, fused(ae.encoder), [fused(s) for s in ae.decoder_stages], fused(ae.head))
 
 
-def _autoencoder(ae: nn.Module, x: Tensor, output_size: tuple[int, int]) -> Tensor:
-    if x.is_cuda and isinstance(ae, Autoencoder) and not ae.training and _on("EFFICIENTAD_CUDNN_FUSION"):
+@torch.no_grad()
+def pdn_forward(pdn: PDN, x: Tensor, first: int = 0, conv_relu=fused_conv_relu) -> Tensor:
+    """:meth:`PDN.fused_forward` (the layers from index ``first`` on) with every un-pooled
+    convolution + bias + ReLU run by ``conv_relu`` (cuDNN's fused kernel); the other layers
+    through the ``conv2d_relu_pool`` op. Channels-last in and out, as the fused op."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    for conv, spec in zip(pdn.convolutions()[first:], pdn.specs[first:]):
+        if spec.relu and not spec.pool and conv.bias is not None:
+            x = conv_relu(x, conv).contiguous(memory_format=torch.channels_last)
+        else:
+            x = ops.conv2d_relu_pool(x, conv.weight, conv.bias, spec.padding, spec.relu, spec.pool, spec.pool_padding)
+    return x
+
+
+def _autoencoder(ae: nn.Module, x: Tensor, output_size: tuple[int, int], cudnn_fusion: bool) -> Tensor:
+    if cudnn_fusion and x.is_cuda and isinstance(ae, Autoencoder) and not ae.training:
         return fused_forward(ae, x, output_size)
     return ae(x, output_size)
 
 
 def forward_with_pdns(
-    pdns: Callable[[], tuple[Tensor, Tensor]], ae: nn.Module, x: Tensor, output_size: tuple[int, int]
+    pdns: Callable[[], tuple[Tensor, Tensor]],
+    ae: nn.Module,
+    x: Tensor,
+    output_size: tuple[int, int],
+    cudnn_fusion: bool = False,
+    side_stream: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(*pdns(), ae(x, output_size))``; with the options above when they are on."""
-    if not (x.is_cuda and x.shape[0] == 1 and _on("EFFICIENTAD_AE_SIDE_STREAM")):
+    """``(*pdns(), ae(x, output_size))``; with the options above when they are on (CUDA only;
+    the side stream at batch 1 only)."""
+    if not (side_stream and x.is_cuda and x.shape[0] == 1):
         teacher, student = pdns()
-        return teacher, student, _autoencoder(ae, x, output_size)
+        return teacher, student, _autoencoder(ae, x, output_size, cudnn_fusion)
     main = torch.cuda.current_stream(x.device)
     side = _side_stream(x.device)
     side.wait_stream(main)  # fork: after the input is ready
     with torch.cuda.stream(side):
-        autoencoder = _autoencoder(ae, x, output_size)
+        autoencoder = _autoencoder(ae, x, output_size, cudnn_fusion)
     teacher, student = pdns()
     main.wait_stream(side)  # join: the maps read the autoencoder's output on `main`
     return teacher, student, autoencoder
