@@ -189,26 +189,33 @@ def test_resize_mask_nearest():
 # layouts
 
 
+DATASET_SIZE = (40, 60)
+DATASET_BOX = (5, 15, 10, 25)  # write_mask's default box, scaled by 5
+
+
 def make_mvtec(root: Path, loco: bool = False, n_train=3) -> Path:
+    """Images of DATASET_SIZE (datasets refuse sides below 33 pixels); masks with the boxes of
+    the 8x12 masks above scaled by 5, so resized to 8x12 (nearest) they are those boxes again."""
+    h, w = DATASET_SIZE
     for i in range(n_train):
-        write(root / "train" / "good" / f"{i:03d}.png", rgb(seed=i))
-    write(root / "test" / "good" / "000.png", rgb(seed=10))
-    write(root / "test" / "good" / "001.PNG", rgb(seed=11))
-    write(root / "test" / "crack" / "000.png", rgb(seed=12))
-    write(root / "test" / "crack" / "001.jpg", rgb(seed=13))
-    write(root / "test" / "hole" / "000.png", rgb(seed=14))
+        write(root / "train" / "good" / f"{i:03d}.png", rgb(h, w, seed=i))
+    write(root / "test" / "good" / "000.png", rgb(h, w, seed=10))
+    write(root / "test" / "good" / "001.PNG", rgb(h, w, seed=11))
+    write(root / "test" / "crack" / "000.png", rgb(h, w, seed=12))
+    write(root / "test" / "crack" / "001.jpg", rgb(h, w, seed=13))
+    write(root / "test" / "hole" / "000.png", rgb(h, w, seed=14))
     (root / "test" / "crack" / "readme.txt").write_text("ignored")
     (root / "test" / "crack" / ".hidden.png").write_bytes(b"ignored")
     if loco:
-        write(root / "validation" / "good" / "000.png", rgb(seed=20))
-        write_mask(root / "ground_truth" / "crack" / "000" / "000.png", box=(0, 2, 0, 2))
-        write_mask(root / "ground_truth" / "crack" / "000" / "001.png", box=(5, 8, 9, 12))
-        write_mask(root / "ground_truth" / "crack" / "001" / "000.png")
-        write_mask(root / "ground_truth" / "hole" / "000_mask.png")  # AD style also accepted
+        write(root / "validation" / "good" / "000.png", rgb(h, w, seed=20))
+        write_mask(root / "ground_truth" / "crack" / "000" / "000.png", h, w, box=(0, 10, 0, 10))
+        write_mask(root / "ground_truth" / "crack" / "000" / "001.png", h, w, box=(25, 40, 45, 60))
+        write_mask(root / "ground_truth" / "crack" / "001" / "000.png", h, w, box=DATASET_BOX)
+        write_mask(root / "ground_truth" / "hole" / "000_mask.png", h, w, box=DATASET_BOX)  # AD style also accepted
     else:
-        write_mask(root / "ground_truth" / "crack" / "000_mask.png")
-        write_mask(root / "ground_truth" / "crack" / "001_mask.png")
-        write_mask(root / "ground_truth" / "hole" / "000_mask.png")
+        write_mask(root / "ground_truth" / "crack" / "000_mask.png", h, w, box=DATASET_BOX)
+        write_mask(root / "ground_truth" / "crack" / "001_mask.png", h, w, box=DATASET_BOX)
+        write_mask(root / "ground_truth" / "hole" / "000_mask.png", h, w, box=DATASET_BOX)
     return root
 
 
@@ -303,9 +310,9 @@ pcb1,test,anomaly,pcb1/Data/Images/Anomaly/0000.JPG,pcb1/Data/Masks/Anomaly/0000
 def make_visa(root: Path) -> Path:
     for line in VISA_CSV.splitlines()[1:]:
         _, _, _, image, mask = line.split(",")
-        write(root / image, rgb())
+        write(root / image, rgb(*DATASET_SIZE))
         if mask:
-            write_mask(root / mask)
+            write_mask(root / mask, *DATASET_SIZE, box=DATASET_BOX)
     (root / "split_csv").mkdir(parents=True)
     (root / "split_csv" / "1cls.csv").write_text(VISA_CSV)
     return root
@@ -392,7 +399,7 @@ def test_image_dataset_items(tmp_path):
     assert item["image"].shape == (3, 16, 24) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (1, 16, 24) and item["mask"].dtype == torch.bool
     assert item["mask"].sum() == 6 * 4  # 2x3 box doubled in each direction (nearest)
-    assert item["label"] == 1 and item["path"] == str(s.test[0].path) and item["original_size"] == (8, 12)
+    assert item["label"] == 1 and item["path"] == str(s.test[0].path) and item["original_size"] == DATASET_SIZE
     good = ds[2]
     assert good["label"] == 0 and not good["mask"].any()
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
@@ -420,8 +427,8 @@ def test_image_dataset_corrupt(tmp_path):
 
 
 def test_image_dataset_mask_size_mismatch(tmp_path):
-    img = write(tmp_path / "x.png", rgb(8, 12))
-    mask = write_mask(tmp_path / "x_mask.png", h=9)
+    img = write(tmp_path / "x.png", rgb(*DATASET_SIZE))
+    mask = write_mask(tmp_path / "x_mask.png", h=DATASET_SIZE[0] + 1, w=DATASET_SIZE[1])
     ds = ImageDataset([Sample(img, 1, "crack", mask)], (8, 8))
     with pytest.raises(ImageError, match="differs from its image"):
         ds[0]

@@ -140,7 +140,7 @@ def test_eval_and_infer_killed_mid_output_are_marked_and_rerun_cleanly(data, tmp
     run(["infer", str(model), str(images), "--out", str(out), "--batch-size", "2"])
     assert read_status(out) == "complete" and not temp_files(out)
     record = json.loads((out / "run.json").read_text())
-    assert record["counts"] == {"images": 24, "scored": 24, "skipped": 0, "heatmaps": 24}
+    assert record["counts"] == {"images": 24, "scored": 24, "skipped": 0, "heatmaps": 24, "broken_links": 0}
     assert (
         len((out / "scores.csv").read_text().splitlines()) == 25 and len(list((out / "heatmaps").glob("*.png"))) == 24
     )

@@ -31,6 +31,19 @@ EAD_HD MapNormalization<Acc> make_map_normalization(const Acc* q) {
   return {q[0], Acc(0.1) / (q[1] - q[0]), q[2], Acc(0.1) / (q[3] - q[2])};
 }
 
+// Whether normalising before resizing (what the kernels do) equals the definition's order
+// (resize, then normalise): true when both scales are finite and positive, i.e. q_a < q_b with
+// 0.1 / (q_b - q_a) representable. Otherwise an infinite normalised value enters a bilinear
+// tap with weight 0 and gives 0 * inf = NaN where the definition gives +-inf, so the CPU kernel
+// refuses such quantiles (the model loader and calibration never produce them).
+template <typename Acc>
+EAD_HD bool normalization_is_valid(const MapNormalization<Acc>& n) {
+  const auto ok = [](Acc offset, Acc scale) {
+    return offset - offset == Acc(0) && scale - scale == Acc(0) && scale > Acc(0);  // finite, > 0
+  };
+  return ok(n.st_offset, n.st_scale) && ok(n.ae_offset, n.ae_scale);
+}
+
 template <typename Acc>
 EAD_HD Acc combine_maps(Acc map_st, Acc map_ae, const MapNormalization<Acc>& n) {
   return Acc(0.5) * ((map_st - n.st_offset) * n.st_scale) +

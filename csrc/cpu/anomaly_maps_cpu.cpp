@@ -143,6 +143,9 @@ std::tuple<at::Tensor, at::Tensor> anomaly_maps_cpu(const at::Tensor& teacher, c
     using Acc = acc_t<scalar_t>;
     const std::vector<Acc> q = channel_vector<Acc>(quantiles, false);
     const MapNormalization<Acc> norm = make_map_normalization(q.data());
+    TORCH_CHECK_VALUE(normalization_is_valid(norm),
+                      "quantiles must be finite with q_st_a < q_st_b and q_ae_a < q_ae_b (0.1 / (q_b - q_a) finite), "
+                      "got [", q[0], ", ", q[1], ", ", q[2], ", ", q[3], "]");
     const Acc border = combine_maps(Acc(0), Acc(0), norm);  // padded raw maps are 0
     std::vector<Acc> combined(B * h * w);
     for_each_row<scalar_t, Acc>(f, teacher_mean, teacher_std, [&](int64_t b, int64_t y, const Acc* st, const Acc* ae) {

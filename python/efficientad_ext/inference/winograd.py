@@ -106,6 +106,7 @@ class WinogradWeights:
     input_tf: Tensor  # BT [a, a]
     output_tf: Tensor  # AT [m, a]
     kernel_size: int
+    weight: Tensor  # the untransformed [C_out, C_in, r, r]: the direct path for non-finite input
 
 
 @torch.no_grad()
@@ -128,6 +129,5 @@ def prepare_weights(weight: Tensor, bias: Tensor | None = None, tile: int | None
     a = m + r - 1
     weight_tf = u.reshape(a * a, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
     as_tensor = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype, device=dev)  # noqa: E731
-    return WinogradWeights(
-        weight_tf, None if bias is None else bias.detach().contiguous(), as_tensor(bt), as_tensor(at), r
-    )
+    b = None if bias is None else bias.detach().contiguous()
+    return WinogradWeights(weight_tf, b, as_tensor(bt), as_tensor(at), r, weight.detach().contiguous())

@@ -39,6 +39,14 @@ def winograd_conv2d(
     Returns:
         A channels-last tensor equal to :func:`efficientad_ext.ops.reference.winograd_conv2d` up to
         rounding (~1e-6 of the output's magnitude in float32).
+
+    Non-finite input: Winograd's transforms mix every input of a tile into every output of it,
+    so one NaN or inf would turn its whole output tiles non-finite (75 NaN outputs where the
+    direct convolution gives 27, inf turned into NaN). An input holding NaN or inf therefore
+    runs the direct convolution (:func:`efficientad_ext.ops.conv2d_relu_pool`), whose NaN and
+    inf outputs are exactly the reference's; the check is one pass over the input. (The raw
+    ``torch.ops.efficientad.winograd_conv2d``, which a ``torch.compile``'d call runs, has only
+    the transformed weights: there a non-finite input spreads to its whole output tiles.)
     """
     _checks.tensor(input, "input")
     _checks.integer(padding, "padding")
@@ -47,6 +55,11 @@ def winograd_conv2d(
     if input.device.type != "cpu":
         raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
     _checks.inference_only("winograd_conv2d", input=input)
+    # A data-dependent branch: skipped while torch.compile traces (the compiled call is the raw op's).
+    if not torch.compiler.is_compiling() and input.is_floating_point() and not bool(torch.isfinite(input).all()):
+        w, b = prepared.weight.to(input.dtype), None if prepared.bias is None else prepared.bias.to(input.dtype)
+        out = _ops.conv2d_relu_pool(input.contiguous(), w, b, padding, relu, pool, pool_padding)
+        return out.contiguous(memory_format=torch.channels_last)
     return _ops.winograd_conv2d(
         input,
         prepared.weight_tf,
