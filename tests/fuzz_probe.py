@@ -214,12 +214,17 @@ def case_infer(rnd: Rand):
     kind = rnd.pick("tensor", "pil", "numpy", "junk")
     size = rnd.pick((256, 256), (300, 200), (64, 64), (0, 5))
     if kind == "tensor":
+        # (4, 64) and (20, 300): below the 33-pixel minimum; (64, 3) permuted: an ambiguous layout
+        size = rnd.pick(size, size, (4, 64), (20, 300), (64, 3))
         dtype = rnd.pick(torch.float32, torch.uint8, torch.float64, torch.int32, torch.float16)
         base = torch.rand(1, 3, *size)
         scale = rnd.pick(1.0, 1.0, 255.0, -5.0, 1.4, float("nan"))
         batch = (base * scale).to(dtype) if dtype.is_floating_point else (base * 255).to(dtype)
         batch = batch.permute(0, 2, 3, 1) if rnd.r.random() < 0.3 else batch
         desc = f"tensor {tuple(batch.shape)} {dtype} x{scale}"
+        # The documented reading: NCHW, or uint8 NHWC when dim 1 cannot be a channel count.
+        nhwc = dtype == torch.uint8 and batch.shape[1] not in (1, 3) and batch.shape[-1] in (1, 3)
+        expected_hw = tuple(batch.shape[1:3]) if nhwc else tuple(batch.shape[-2:])
     elif kind == "pil":
         mode = rnd.pick("RGB", "L", "I;16", "I", "F", "1", "P", "LA", "RGBA", "CMYK")
         a = np.random.default_rng(rnd.r.randrange(1 << 30)).integers(
@@ -245,7 +250,8 @@ def case_infer(rnd: Rand):
 
     def call():
         result = _model().infer(batch)
-        return bool(torch.isfinite(result.score).all()) and result.anomaly_map.dim() == 4
+        layout_ok = kind != "tensor" or tuple(result.anomaly_map.shape[-2:]) == expected_hw
+        return bool(torch.isfinite(result.score).all()) and result.anomaly_map.dim() == 4 and layout_ok
 
     return f"infer({desc})", call
 
