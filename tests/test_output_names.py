@@ -77,3 +77,18 @@ def test_broken_symlinks_are_warned_about_and_counted(tmp_path):
         assert score_folder(model, images, tmp_path / "out", device="cpu") == 2
     counts = json.loads((tmp_path / "out" / "run.json").read_text())["counts"]
     assert counts["broken_links"] == 3 and counts["scored"] == 2
+
+
+def test_eval_counts_broken_symlinks_in_run_json(tmp_path):
+    from efficientad_ext.cli import main
+
+    model = save_model(EfficientAD(), tmp_path / "m.safetensors")
+    root = tmp_path / "set"
+    _image(root / "train" / "good" / "000.png", 90)
+    _image(root / "test" / "good" / "000.png", 40)
+    _image(root / "test" / "crack" / "000.png", 10)
+    os.symlink(tmp_path / "gone.png", root / "test" / "crack" / "001.png")
+    with pytest.warns(UserWarning, match="symbolic link"):
+        assert main(["eval", str(model), str(root), "--out", str(tmp_path / "eval"), "--no-images"]) == 0
+    counts = json.loads((tmp_path / "eval" / "run.json").read_text())["counts"]
+    assert counts == {"images": 2, "anomalous": 1, "broken_links": 1}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from efficientad_ext.api import calibrate, default_device, evaluate, score_folder, score_folder_sharded
 from efficientad_ext.cli.options import DEVICE_HELP, add_model_arg, non_negative_int
+from efficientad_ext.data import broken_links
 from efficientad_ext.evaluation.evaluator import format_summary
 from efficientad_ext.evaluation.report import DEFAULT_GALLERY_SIZE
 from efficientad_ext.formats.run_record import RunRecord
@@ -30,7 +31,10 @@ def cmd_eval(args) -> int:
         report_gallery=args.report_gallery,
         allow_unverified=args.allow_unverified,
     )
-    record.finish(images=result["images"], anomalous=result["anomalous"])  # the last write: the run is complete
+    # MVTec-style test folders: the symbolic links left out of them (each warned about when listed)
+    test = Path(args.dataset) / "test"
+    broken = sum(len(broken_links(d)) for d in test.iterdir() if d.is_dir()) if test.is_dir() else 0
+    record.finish(images=result["images"], anomalous=result["anomalous"], broken_links=broken)  # the last write
     print(format_summary(result))
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
     if args.report:
