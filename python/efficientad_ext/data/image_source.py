@@ -20,7 +20,12 @@ class ImageSource:
     decoded once up front even when not preloaded); otherwise the first one raises."""
 
     def __init__(
-        self, paths: Sequence[Path], size: tuple[int, int], max_bytes: int, skip_corrupt: bool = False
+        self,
+        paths: Sequence[Path],
+        size: tuple[int, int],
+        max_bytes: int,
+        skip_corrupt: bool = False,
+        empty_message: str = "no usable training images",
     ) -> None:
         self.size = size
         self.paths: list[Path] = []
@@ -40,7 +45,7 @@ class ImageSource:
             if self._cache is not None:
                 self._cache.append(image)
         if not self.paths:
-            raise ValueError("no usable training images")
+            raise ValueError(empty_message)
 
     def verify(self) -> None:
         """Decodes every image not preloaded once (an :class:`ImageError` names the first bad

@@ -133,15 +133,12 @@ def _image_sources(train_images, validation_images, model_config: ModelConfig, c
 def _validation_source(paths: list[Path], size, limit: int, skip: bool) -> ImageSource | None:
     if not paths:
         return None
-    try:
-        return ImageSource(paths, size, limit, skip)
-    except ValueError as e:  # every one skipped: say so before training, not when calibrating after it
-        if "no usable training images" not in str(e):
-            raise
-        raise ValueError(
-            f"none of the {len(paths)} validation images is usable (all unreadable or too small), so the map "
-            "quantiles could not be calibrated; give readable validation images"
-        ) from None
+    # every one skipped: said now, before training, not when calibrating after it
+    empty = (
+        f"none of the {len(paths)} validation images is usable (all unreadable or too small), so the map "
+        "quantiles could not be calibrated; give readable validation images"
+    )
+    return ImageSource(paths, size, limit, skip, empty_message=empty)
 
 
 def setup(
