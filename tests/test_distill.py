@@ -371,3 +371,21 @@ def test_efficientnet_lite0_extractor_features():
     assert f.shape == (1, ex.raw_channels, 64, 64) and ex.raw_channels == 744
     assert [t.shape[1] for t in direct] == [40, 80, 112, 192, 320]
     assert torch.isfinite(f).all()
+
+
+@needs_weights
+def test_skip_corrupt_drops_bad_files_before_the_holdout_is_drawn(tmp_path):
+    """A corrupt file or a 1x1 image never takes a held-out place: with skip_corrupt both are
+    dropped first, whichever seed; without it the run names the file before any step."""
+    from efficientad_ext.data import ImageError
+    from efficientad_ext.distillation.run_setup import setup
+
+    good = write_images(tmp_path / "imgs", 5)
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "imgs" / "tiny.png")
+    for seed in range(4):
+        cfg = DistillConfig(holdout_images=3, seed=seed, skip_corrupt=True)
+        run = setup(tmp_path / "imgs", tmp_path / f"out{seed}", cfg, torch.device("cpu"), "test")
+        assert sorted([*run.src_t.paths, *run.held_paths]) == sorted(good) and len(run.held_paths) == 3
+    with pytest.raises(ImageError, match="bad.png|tiny.png"):
+        setup(tmp_path / "imgs", tmp_path / "strict", DistillConfig(holdout_images=3), torch.device("cpu"), "test")

@@ -146,9 +146,17 @@ def setup(images, out_dir, config: DistillConfig, device: torch.device, command:
     paths, images_desc = _image_paths(images)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    train_paths, held_paths = _split_holdout(paths, config.holdout_images, config.seed)
-    log.info("distillation images: %d for training, %d held out", len(train_paths), len(held_paths))
-    src_t = ImageSource(train_paths, (TEACHER_SIZE, TEACHER_SIZE), config.max_preload_bytes, config.skip_corrupt)
+    # With skip_corrupt, unreadable and too-small files are dropped before the hold-out is drawn,
+    # so one cannot take a held-out place (the same split as before when none is dropped).
+    usable = ImageSource(paths, (TEACHER_SIZE, TEACHER_SIZE), config.max_preload_bytes, config.skip_corrupt)
+    train_paths, held_paths = _split_holdout(usable.paths, config.holdout_images, config.seed)
+    log.info(
+        "distillation images: %d for training, %d held out, %d skipped",
+        len(train_paths),
+        len(held_paths),
+        len(paths) - len(usable),
+    )
+    src_t = usable.subset(train_paths)
     size_e = (config.extractor_size, config.extractor_size)
     src_e = ImageSource(src_t.paths, size_e, config.max_preload_bytes, config.skip_corrupt)
     extractor = build_extractor(config.extractor, config.extractor_weights, config.extractor_size).to(device)
