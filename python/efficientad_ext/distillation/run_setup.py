@@ -139,15 +139,10 @@ def _image_paths(images) -> tuple[list[Path], str]:
     return paths, desc
 
 
-def setup(images, out_dir, config: DistillConfig, device: torch.device, command: str | None) -> Run:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files([out_dir])  # left by a run killed in this folder
-    paths, images_desc = _image_paths(images)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    # With skip_corrupt, unreadable and too-small files are dropped before the hold-out is drawn,
-    # so one cannot take a held-out place (the same split as before when none is dropped).
+def _image_sources(paths: list[Path], config: DistillConfig) -> tuple[ImageSource, ImageSource, list[Path]]:
+    """The teacher-size and extractor-size sources of the training images, and the held-out
+    paths. With skip_corrupt, unreadable and too-small files are dropped before the hold-out is
+    drawn, so one cannot take a held-out place (the same split as before when none is dropped)."""
     usable = ImageSource(paths, (TEACHER_SIZE, TEACHER_SIZE), config.max_preload_bytes, config.skip_corrupt)
     train_paths, held_paths = _split_holdout(usable.paths, config.holdout_images, config.seed)
     log.info(
@@ -158,7 +153,17 @@ def setup(images, out_dir, config: DistillConfig, device: torch.device, command:
     )
     src_t = usable.subset(train_paths)
     size_e = (config.extractor_size, config.extractor_size)
-    src_e = ImageSource(src_t.paths, size_e, config.max_preload_bytes, config.skip_corrupt)
+    return src_t, ImageSource(src_t.paths, size_e, config.max_preload_bytes, config.skip_corrupt), held_paths
+
+
+def setup(images, out_dir, config: DistillConfig, device: torch.device, command: str | None) -> Run:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files([out_dir])  # left by a run killed in this folder
+    paths, images_desc = _image_paths(images)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    src_t, src_e, held_paths = _image_sources(paths, config)
     extractor = build_extractor(config.extractor, config.extractor_weights, config.extractor_size).to(device)
     teacher = build_pdn(config.arch, config.out_channels, padded=True).to(device)
     if config.channels_last:  # depthwise convolutions are ~3x faster channels-last on CPU (oneDNN)
