@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from browser_helpers import headless_chromium
 from efficientad_ext import DecisionThreshold, EfficientAD
 from efficientad_ext.api import evaluate
 from efficientad_ext.cli import main
@@ -208,50 +209,23 @@ def test_evaluate_writes_the_report(evaluated_report):
 
 # --- in a real browser --------------------------------------------------------------------
 
-BROWSER = shutil.which("chromium") or "/usr/bin/chromium"
-REQUIRE_BROWSER = os.environ.get("EFFICIENTAD_REQUIRE_BROWSER") == "1"  # CI installs chromium and sets this
-
 
 def _open_in_chromium(page_path: Path, screenshot: Path) -> dict:
     """Loads the page in headless chromium; returns its console errors, page errors, failed
     requests and the state of every <img>, and saves a full-page screenshot."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if REQUIRE_BROWSER:
-            raise
-        pytest.skip('playwright not installed (pip install ".[test]")')
-    if not Path(BROWSER).is_file():
-        if REQUIRE_BROWSER:
-            pytest.fail(f"EFFICIENTAD_REQUIRE_BROWSER=1 but {BROWSER} is missing (apt-get install chromium)")
-        pytest.skip("no chromium (apt-get install chromium)")
     seen: dict = {"console_errors": [], "page_errors": [], "failed_requests": []}
-    # The closed network: no background connections, no first-run, no updates.
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=BROWSER, args=args, timeout=60_000)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: m.type == "error" and seen["console_errors"].append(m.text))
-            page.on("pageerror", lambda e: seen["page_errors"].append(str(e)))
-            page.on("requestfailed", lambda r: seen["failed_requests"].append(r.url))
-            page.goto(page_path.resolve().as_uri(), wait_until="load", timeout=60_000)
-            seen["images"] = page.evaluate(
-                "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, "
-                "h: i.naturalHeight, shown: i.getBoundingClientRect().width}))"
-            )
-            seen["title"] = page.title()
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: m.type == "error" and seen["console_errors"].append(m.text))
+        page.on("pageerror", lambda e: seen["page_errors"].append(str(e)))
+        page.on("requestfailed", lambda r: seen["failed_requests"].append(r.url))
+        page.goto(page_path.resolve().as_uri(), wait_until="load", timeout=60_000)
+        seen["images"] = page.evaluate(
+            "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, "
+            "h: i.naturalHeight, shown: i.getBoundingClientRect().width}))"
+        )
+        seen["title"] = page.title()
+        page.screenshot(path=str(screenshot), full_page=True)
     return seen
 
 

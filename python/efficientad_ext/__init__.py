@@ -15,7 +15,7 @@ from efficientad_ext._version import __version__ as __version__
 load_library()
 
 from efficientad_ext import ops  # noqa: E402  (ops need the library loaded)
-from efficientad_ext.api import calibrate, distill, evaluate, export, infer, load, train  # noqa: E402
+from efficientad_ext.api import calibrate, distill, evaluate, export, infer, load, serve, train  # noqa: E402
 from efficientad_ext.formats.model_file import ModelFileError, load_model, save_model  # noqa: E402
 from efficientad_ext.inference import InferenceOptions  # noqa: E402
 from efficientad_ext.models.autoencoder import Autoencoder  # noqa: E402
@@ -37,6 +37,7 @@ __all__ = [
     "InferenceResult",
     "DecisionThreshold",
     "calibrate",
+    "serve",
     "export",
     "ModelConfig",
     "ModelFileError",

@@ -4,7 +4,7 @@ CLI only parses arguments and calls them.
 ``load(path)`` then ``infer(batch)``; ``train(dataset_root, out_dir)`` (``train_categories`` for
 one model per category), ``evaluate(model, dataset_root, out_dir)``, ``calibrate``,
 ``score_folder`` (``score_folder_sharded`` under torchrun), ``export``, ``convert_from_anomalib``
-/ ``convert_to_anomalib`` and ``distill(images, out_dir)``.
+/ ``convert_to_anomalib``, ``distill(images, out_dir)`` and ``serve(model_path)``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from efficientad_ext.formats.model_file import load_model, save_model
 from efficientad_ext.inference.folder import infer_folder
 from efficientad_ext.inference.sharded import ShardedResult, sharded_infer
 from efficientad_ext.models.efficientad import DecisionThreshold, EfficientAD, InferenceResult, ModelConfig
+from efficientad_ext.serving import ServeConfig
+from efficientad_ext.serving import serve as serve_model
 from efficientad_ext.training.config import TrainConfig
 from efficientad_ext.training.many_models import train_all
 from efficientad_ext.training.trainer import train as train_on_images
@@ -326,3 +328,20 @@ def convert_from_anomalib(
 def convert_to_anomalib(model_path: PathLike, out: PathLike, *, allow_unverified: bool = False) -> Path:
     """Our model file as an anomalib ``EfficientAdModel`` state dict (``.pth`` or ``.safetensors``)."""
     return save_anomalib_state_dict(load_model(model_path, allow_unverified=allow_unverified), out)
+
+
+def serve(
+    model_path: PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    config: ServeConfig | None = None,
+    allow_unverified: bool = False,
+) -> None:
+    """Serves ``model_path`` over HTTP until interrupted: ``POST /v1/score``, ``GET /v1/model``,
+    ``/healthz``, ``/readyz``, ``/metrics`` and a page at ``/`` (:mod:`efficientad_ext.serving`;
+    needs ``pip install ".[serve]"``). ``config``: batching, limits and the token
+    (:class:`~efficientad_ext.serving.ServeConfig`). Binds to 127.0.0.1 unless ``host`` says otherwise."""
+    serve_model(model_path, host, port, config=config, device=device, dtype=dtype, allow_unverified=allow_unverified)

@@ -1,6 +1,6 @@
 """The ``efficientad`` command line: ``train``, ``train-all``, ``distill``, ``demo``
 (:mod:`.train_commands`); ``eval``, ``infer``, ``calibrate`` (:mod:`.score_commands`); ``export``,
-``selfcheck``, ``convert`` (:mod:`.model_commands`). Every command reports a bad input as one
+``selfcheck``, ``convert`` (:mod:`.model_commands`); ``serve`` (:mod:`.serve_command`). Every command reports a bad input as one
 line ``efficientad CMD: error: ...`` and exit status 2."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from efficientad_ext.cli.model_commands import add_model_parsers
 from efficientad_ext.cli.options import HelpWithDefaults
 from efficientad_ext.cli.score_commands import add_score_parsers
+from efficientad_ext.cli.serve_command import add_serve_parser
 from efficientad_ext.cli.train_commands import add_demo_parser, add_distill_parser, add_train_parsers
 from efficientad_ext.data import ImageError
 from efficientad_ext.formats.model_file import ModelFileError
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_parsers(sub)
     add_model_parsers(sub)
     add_demo_parser(sub)
+    add_serve_parser(sub)
     for command in sub.choices.values():
         command.formatter_class = HelpWithDefaults
     return parser

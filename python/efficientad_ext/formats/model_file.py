@@ -64,6 +64,13 @@ def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def model_digest(path: str | os.PathLike[str]) -> str | None:
+    """The integrity digest a model file's header records (None when it has none); reads
+    only the header. The digest is checked by :func:`load_model`, not here."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return (f.metadata() or {}).get(integrity.DIGEST_KEY)
+
+
 def _read_checked_metadata(path: Path, allow_unverified: bool):
     """The file's tensors and parsed metadata: format, version, digest and every field checked."""
     if not path.is_file():

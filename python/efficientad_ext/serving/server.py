@@ -1,0 +1,73 @@
+"""``efficientad serve`` / ``efficientad_ext.serve``: a model file behind uvicorn.
+
+uvicorn's own shutdown is the graceful one the service needs: on SIGINT/SIGTERM it stops
+accepting, lets the requests in flight finish (at most ``shutdown_timeout_s``), and only then
+runs the app's lifespan end, which drains the batcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from efficientad_ext.formats.model_file import load_model, model_digest
+from efficientad_ext.serving.app import create_app
+from efficientad_ext.serving.config import ServeConfig
+from efficientad_ext.serving.service import ScoringService
+
+log = logging.getLogger("efficientad_ext.serve")
+
+
+def build_service(
+    model_path: str | os.PathLike[str],
+    config: ServeConfig,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    allow_unverified: bool = False,
+) -> ScoringService:
+    """Loads ``model_path`` (its digest checked) onto ``device`` (default: the GPU when there
+    is one) and wraps it for serving; raises what ``load_model`` raises for a bad file."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_path, device=device, allow_unverified=allow_unverified)
+    return ScoringService(model, model_path, model_digest(model_path), config, dtype)
+
+
+def make_server(service: ScoringService, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"):
+    """A ``uvicorn.Server`` for ``service``, not started (``.run()`` blocks; tests and the load
+    benchmark run it on a thread and set ``.should_exit``)."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ImportError(f'efficientad serve needs the serve extra: pip install ".[serve]" ({e})') from None
+    config = uvicorn.Config(
+        create_app(service),
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=service.config.shutdown_timeout_s,
+        limit_concurrency=1024,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(
+    model_path: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    config: ServeConfig | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    allow_unverified: bool = False,
+) -> None:
+    """Serves ``model_path`` on ``host:port`` until interrupted (see the module docstring)."""
+    config = config or ServeConfig()
+    service = build_service(Path(model_path), config, device, dtype, allow_unverified)
+    if host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
+        log.warning("serving on %s without a token: anyone who reaches this address can use the service", host)
+    make_server(service, host, port).run()
