@@ -13,7 +13,7 @@ other status, or a connection error), or lost (no answer within the client timeo
 Reported per level: throughput, latency p50/p95/p99 (client side, from sending to the last byte
 of the answer), the batch sizes the service formed (each answer's ``batch_size``: the images in
 the network call that scored it), failed and lost. Then, in the same run and on the same images,
-`efficientad infer` on a folder (the whole command, start-up included) and ``efficientad_ext.infer``
+`efficientad infer` on a folder (the whole command, start-up included) and ``EfficientAD.infer_each``
 in this process at --max-batch images per call: the throughput a user gets without the service.
 
 Without --model, a freshly initialised EfficientAD-S is saved and served (speed does not depend
@@ -190,9 +190,27 @@ def time_infer_in_process(model: Path, paths: list[Path], batch: int, threads: i
     loaded = efficientad_ext.load_model(model, device="cpu")
     efficientad_ext.infer([Image.open(paths[0])], model=loaded)  # warm-up, as the service's
     t0 = time.perf_counter()
-    for i in range(0, len(paths), batch):
-        efficientad_ext.infer([Image.open(p) for p in paths[i : i + batch]], model=loaded)
+    for i in range(0, len(paths), batch):  # images of mixed sizes: infer_each, as the service
+        loaded.infer_each([Image.open(p) for p in paths[i : i + batch]])
     return time.perf_counter() - t0
+
+
+def report_levels(args, paths: list[Path], levels: list[Level], rss_before: float, rss_after: float) -> None:
+    print(
+        f"{len(paths)} distinct images from {args.folder}; {args.requests} requests per level; service: "
+        f"max batch {args.max_batch}, max wait {args.max_wait_ms} ms, {args.threads} torch threads, CPU; "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "| clients | answered | requests/s | p50 ms | p95 ms | p99 ms | mean batch (sizes: answers) | failed | lost |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for level in levels:
+        print(level_row(level))
+        for kind, count in level.failures.items():
+            print(f"    {level.clients} clients: {count} x {kind}")
+    print(f"service resident memory: {rss_before:.0f} MiB after warm-up, {rss_after:.0f} MiB after the last level")
+    sys.stdout.flush()
 
 
 def prepare(args, tmp: Path) -> tuple[Path, list[Path]]:
@@ -238,6 +256,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(60)
+        report_levels(args, paths, levels, rss_before, rss_after)
         folder = tmp / "images"
         folder.mkdir()
         for p in paths:
@@ -245,25 +264,11 @@ def main() -> int:
         command_s = time_infer_command(model, folder, args.max_batch, args.threads, tmp / "infer-out")
         in_process_s = time_infer_in_process(model, paths, args.max_batch, args.threads)
 
-    print(
-        f"{len(paths)} distinct images from {args.folder}; {args.requests} requests per level; service: "
-        f"max batch {args.max_batch}, max wait {args.max_wait_ms} ms, {args.threads} torch threads, CPU; "
-        f"{os.cpu_count()} CPUs; load average at the end {os.getloadavg()[0]:.2f}"
-    )
-    print(
-        "| clients | answered | requests/s | p50 ms | p95 ms | p99 ms | mean batch (sizes: answers) | failed | lost |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
-    for level in levels:
-        print(level_row(level))
-        for kind, count in level.failures.items():
-            print(f"    {level.clients} clients: {count} x {kind}")
-    print(f"service resident memory: {rss_before:.0f} MiB after warm-up, {rss_after:.0f} MiB after the last level")
     n = len(paths)
     print(
         f"efficientad infer on a folder of the same {n} images, batch {args.max_batch}: "
         f"{n / command_s:.2f} images/s for the whole command ({command_s:.1f} s, start-up included); "
-        f"efficientad_ext.infer in-process: {n / in_process_s:.2f} images/s"
+        f"EfficientAD.infer_each in-process: {n / in_process_s:.2f} images/s"
     )
     return 0 if all(level.failed == 0 and level.lost == 0 for level in levels) else 1
 

@@ -41,6 +41,29 @@ def test_map_at_input_resolution_and_other_model_sizes():
     assert result.anomaly_map.shape == (1, 1, 400, 500)
 
 
+@pytest.mark.parametrize("winograd", [True, False])
+def test_infer_each_batches_mixed_sizes_with_infers_values(winograd):
+    model = random_model()
+    model.inference_options = efficientad_ext.InferenceOptions(cpu_winograd=winograd)
+    model.threshold = efficientad_ext.DecisionThreshold(value=1e-4, method="f1_optimal_test", details={})
+    from PIL import Image
+
+    images = [torch.rand(3, 301, 257), torch.rand(1, 3, 256, 256), torch.rand(3, 40, 77)]
+    pil = Image.fromarray((torch.rand(90, 61, 3) * 255).byte().numpy())
+    results = model.infer_each([*images, pil])
+    assert [tuple(r.anomaly_map.shape) for r in results] == [(1, 1, 301, 257), (1, 1, 256, 256), (1, 1, 40, 77),
+                                                             (1, 1, 90, 61)]  # fmt: skip
+    for image, result in zip([*images, pil], results):
+        alone = model.infer([image] if isinstance(image, Image.Image) else image.reshape(1, 3, *image.shape[-2:]))
+        torch.testing.assert_close(result.anomaly_map, alone.anomaly_map, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(result.score, alone.score, rtol=1e-4, atol=1e-7)
+        assert result.is_anomalous is not None and bool(result.is_anomalous[0]) == bool(alone.is_anomalous[0])
+    with pytest.raises(ValueError, match="at least one image"):
+        model.infer_each([])
+    with pytest.raises(ValueError, match=r"each image must be one image.*\(2, 3, 64, 64\)"):
+        model.infer_each([torch.rand(2, 3, 64, 64)])
+
+
 def test_input_forms_agree():
     model = random_model()
     u8 = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)

@@ -99,7 +99,7 @@ def test_model_card_health_and_metrics(server, model_file):
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
-    images = [png_bytes(256, 256, 100 + i) for i in range(12)]
+    images = [png_bytes(200 + 9 * i, 260 - 7 * i, 100 + i) for i in range(12)]  # twelve sizes: batched all the same
     answers: dict[int, object] = {}
     start = threading.Barrier(len(images))
 
@@ -170,7 +170,7 @@ def test_a_failed_inference_is_a_500_and_the_service_keeps_serving(server, monke
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure\nsecond line")
 
-    monkeypatch.setattr(server.service.model, "infer", broken)
+    monkeypatch.setattr(server.service.model, "infer_each", broken)
     answer = score(server.port, [("a.png", png_bytes(64, 64, 1))])
     assert answer.status == 500 and answer.json()["error"] == "inference failed: RuntimeError: simulated failure"
     monkeypatch.undo()
@@ -206,13 +206,13 @@ def test_token_guards_every_endpoint_but_healthz(model_file):
 def test_shutdown_answers_the_requests_in_flight(model_file):
     running = RunningServer(build_service(model_file, ServeConfig(max_batch=2), device="cpu"))
     model = running.service.model
-    real_infer = model.infer
+    real_infer, real_infer_each = model.infer, model.infer_each
 
     def slow_infer(*args, **kwargs):
         time.sleep(0.4)
-        return real_infer(*args, **kwargs)
+        return real_infer_each(*args, **kwargs)
 
-    model.infer = slow_infer
+    model.infer_each = slow_infer
     images = [png_bytes(64, 64, 200 + i) for i in range(5)]
     answers: dict[int, object] = {}
 
@@ -228,7 +228,7 @@ def test_shutdown_answers_the_requests_in_flight(model_file):
     running.stop()  # asks uvicorn to exit with all five in flight (five batches of 0.4 s at most two each)
     for t in threads:
         t.join(60)
-    model.infer = real_infer
+    model.infer_each = real_infer_each
     for i, data in enumerate(images):
         assert answers[i].status == 200, (i, answers[i].body)
         expected = float(real_infer([Image.open(io.BytesIO(data))]).score[0])
@@ -241,12 +241,12 @@ def test_shutdown_answers_the_requests_in_flight(model_file):
 
 
 def _fake_score(calls: list):
-    def score_fn(images: torch.Tensor, want_maps: bool):
-        calls.append(tuple(images.shape))
-        if (images < 0).any():
+    def score_fn(images: list[torch.Tensor], want_maps: bool):
+        calls.append([tuple(im.shape) for im in images])
+        if any((im < 0).any() for im in images):
             raise RuntimeError("poisoned")
-        scores = images.mean(dim=(1, 2, 3))
-        return scores, (images[:, 0] if want_maps else None)
+        scores = torch.stack([im.mean() for im in images])
+        return scores, ([im[0] for im in images] if want_maps else None)
 
     return score_fn
 
@@ -259,7 +259,7 @@ def test_batcher_groups_splits_isolates_failures_and_drains():
         batcher = DynamicBatcher(_fake_score(calls), max_batch=4, max_wait_ms=500, receiving=lambda: receiving["n"])
         batcher.start()
         a = [torch.full((3, 40, 40), 0.1)]
-        b = [torch.full((3, 40, 50), 0.2), torch.full((3, 40, 40), 0.3)]  # two sizes: two calls in one batch
+        b = [torch.full((3, 40, 50), 0.2), torch.full((3, 40, 40), 0.3)]  # two sizes, one call
         poisoned = [torch.full((3, 40, 40), -1.0)]
         big = [torch.full((3, 40, 40), 0.4 + i / 100) for i in range(6)]  # more than max_batch: alone, in chunks
         tasks = [asyncio.ensure_future(batcher.submit(x, want_maps=(x is b))) for x in (a, b, poisoned)]
@@ -281,7 +281,10 @@ def test_batcher_groups_splits_isolates_failures_and_drains():
     assert [round(s.score, 4) for s in big_result] == [round(0.4 + i / 100, 4) for i in range(6)]
     assert [s.batch_size for s in big_result] == [4, 4, 4, 4, 2, 2]
     assert round(late[0].score, 4) == 0.1
-    assert (1, 3, 40, 50) in calls and (4, 3, 40, 40) in calls and (2, 3, 40, 40) in calls
+    # a, b (two sizes) and the poisoned one in one call, then each alone; big in chunks of 4 and 2
+    assert calls[0] == [(3, 40, 40), (3, 40, 50), (3, 40, 40), (3, 40, 40)]
+    assert calls[1:4] == [[(3, 40, 40)], [(3, 40, 50), (3, 40, 40)], [(3, 40, 40)]]
+    assert [len(c) for c in calls[4:]] == [4, 2, 1]
 
 
 def test_batcher_does_not_wait_when_no_other_request_is_arriving():

@@ -8,7 +8,7 @@ scoring of image folders.
 - :mod:`.teacher_student`: the teacher's and student's first layers as one convolution;
 - :mod:`.cpu_winograd` and :mod:`.winograd`: Winograd convolutions for CPU inference;
 - :mod:`.cuda_graphs`: CUDA-graph capture and replay;
-- :mod:`.engine`: :func:`infer`, which puts them together;
+- :mod:`.engine`: :func:`infer`, which puts them together, and :func:`infer_each` (mixed sizes, batched);
 - :mod:`.folder` and :mod:`.sharded`: a folder of images scored into ``scores.csv`` and
   heatmaps, in one process or shared among the ranks of a process group.
 
@@ -19,9 +19,9 @@ load models from files, so they are imported by their own names.
 
 from __future__ import annotations
 
-from efficientad_ext.inference.engine import infer
+from efficientad_ext.inference.engine import infer, infer_each
 from efficientad_ext.inference.networks import clear
 from efficientad_ext.inference.options import InferenceOptions
 from efficientad_ext.inference.result import InferenceResult
 
-__all__ = ["InferenceOptions", "InferenceResult", "clear", "infer"]
+__all__ = ["InferenceOptions", "InferenceResult", "clear", "infer", "infer_each"]

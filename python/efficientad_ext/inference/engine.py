@@ -57,20 +57,7 @@ def _eager(
     branches: bool = False,
 ) -> InferenceResult:
     x, in_size = batch_input.prepare(model, batch)
-    x = x.to(nets.dtype)
-    if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
-        teacher, student, autoencoder = cpu_winograd.plan_for(nets).forward(x, model.feature_size)
-    else:
-        fuse, cudnn = options.fuses_first_layer(x.device.type), options.cudnn_fusion and x.is_cuda
-        # The CUDA switches (side stream, cuDNN fusion; off by default): inference/cuda_options.py.
-        teacher, student, autoencoder = cuda_options.forward_with_pdns(
-            lambda: teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer, cudnn),
-            nets.autoencoder,
-            x,
-            model.feature_size,
-            cudnn_fusion=cudnn,
-            side_stream=options.autoencoder_side_stream,
-        )
+    teacher, student, autoencoder = _networks(model, x.to(nets.dtype), nets, options)
     out = ops.anomaly_maps(
         teacher, model.teacher_mean, model.teacher_std, student, autoencoder, model.quantiles, in_size, model.map_border
     )
@@ -86,6 +73,56 @@ def _eager(
             model.map_border,
         ),
     )
+
+
+def _networks(
+    model: EfficientAD, x: Tensor, nets: InferenceNetworks, options: InferenceOptions
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher, student and autoencoder outputs of the prepared input ``x`` (compute dtype)."""
+    if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
+        return cpu_winograd.plan_for(nets).forward(x, model.feature_size)
+    fuse, cudnn = options.fuses_first_layer(x.device.type), options.cudnn_fusion and x.is_cuda
+    # The CUDA switches (side stream, cuDNN fusion; off by default): inference/cuda_options.py.
+    return cuda_options.forward_with_pdns(
+        lambda: teacher_student_forward(x, nets.teacher, nets.student, fuse, nets.first_layer, cudnn),
+        nets.autoencoder,
+        x,
+        model.feature_size,
+        cudnn_fusion=cudnn,
+        side_stream=options.autoencoder_side_stream,
+    )
+
+
+@torch.no_grad()
+def infer_each(model: EfficientAD, images: Sequence[Any], dtype: torch.dtype | str | None) -> list[InferenceResult]:
+    """Algorithm 2 for images of *different* sizes in one network call: each image is prepared
+    on its own (resized to the model's size, as :func:`infer` does), the networks run once on
+    the stacked batch, and each image's map is made at its own size by the fused maps op. So
+    every image gets the values :func:`infer` gives it alone, and the networks, the cost,
+    still run batched. ``images``: each one image as :func:`infer` takes a batch of one
+    ([3, H, W] / [1, 3, H, W] tensors, PIL images, arrays)."""
+    if len(images) == 0:
+        raise ValueError("images must hold at least one image")
+    nets = networks_for(model, resolve_dtype(model, dtype))
+    prepared = [batch_input.prepare(model, [im] if not isinstance(im, Tensor) else _one(im)) for im in images]
+    teacher, student, autoencoder = _networks(model, torch.cat([x for x, _ in prepared]).to(nets.dtype), nets,
+                                              model.inference_options)  # fmt: skip
+    results = []
+    for i, (_, size) in enumerate(prepared):
+        part = slice(i, i + 1)
+        out = ops.anomaly_maps(teacher[part], model.teacher_mean, model.teacher_std, student[part],
+                               autoencoder[part], model.quantiles, size, model.map_border)  # fmt: skip
+        results.append(InferenceResult(out.anomaly_map, out.score))
+    return results
+
+
+def _one(image: Tensor) -> Tensor:
+    """A single image tensor as a batch of one ([3, H, W] -> [1, 3, H, W])."""
+    if image.dim() == 3:
+        return image.unsqueeze(0)
+    if image.dim() == 4 and image.shape[0] == 1:
+        return image
+    raise ValueError(f"each image must be one image, [3, H, W] or [1, 3, H, W], got shape {tuple(image.shape)}")
 
 
 def branch_maps(raw: tuple[Tensor, Tensor], quantiles: Tensor, size: tuple[int, int], border: int) -> dict[str, Tensor]:

@@ -171,6 +171,18 @@ class EfficientAD(nn.Module):
         return InferenceResult(result.anomaly_map, result.score, self.threshold.value, result.branches)
 
     @torch.no_grad()
+    def infer_each(self, images: Sequence[Any], dtype: torch.dtype | str | None = None) -> list[InferenceResult]:
+        """:meth:`infer` for images of different sizes, batched: one ``InferenceResult`` per
+        image (map [1, 1, H, W] at that image's size, score [1]), with the values ``infer``
+        gives each image alone, while the networks run once on all of them (each image is
+        resized to the model's size first, as ``infer`` does). For a service whose requests
+        come in mixed sizes (``efficientad serve``). Eager (no CUDA graph)."""
+        results = _inference.infer_each(self, images, dtype)
+        if self.threshold is None:
+            return results
+        return [InferenceResult(r.anomaly_map, r.score, self.threshold.value) for r in results]
+
+    @torch.no_grad()
     def raw_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The raw student-teacher and student-autoencoder maps of normalised inputs ``x``,
         padded and resized to ``config.image_size`` as in inference (for the quantiles)."""

@@ -24,11 +24,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
-# (images of one size [B, 3, H, W]) -> (scores [B], maps [B, H, W] or None), both on the CPU in float32
-ScoreFn = Callable[[Tensor, bool], tuple[Tensor, Tensor | None]]
+# (images, each [3, H, W] of any size) -> (scores [B], each image's map [H, W] or None), on the
+# CPU in float32; one network call for all of them (EfficientAD.infer_each).
+ScoreFn = Callable[[list[Tensor], bool], tuple[Tensor, list[Tensor] | None]]
 
 
 @dataclass
@@ -172,15 +172,12 @@ class DynamicBatcher:
         images = [(i, j, im) for i, r in enumerate(batch) for j, im in enumerate(r.images)]
         want_maps = any(r.want_maps for r in batch)
         answers: list[list[ImageScore | None]] = [[None] * len(r.images) for r in batch]
-        # infer returns maps at the input's size, so a batch runs as one call per image size.
-        by_size: dict[tuple[int, int], list[tuple[int, int, Tensor]]] = {}
-        for item in images:
-            by_size.setdefault(tuple(item[2].shape[-2:]), []).append(item)
-        for group in by_size.values():
-            for start in range(0, len(group), self._max_batch):
-                chunk = group[start : start + self._max_batch]
-                scores, maps = self._score_fn(torch.stack([im for _, _, im in chunk]), want_maps)
-                for k, (i, j, _) in enumerate(chunk):
-                    keep = maps is not None and batch[i].want_maps
-                    answers[i][j] = ImageScore(float(scores[k]), maps[k] if keep else None, len(chunk))
+        # Images of any sizes share a network call (each resized to the model's size, its map
+        # made at its own size); only a request holding more than max_batch images is chunked.
+        for start in range(0, len(images), self._max_batch):
+            chunk = images[start : start + self._max_batch]
+            scores, maps = self._score_fn([im for _, _, im in chunk], want_maps)
+            for k, (i, j, _) in enumerate(chunk):
+                keep = maps is not None and batch[i].want_maps
+                answers[i][j] = ImageScore(float(scores[k]), maps[k] if keep else None, len(chunk))
         return answers  # type: ignore[return-value]

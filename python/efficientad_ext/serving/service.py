@@ -1,7 +1,7 @@
 """The model behind the endpoints: one loaded model, its card, its batcher and its metrics.
 
-Kept free of the web framework, so what a request is scored by (:meth:`ScoringService.score`)
-is the plain ``EfficientAD.infer`` a Python user calls.
+Kept free of the web framework, so what a request is scored by is ``EfficientAD.infer_each``,
+which gives every image the values the plain ``EfficientAD.infer`` a Python user calls gives it.
 """
 
 from __future__ import annotations
@@ -52,15 +52,15 @@ class ScoringService:
         )
 
     @torch.no_grad()
-    def _score_batch(self, images: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
-        result = self.model.infer(images, dtype=self.dtype)
-        scores = result.score.float().cpu()
-        return scores, (result.anomaly_map[:, 0].float().cpu() if want_maps else None)
+    def _score_batch(self, images: list[Tensor], want_maps: bool) -> tuple[Tensor, list[Tensor] | None]:
+        results = self.model.infer_each(images, dtype=self.dtype)
+        scores = torch.cat([r.score.float().cpu() for r in results])
+        return scores, ([r.anomaly_map[0, 0].float().cpu() for r in results] if want_maps else None)
 
     def warm_up(self) -> None:
         """One batch-1 inference at the model's size (weights cast, kernels chosen) before ``ready``."""
         h, w = self.model.config.image_size
-        self._score_batch(torch.full((1, 3, h, w), 0.5), False)
+        self._score_batch([torch.full((3, h, w), 0.5)], False)
 
     def card(self) -> dict[str, Any]:
         """``GET /v1/model``: what the model is, how it decides, how it is served."""
