@@ -4,7 +4,8 @@
         [--requests 96] [--time-limit 300] [--max-batch 8] [--max-wait-ms 5] [--threads 2]
 
 The service runs as its own process (`python -m efficientad_ext serve`, as a user starts it), so
-its resident memory can be read from /proc before the first level and after the last. For each
+its resident memory can be read from /proc after warm-up and after every level (give a client
+count twice, e.g. ``--clients 1 4 16 16``, to see whether a repeated load grows it). For each
 client count, that many threads each send one image per request (multipart, one file), the next
 as soon as the last is answered, until --requests requests have been sent in all at that level
 or --time-limit seconds have passed. Every request is accounted for: answered 200, failed (any
@@ -49,6 +50,7 @@ class Level:
     failed: int = 0
     lost: int = 0
     failures: Counter = field(default_factory=Counter)
+    rss_after_mib: float = 0.0  # the service's resident memory once the level is done
 
 
 def free_port() -> int:
@@ -168,7 +170,7 @@ def level_row(level: Level) -> str:
     mean_batch = sum(b * c for b, c in level.batch_sizes.items()) / max(1, n)
     return (
         f"| {level.clients} | {n} | {n / level.seconds:.2f} | {lat} | {mean_batch:.2f} ({sizes}) "
-        f"| {level.failed} | {level.lost} |"
+        f"| {level.failed} | {level.lost} | {level.rss_after_mib:.0f} |"
     )
 
 
@@ -195,21 +197,22 @@ def time_infer_in_process(model: Path, paths: list[Path], batch: int, threads: i
     return time.perf_counter() - t0
 
 
-def report_levels(args, paths: list[Path], levels: list[Level], rss_before: float, rss_after: float) -> None:
+def report_levels(args, paths: list[Path], levels: list[Level], rss_before: float) -> None:
     print(
         f"{len(paths)} distinct images from {args.folder}; {args.requests} requests per level; service: "
         f"max batch {args.max_batch}, max wait {args.max_wait_ms} ms, {args.threads} torch threads, CPU; "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}"
     )
     print(
-        "| clients | answered | requests/s | p50 ms | p95 ms | p99 ms | mean batch (sizes: answers) | failed | lost |"
+        "| clients | answered | requests/s | p50 ms | p95 ms | p99 ms | mean batch (sizes: answers) | failed | lost "
+        "| service RSS after, MiB |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for level in levels:
         print(level_row(level))
         for kind, count in level.failures.items():
             print(f"    {level.clients} clients: {count} x {kind}")
-    print(f"service resident memory: {rss_before:.0f} MiB after warm-up, {rss_after:.0f} MiB after the last level")
+    print(f"service resident memory after warm-up, before the first level: {rss_before:.0f} MiB")
     sys.stdout.flush()
 
 
@@ -251,12 +254,14 @@ def main() -> int:
         server = start_server(model, port, args, tmp / "server.log")
         try:
             rss_before = rss_mib(server.pid)
-            levels = [run_level(port, images, c, args.requests, args.time_limit) for c in args.clients]
-            rss_after = rss_mib(server.pid)
+            levels = []
+            for clients in args.clients:
+                levels.append(run_level(port, images, clients, args.requests, args.time_limit))
+                levels[-1].rss_after_mib = rss_mib(server.pid)
         finally:
             server.terminate()
             server.wait(60)
-        report_levels(args, paths, levels, rss_before, rss_after)
+        report_levels(args, paths, levels, rss_before)
         folder = tmp / "images"
         folder.mkdir()
         for p in paths:

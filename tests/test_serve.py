@@ -9,7 +9,9 @@ import asyncio
 import base64
 import io
 import os
+import platform
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from efficientad_ext.formats.model_file import model_digest  # noqa: E402
 from efficientad_ext.models.efficientad import DecisionThreshold, EfficientAD  # noqa: E402
 from efficientad_ext.serving import ServeConfig, build_service  # noqa: E402
 from efficientad_ext.serving.batcher import BatcherClosed, DynamicBatcher  # noqa: E402
+from efficientad_ext.serving.server import limit_malloc_arenas  # noqa: E402
 from serve_helpers import RunningServer, multipart, png_bytes, request, score  # noqa: E402
 
 LIMITS = dict(max_batch=8, max_wait_ms=200.0, max_image_pixels=600 * 600, max_request_bytes=2 * 2**20, max_files=4)
@@ -323,6 +326,13 @@ def test_cli_serve_reports_a_missing_model_in_one_line(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "absent.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("efficientad serve: error:") and "absent.safetensors" in err and "\n" not in err
+
+
+def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's choice stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
 
 
 # --- the page, in a real headless browser ----------------------------------------------------

@@ -7,8 +7,10 @@ runs the app's lifespan end, which drains the batcher.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +21,27 @@ from efficientad_ext.serving.config import ServeConfig
 from efficientad_ext.serving.service import ScoringService
 
 log = logging.getLogger("efficientad_ext.serve")
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+SERVE_MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = SERVE_MALLOC_ARENAS) -> bool:
+    """Caps glibc's malloc arenas for this process (as ``MALLOC_ARENA_MAX`` would); True if done.
+
+    Why: glibc gives each thread that allocates its own arena (up to 8 per core), and keeps
+    what was freed in each. The service decodes uploads on a pool of threads and scores on
+    another, with buffers of every image size, so its resident memory kept growing under load
+    (RESULTS.md: +50 MiB over 192 requests after 300 had been served) without a leak; with 2
+    arenas it stayed flat to 6 MiB. Left alone where the user set ``MALLOC_ARENA_MAX``, and
+    off glibc (where the call does not exist)."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 def build_service(
@@ -67,6 +90,7 @@ def serve(
 ) -> None:
     """Serves ``model_path`` on ``host:port`` until interrupted (see the module docstring)."""
     config = config or ServeConfig()
+    limit_malloc_arenas()  # before any thread of the server starts: they then share 2 arenas
     service = build_service(Path(model_path), config, device, dtype, allow_unverified)
     if host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
         log.warning("serving on %s without a token: anyone who reaches this address can use the service", host)
