@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import io
 import os
 import platform
@@ -326,6 +327,19 @@ def test_cli_serve_reports_a_missing_model_in_one_line(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "absent.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("efficientad serve: error:") and "absent.safetensors" in err and "\n" not in err
+
+
+def test_cli_serve_without_the_extra_says_what_to_install(model_file, monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a)
+    )
+    assert main(["serve", str(model_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == 'efficientad serve: error: efficientad serve needs the serve extra: pip install ".[serve]" (missing: uvicorn)'
+    )
 
 
 def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch):

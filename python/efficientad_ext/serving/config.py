@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 
 TOKEN_ENV = "EFFICIENTAD_SERVE_TOKEN"
+# The serve extra's import names (pip install ".[serve]"); the package imports without them.
+SERVE_EXTRA_MODULES = ("starlette", "uvicorn", "multipart", "prometheus_client")
+
+
+def require_serve_extra() -> None:
+    """ImportError naming what to install when a module of the serve extra is missing, before
+    a model is loaded or anything half-built fails on it."""
+    missing = [m for m in SERVE_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f'efficientad serve needs the serve extra: pip install ".[serve]" (missing: {", ".join(missing)})'
+        )
 
 
 @dataclass(frozen=True)

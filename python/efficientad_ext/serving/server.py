@@ -17,7 +17,7 @@ import torch
 
 from efficientad_ext.formats.model_file import load_model, model_digest
 from efficientad_ext.serving.app import create_app
-from efficientad_ext.serving.config import ServeConfig
+from efficientad_ext.serving.config import ServeConfig, require_serve_extra
 from efficientad_ext.serving.service import ScoringService
 
 log = logging.getLogger("efficientad_ext.serve")
@@ -53,6 +53,7 @@ def build_service(
 ) -> ScoringService:
     """Loads ``model_path`` (its digest checked) onto ``device`` (default: the GPU when there
     is one) and wraps it for serving; raises what ``load_model`` raises for a bad file."""
+    require_serve_extra()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_path, device=device, allow_unverified=allow_unverified)

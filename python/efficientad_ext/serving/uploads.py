@@ -16,7 +16,7 @@ from efficientad_ext.serving.decode import RequestError
 try:  # the serve extra; serving.app refuses to start without it
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
-except ImportError:  # pragma: no cover - checked by serving.extra
+except ImportError:  # pragma: no cover - config.require_serve_extra says what to install
     UploadFile = MultiPartParser = MultiPartException = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
