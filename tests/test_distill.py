@@ -268,9 +268,10 @@ def test_distill_input_errors(tmp_path):
 
 
 @needs_weights
-def test_cli_distill_then_train_with_the_teacher(tmp_path, capsys):
+def test_cli_distill_then_train_with_the_teacher(tmp_path, capsys, monkeypatch):
     from efficientad_ext.cli import main
 
+    monkeypatch.chdir(tmp_path)  # the teacher file records its paths relative to here
     write_images(tmp_path / "imgs", 4)
     rc = main(
         [
@@ -301,7 +302,11 @@ def test_cli_distill_then_train_with_the_teacher(tmp_path, capsys):
     with safe_open(str(teacher), framework="pt") as f:
         meta = f.metadata()
         assert meta["format"] == "efficientad_ext.teacher" and meta["arch"] == "small"
-        assert json.loads(meta["record"])["command"].startswith("efficientad distill --images")
+        record = json.loads(meta["record"])
+        # Given as absolute paths, recorded relative: nothing of this machine's layout travels.
+        assert record["command"].startswith("efficientad distill --images imgs --out t --steps 1")
+        assert record["images"] == "imgs" and str(tmp_path) not in meta["record"]
+    assert str(tmp_path) in (tmp_path / "t" / "distill.json").read_text()  # the local record keeps them
     assert main(["distill", "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "u"), "--steps", "1"]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -4,7 +4,8 @@ Tensors: the weights of teacher, student and autoencoder (``teacher.*``, ``stude
 ``autoencoder.*``), ``teacher_mean``, ``teacher_std`` and ``quantiles``. Metadata (JSON in the
 safetensors header): format name and version, the :class:`ModelConfig` (architecture, padding,
 image size, input normalisation), whether the quantiles were calibrated, the decision
-threshold and how it was chosen (when the model has one), how the model was trained, and an
+threshold and how it was chosen (when the model has one), how the model was trained (its
+absolute paths made relative, :mod:`efficientad_ext.formats.portable_paths`), and an
 integrity digest of all of it (:mod:`efficientad_ext.integrity`). No
 pickle anywhere: loading a file cannot run code. Loading checks the digest, parses every
 metadata field with its type and range and refuses values a model cannot work with
@@ -23,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from efficientad_ext.formats import integrity, metadata_schema
 from efficientad_ext.formats.atomic import write_atomically
+from efficientad_ext.formats.portable_paths import portable_record
 from efficientad_ext.formats.state_dict import tensor_mismatch
 from efficientad_ext.models.efficientad import EfficientAD
 
@@ -50,7 +52,7 @@ def save_model(model: EfficientAD, path: str | os.PathLike[str]) -> Path:
         "format_version": str(FORMAT_VERSION),
         "config": json.dumps(model.config.to_dict()),
         "calibrated": json.dumps(bool(model.calibrated)),
-        "training": json.dumps(asdict(model.record)),
+        "training": json.dumps(portable_record(asdict(model.record))),  # no absolute paths travel
     }
     if model.threshold is not None:
         metadata["threshold"] = json.dumps(asdict(model.threshold))

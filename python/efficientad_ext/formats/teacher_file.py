@@ -25,6 +25,7 @@ import torch
 
 from efficientad_ext.formats import anomalib_layout, integrity
 from efficientad_ext.formats.atomic import write_atomically
+from efficientad_ext.formats.portable_paths import portable_record
 from efficientad_ext.formats.state_dict import key_mismatch, read_state_dict, shape_mismatch
 from efficientad_ext.models.pdn import PDN
 
@@ -92,7 +93,8 @@ def load_teacher_weights(pdn: PDN, path: str | os.PathLike[str]) -> None:
 
 def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: Any, dtype: torch.dtype = torch.float32) -> Path:
     """Writes the teacher's weights (``dtype``) and a run's record (a dataclass, stored as JSON
-    metadata) as safetensors, atomically. The file loads with :func:`load_teacher_weights`."""
+    metadata with its absolute paths made relative: :mod:`portable_paths`) as safetensors,
+    atomically. The file loads with :func:`load_teacher_weights`."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in teacher.state_dict().items()}
@@ -101,7 +103,7 @@ def save_teacher(teacher: PDN, path: str | os.PathLike[str], record: Any, dtype:
         "format_version": "1",
         "arch": teacher.arch,
         "out_channels": str(teacher.out_channels),
-        "record": json.dumps(asdict(record)),
+        "record": json.dumps(portable_record(asdict(record))),
     }
     metadata = integrity.with_digest(tensors, metadata)
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
