@@ -148,6 +148,40 @@ def test_page_holds_the_metrics_table_figures_and_gallery_in_order(tmp_path):
 
 
 @needs_report_libraries
+def test_gallery_shows_each_branch_map_on_one_scale_of_their_own(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    data = _report_data(tmp_path)
+    local, global_ = torch.zeros(6, 32, 32), torch.zeros(6, 32, 32)
+    local[3], global_[5] = 2.0, 2.0  # image 3: only the local map is hot; image 5: only the global one
+    data.branch_maps = {"local": local, "global": global_}
+    page = write_report(data, tmp_path / "report.html").read_text()
+    found = re.findall(
+        r'<img class="branches" src="data:image/jpeg;base64,([^"]+)" alt="([^"]+): local and global', page
+    )
+    assert len(found) == 6 and "the local map (student vs. teacher, left)" in page
+    strips = {html.unescape(alt).split("/")[1]: b64 for b64, alt in found}
+
+    def red_minus_blue(name):  # per half of the strip: hot (jet's red) > 0 > cold (jet's blue)
+        strip = np.asarray(Image.open(io.BytesIO(base64.b64decode(strips[name]))).convert("RGB"), dtype=np.float32)
+        assert strip.shape[1] == 2 * strip.shape[0]  # two square panels at the gallery's height
+        half = strip.shape[1] // 2
+        return [float((p[..., 0] - p[..., 2]).mean()) for p in (strip[:, :half], strip[:, half:])]
+
+    left, right = red_minus_blue("3<x>.png")
+    assert left > 40 and right < -40
+    left, right = red_minus_blue("5<x>.png")
+    assert left < -40 and right > 40
+    left, right = red_minus_blue("0<x>.png")  # both maps 0: both halves cold
+    assert left < -40 and right < -40
+    data.branch_maps = {"local": local}  # one map alone is no pair: no strip
+    assert 'class="branches"' not in write_report(data, tmp_path / "r1.html").read_text()
+
+
+@needs_report_libraries
 def test_page_without_threshold_or_masks_says_so(tmp_path):
     data = _report_data(tmp_path, threshold=None)
     for key in ("pixel_auroc", "au_pro"):
@@ -201,6 +235,7 @@ def test_evaluate_writes_the_report(evaluated_report):
     page = path.read_text()
     assert result["images"] == 9 and f"{result['image_auroc']:.4f}" in page and f"{result['au_pro']:.4f}" in page
     assert len(re.findall(r'<img src="data:image/jpeg', page)) == 9
+    assert len(re.findall(r'<img class="branches" src="data:image/jpeg', page)) == 9  # each card: its two maps
     assert "Each map on its own" in page  # the per-branch table, every branch's metrics
     for name in ("local", "global", "combined"):
         assert f"{result['branches'][name]['image_auroc']:.4f}" in page
@@ -235,7 +270,7 @@ def test_report_renders_in_headless_chromium(evaluated_report, tmp_path):
     seen = _open_in_chromium(path, shot)
     assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["failed_requests"] == []
     assert seen["title"].startswith("EfficientAD evaluation")
-    assert len(seen["images"]) == 3 + 9  # ROC, PRO, histograms + the gallery
+    assert len(seen["images"]) == 3 + 2 * 9  # ROC, PRO, histograms + the gallery (heatmaps, branch maps)
     for img in seen["images"]:
         assert img["complete"] and img["w"] > 0 and img["h"] > 0 and img["shown"] > 0, img
     from PIL import Image

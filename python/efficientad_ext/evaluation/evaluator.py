@@ -130,6 +130,7 @@ def _write_outputs(
     scores: Tensor,
     maps: Tensor,
     masks: Tensor,
+    per_branch: dict[str, tuple[Tensor, Tensor]],
     out_dir: Path,
     write_images: bool,
     report: bool,
@@ -168,6 +169,7 @@ def _write_outputs(
             None if t is None else t.value,
             None if t is None else t.method,
             *names,
+            branch_maps={name: m for name, (m, _) in per_branch.items()},
         )
         write_report(data, out_dir / REPORT_FILE, gallery_size=report_gallery)
 
@@ -212,7 +214,18 @@ def evaluate(
         result["branches"]["combined"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "au_pro") if k in result}
     if out_dir is not None:
         _write_outputs(
-            model, dataset, result, scores, maps, masks, Path(out_dir), write_images, report, report_gallery, names
+            model,
+            dataset,
+            result,
+            scores,
+            maps,
+            masks,
+            per_branch,
+            Path(out_dir),
+            write_images,
+            report,
+            report_gallery,
+            names,
         )
     return result
 

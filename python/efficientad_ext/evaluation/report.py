@@ -16,7 +16,7 @@ import datetime
 import io
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class ReportData:
     threshold_method: str | None
     model_name: str
     dataset_name: str
+    # Each of Algorithm 2's two normalised maps alone, [N, H, W] ("local": student vs teacher,
+    # "global": student vs autoencoder); with both, each gallery card shows them too.
+    branch_maps: dict[str, Tensor] = field(default_factory=dict)
 
 
 def report_libraries_missing() -> str | None:
@@ -280,14 +283,18 @@ def _gallery_order(scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray |
 def _gallery(
     data: ReportData, scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray | None, size: int
 ) -> list[dict[str, str]]:
-    from PIL import Image
 
     order = _gallery_order(scores, labels, flagged)
     if size:
         order = order[:size]
     maps = data.maps
-    finite = maps[torch.isfinite(maps)]
-    vmax = float(finite.max()) if finite.numel() else 1.0  # one colour scale for the whole gallery
+    vmax = _colour_top([maps])  # one colour scale for the whole gallery
+    branches = [data.branch_maps[k] for k in ("local", "global") if k in data.branch_maps]
+    if len(branches) < 2:
+        branches = []
+    # One scale for both branch maps (they are normalised alike), so a card shows which one
+    # raised the score.
+    vmax_branches = _colour_top(branches) if branches else 1.0
     items = []
     for rank, i in enumerate(order, start=1):
         sample = data.samples[i]
@@ -295,10 +302,7 @@ def _gallery(
         image = data.image(i)
         width = max(1, round(image.shape[-2] / _THUMB_HEIGHT))  # about one thumbnail pixel after scaling
         strip = np.concatenate(heatmap_panels(image, maps[i], mask, 0.0, vmax, outline_width=width + 1), axis=1)
-        img = Image.fromarray(strip)
-        img = img.resize((max(1, round(img.width * _THUMB_HEIGHT / img.height)), _THUMB_HEIGHT), Image.BILINEAR)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
+        branch_strip = [heatmap_panels(image, m[i], None, 0.0, vmax_branches)[1] for m in branches]
         verdict = _verdict(sample.label, None if flagged is None else bool(flagged[i]))
         score = float(scores[i])
         normalised = (
@@ -313,7 +317,25 @@ def _gallery(
                 "normalised": normalised,
                 "verdict": verdict,
                 "wrong": verdict in ("false alarm", "missed"),
-                "uri": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
+                "uri": _thumbnail_uri(strip),
+                "branch_uri": _thumbnail_uri(np.concatenate(branch_strip, axis=1)) if branch_strip else "",
             }
         )
     return items
+
+
+def _colour_top(maps: Sequence[Tensor]) -> float:
+    """The top of a colour scale shared by ``maps``: their largest finite value (1.0 if none)."""
+    tops = [float(m[torch.isfinite(m)].max()) for m in maps if torch.isfinite(m).any()]
+    return max(tops) if tops else 1.0
+
+
+def _thumbnail_uri(strip: np.ndarray) -> str:
+    """A uint8 RGB strip of panels scaled to the gallery's height, as a JPEG data URI."""
+    from PIL import Image
+
+    img = Image.fromarray(strip)
+    img = img.resize((max(1, round(img.width * _THUMB_HEIGHT / img.height)), _THUMB_HEIGHT), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
