@@ -149,6 +149,47 @@ def test_train_writes_calibrated_model_and_resume_is_exact(tmp_path):
     assert load_model(half / "model.safetensors").calibrated
 
 
+def test_stop_at_keeps_the_schedule_and_a_resume_finishes_it_exactly(tmp_path, caplog):
+    paths = write_images(tmp_path / "train", 5)
+    # lr drops after step 2 of 4 (lr_drop_at 0.5), so a stop at 2 that restarted the schedule
+    # (a 2-step run, lr dropping after step 1) would train differently.
+    base = dict(steps=4, checkpoint_every=3, seed=4, validation_fraction=0.4, lr_drop_at=0.5)
+    straight = train(paths, tmp_path / "a", config=TrainConfig(**base))
+    stopped = train(paths, tmp_path / "b", config=TrainConfig(**base, stop_at=2))
+    assert stopped.calibrated and stopped.record.steps == 2 and stopped.record.extra["schedule_steps"] == 4
+    assert load_model(tmp_path / "b" / "model.safetensors").record.steps == 2
+    # A state at the stop (not a multiple of checkpoint_every): the resume loses no step.
+    resumed = train(paths, tmp_path / "b", config=TrainConfig(**base), resume=True)
+    assert resumed.record.steps == 4 and resumed.record.extra["steps_this_run"] == 2
+    for a, b in zip(straight.student.state_dict().values(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(resumed.quantiles, straight.quantiles)
+    # A time limit already spent stops before the first step; the run still finishes.
+    with caplog.at_level("WARNING", logger="efficientad_ext.train"):
+        early = train(paths, tmp_path / "c", config=TrainConfig(**base, time_limit_s=1e-9))
+    assert early.record.steps == 0 and "time limit" in caplog.text
+    for bad, match in (
+        (dict(stop_at=0), "stop_at"),
+        (dict(stop_at=5), "stop_at"),
+        (dict(time_limit_s=0), "time_limit"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**base, **bad)
+
+
+def test_cli_train_stop_at_and_time_limit_reach_the_config():
+    import argparse
+
+    from efficientad_ext.cli.options import add_train_args, train_config
+
+    p = argparse.ArgumentParser()
+    add_train_args(p)
+    cfg = train_config(p.parse_args(["--stop-at", "4000", "--time-limit", "1.5"]))
+    assert cfg.stop_at == 4000 and cfg.time_limit_s == 90.0 and cfg.steps == 70_000
+    cfg = train_config(p.parse_args([]))
+    assert cfg.stop_at is None and cfg.time_limit_s is None
+
+
 def test_train_errors(tmp_path):
     # Unreadable images are named; with skip_corrupt they are dropped (with a logged warning).
     with pytest.raises(ValueError, match="training set is empty"):

@@ -109,6 +109,20 @@ def _add_run_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "--skip-corrupt", action="store_true", help="skip unreadable images with a warning instead of failing"
     )
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="stop after STEP steps of the --steps schedule (the learning rate still follows --steps): "
+        "a calibrated model at that step and a state that --resume continues (default: run to the end)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="stop once the loop has trained this many minutes (evaluations not counted), as --stop-at does "
+        "(default: none)",
+    )
 
 
 def _add_curve_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -172,7 +186,11 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **converted: Any) -
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return config_from_args(
-        TrainConfig, args, penalty_dir=str(args.penalty_dir) if args.penalty_dir else None, eval_at=tuple(args.eval_at)
+        TrainConfig,
+        args,
+        penalty_dir=str(args.penalty_dir) if args.penalty_dir else None,
+        eval_at=tuple(args.eval_at),
+        time_limit_s=args.time_limit * 60 if args.time_limit is not None else None,
     )
 
 

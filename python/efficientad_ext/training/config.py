@@ -40,6 +40,12 @@ class TrainConfig:
     eval_every: int = 0  # learning curve: evaluate the labelled set every N steps (0: never)
     eval_at: tuple[int, ...] = ()  # ... and at these steps (e.g. 250, 500, 1000, ...)
     eval_keep_models: bool = False  # also write each curve point's calibrated model to curve_models/
+    # Stop early, on the same schedule (lr_at still counts ``steps``): after ``stop_at`` steps, or
+    # once the loop has trained ``time_limit_s`` seconds (evaluations not counted). The run
+    # finishes as at its end (a calibrated model file at that step) and keeps a resumable state
+    # there, so ``resume`` with a later stop or none continues the same schedule.
+    stop_at: int | None = None
+    time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -58,6 +64,10 @@ class TrainConfig:
             raise ValueError(f"threshold_fpr must be in (0, 1), got {self.threshold_fpr}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
+            raise ValueError(f"stop_at must be in [1, steps={self.steps}], got {self.stop_at}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0, got {self.time_limit_s}")
         if self.eval_every < 0 or any(int(s) < 1 for s in self.eval_at):
             raise ValueError(
                 f"eval_every must be >= 0 and eval_at steps >= 1, got {self.eval_every} and {list(self.eval_at)}"

@@ -216,6 +216,10 @@ class DataParallel:
             )
         if curve:
             raise ValueError("the learning curve (--eval-dataset) runs in one process: train without torchrun for it")
+        if config.time_limit_s is not None:  # each rank's clock would decide on its own: a rank left waiting
+            raise ValueError(
+                "a time limit (--time-limit) would stop the ranks at different steps: use --stop-at STEP with torchrun"
+            )
         return cls(config, device)
 
     @property

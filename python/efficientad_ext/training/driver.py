@@ -13,6 +13,8 @@ order, so training and distillation resume, checkpoint and stop the same way:
 - After each step, ``periodic`` (evaluations, loss logs) runs before ``checkpoint``: a state
   file records every measurement up to its step, and a run killed between the two redoes the
   measurement on resume instead of losing it.
+- A job that stops before ``total`` (``out_of_time``: a step or time limit) is checkpointed
+  at the step it stopped at, then finished as at its end.
 """
 
 from __future__ import annotations
@@ -96,5 +98,7 @@ def drive(job: Job[Result], resume: bool) -> Result:
         job.periodic(step, terms, timer)
         if step % job.checkpoint_every == 0 or step == job.total:
             job.checkpoint(step, timer)
+    if start < step < job.total and step % job.checkpoint_every != 0:
+        job.checkpoint(step, timer)  # stopped early: a resume continues from here, losing nothing
     progress.close()
     return job.finish(start, step, terms, timer)

@@ -144,6 +144,14 @@ class TrainingJob:
         self.run.save_state(done)
 
     def out_of_time(self, done: int, timer: LoopTimer) -> bool:
+        cfg = self.run.config
+        if cfg.stop_at is not None and done >= cfg.stop_at:
+            if done < self.total:
+                log.info("stopping at step %d of the %d-step schedule (stop_at)", done, self.total)
+            return True
+        if cfg.time_limit_s is not None and timer.seconds() >= cfg.time_limit_s:
+            log.warning("time limit of %.0f s reached after %d of %d steps", cfg.time_limit_s, done, self.total)
+            return True
         return False
 
     def finish(self, start: int, done: int, terms: dict[str, float], timer: LoopTimer) -> EfficientAD:
@@ -159,7 +167,9 @@ def _finalise(run: Run, start_step: int, step: int, terms: dict[str, float], sec
         run.calibrate()
     else:
         log.warning("no validation images: map quantiles left uncalibrated")
+    record.steps = step  # fewer than the schedule's when the run stopped early (stop_at, time limit)
     record.extra = {
+        "schedule_steps": run.config.steps,
         "seconds": round(seconds, 2),
         "steps_this_run": step - start_step,
         "seconds_per_step": round(seconds / max(step - start_step, 1), 4),
