@@ -115,3 +115,5 @@ def test_splits_that_cannot_be_exact_are_refused(monkeypatch):
         DataParallel.create(TrainConfig(batch_size=2, hard_reduction="batch"), "cpu", None)
     with pytest.raises(ValueError, match="learning curve"):
         DataParallel.create(TrainConfig(batch_size=2), "cpu", None, curve=True)
+    with pytest.raises(ValueError, match="use --stop-at"):  # each rank's clock would stop it elsewhere
+        DataParallel.create(TrainConfig(batch_size=2, time_limit_s=60), "cpu", None)
