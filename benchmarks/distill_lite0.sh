@@ -9,7 +9,8 @@
 #
 # RUN_DIR (default /work/runs/teacher): code/ (frozen by benchmarks/freeze_code.py on the first
 # start and kept for every resume), lite0_s/ (distill_state.safetensors every 100 steps,
-# distill.json, and teacher.safetensors at the end), distill.log. STEPS (default 8000),
+# snapshots/teacher_step001000.safetensors ... every 1,000 steps, distill.json, and
+# teacher.safetensors at the end), distill.log. STEPS (default 8000),
 # THREADS (default 1: the other core stays free), CORES (taskset list, default none),
 # PYTHON (default .venv/bin/python). It returns at once; `tail -f $RUN_DIR/distill.log` follows it.
 #
@@ -52,6 +53,6 @@ echo "=== $(date -u +%FT%TZ) ${RESUME[*]:-start} (steps $STEPS, threads $THREADS
 OMP_NUM_THREADS="$THREADS" nohup nice -n 10 "${PIN[@]}" "$PY" "$RUN_DIR/code/launch.py" -m efficientad_ext distill \
   --images "$IMAGES" --out "$RUN_DIR/lite0_s" --extractor efficientnet_lite0 --arch small \
   --steps "$STEPS" --batch-size 16 --crop-size 128 --lr 1e-3 --stat-samples 1000 --seed 0 \
-  --eval-every 500 --checkpoint-every 100 --log-every 50 --precision auto --save-dtype float16 \
+  --eval-every 500 --checkpoint-every 100 --snapshot-every 1000 --log-every 50 --precision auto --save-dtype float16 \
   "${RESUME[@]}" >>"$RUN_DIR/distill.log" 2>&1 &
 echo "distillation ${RESUME[*]:-started} in the background (pid $!): tail -f $RUN_DIR/distill.log"

@@ -215,6 +215,43 @@ def test_short_distillation_resumes_exactly_and_writes_a_loadable_teacher(tmp_pa
         distill(paths, tmp_path / "b", DistillConfig(**{**cfg.__dict__, "batch_size": 3}), resume=True)
 
 
+@needs_weights
+def test_snapshots_keep_the_teacher_at_their_steps_and_a_time_limit_stop_resumes(tmp_path):
+    paths = write_images(tmp_path / "imgs", 5)
+    base = dict(steps=4, batch_size=1, stat_samples=2, holdout_images=1, crop_size=64, checkpoint_every=3)
+    straight = distill(paths, tmp_path / "a", DistillConfig(**base, snapshot_every=2), command="test")
+    snaps = sorted((tmp_path / "a" / "snapshots").glob("*.safetensors"))
+    assert [p.name for p in snaps] == ["teacher_step000002.safetensors", "teacher_step000004.safetensors"]
+    from safetensors import safe_open
+
+    with safe_open(str(snaps[0]), framework="pt") as f:
+        assert json.loads(f.metadata()["record"])["steps_done"] == 2
+    last = build_pdn("small", 384)
+    load_teacher_weights(last, snaps[1])  # the step-4 snapshot is the final teacher
+    for a, b in zip(last.state_dict().values(), straight.state_dict().values()):
+        assert torch.equal(a, b)
+    # A time limit stops at a step that is no checkpoint multiple: its state is written there, and
+    # a resume (snapshots now asked for) continues to the same teacher.
+    import efficientad_ext.distillation.distiller as dd
+
+    original = dd.DistillationJob.out_of_time
+    dd.DistillationJob.out_of_time = lambda self, done, timer: done >= 1 and self.total == 4 and not self.resumed
+    dd.DistillationJob.resumed = False
+    try:
+        distill(paths, tmp_path / "b", DistillConfig(**base, time_limit_s=1.0), command="test")
+        assert json.loads((tmp_path / "b" / "distill.json").read_text())["steps_done"] == 1
+        dd.DistillationJob.resumed = True
+        resumed = distill(paths, tmp_path / "b", DistillConfig(**base, snapshot_every=2), resume=True, command="t")
+    finally:
+        dd.DistillationJob.out_of_time = original
+        del dd.DistillationJob.resumed
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "b" / "snapshots" / "teacher_step000002.safetensors").is_file()
+    with pytest.raises(ValueError, match="snapshot_every"):
+        DistillConfig(snapshot_every=-1)
+
+
 def test_distill_step_fits_a_learnable_target():
     """Algorithm 3's update drives the masked loss down on a target the teacher can reach
     (its own initial output, shifted)."""

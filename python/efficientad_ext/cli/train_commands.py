@@ -204,6 +204,13 @@ def _add_distill_run_args(p: argparse.ArgumentParser, d: DistillConfig) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between resumable states")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between progress lines in a log")
     p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=d.snapshot_every,
+        help="also keep the teacher every N steps as --out/snapshots/teacher_stepNNNNNN.safetensors, to measure "
+        "it while the distillation runs (0: never; can be changed on --resume)",
+    )
+    p.add_argument(
         "--time-limit",
         type=float,
         help="stop after this many minutes of training; the teacher is still written (default: none)",

@@ -22,6 +22,13 @@ AUGMENTATIONS = ("none", "resized_crop")
 HOLDOUT_SEED_OFFSET = 7919
 STATE_FILE = "distill_state.safetensors"
 TEACHER_FILE = "teacher.safetensors"
+SNAPSHOT_DIR = "snapshots"  # teacher files at every snapshot_every steps: snapshots/teacher_step001000.safetensors
+
+
+def snapshot_name(step: int) -> str:
+    return f"teacher_step{step:06d}.safetensors"
+
+
 RECORD_FILE = "distill.json"
 
 
@@ -48,6 +55,7 @@ class DistillConfig:
     holdout_images: int = 50
     eval_every: int = 1000
     checkpoint_every: int = 1000
+    snapshot_every: int = 0  # also keep a teacher file every N steps in snapshots/ (0: never)
     log_every: int = 50
     seed: int = 0
     target_cache_bytes: int = 8 * 2**30
@@ -80,6 +88,8 @@ class DistillConfig:
             raise ValueError(
                 f"crop_scale must satisfy 0 < low <= high <= 1 and p_flip be in [0, 1], got {self.crop_scale} and {self.p_flip}"
             )
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
         if self.holdout_images < 0:
             raise ValueError(f"holdout_images must be >= 0, got {self.holdout_images}")
         if self.crop_size is not None:

@@ -39,7 +39,15 @@ from torch import Tensor
 
 from efficientad_ext.data import resize_image
 from efficientad_ext.data.image_source import ImageSource, to_unit_float
-from efficientad_ext.distillation.config import PDN_STRIDE, RECORD_FILE, TEACHER_FILE, TEACHER_SIZE, DistillConfig
+from efficientad_ext.distillation.config import (
+    PDN_STRIDE,
+    RECORD_FILE,
+    SNAPSHOT_DIR,
+    TEACHER_FILE,
+    TEACHER_SIZE,
+    DistillConfig,
+    snapshot_name,
+)
 from efficientad_ext.distillation.extractors import TargetHead
 from efficientad_ext.distillation.run_setup import Run, resume_or_start, save_distill_state, setup, target_cache
 from efficientad_ext.distillation.step import holdout_loss
@@ -155,6 +163,17 @@ class DistillationJob:
             self.window.clear()
         if done % cfg.eval_every == 0 or done == cfg.steps:
             self.evaluate(done)
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0:
+            self._snapshot(done, timer)
+
+    def _snapshot(self, done: int, timer: LoopTimer) -> None:
+        """The teacher after ``done`` steps as a teacher file of its own, with the record so far,
+        for measuring the teacher over the distillation while it runs (a resume that redoes a
+        step rewrites its snapshot with the same weights)."""
+        run = self.run
+        run.record.steps_done, run.record.seconds = done, round(self._seconds(timer), 2)
+        path = save_teacher(run.teacher, run.out_dir / SNAPSHOT_DIR / snapshot_name(done), run.record, self.save_dtype)
+        log.info("teacher snapshot at step %d: %s", done, path)
 
     def checkpoint(self, done: int, timer: LoopTimer) -> None:
         run = self.run

@@ -93,6 +93,7 @@ RESUMABLE_CHANGES = (
     "log_every",
     "target_cache_bytes",
     "max_preload_bytes",
+    "snapshot_every",
 )
 
 
