@@ -120,8 +120,8 @@ def _add_run_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "--time-limit",
         type=float,
         metavar="MINUTES",
-        help="stop once the loop has trained this many minutes (evaluations not counted), as --stop-at does "
-        "(default: none)",
+        help="stop once this run's loop has trained this many minutes (evaluations not counted; a --resume "
+        "gets its own limit), as --stop-at does (default: none)",
     )
 
 
