@@ -51,19 +51,19 @@ def snapshots(distill_out: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
+def _run(what: str, cmd: list[str], env: dict[str, str], log: Path) -> None:
     with log.open("a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{cmd[2:4]} failed (rc {done.returncode}); its output is in {log}")
+        raise RuntimeError(f"{what} failed (rc {done.returncode}); its output is in {log}")
 
 
 def measure_quality(snapshot: Path, dataset: Path, work: Path, env: dict[str, str]) -> dict:
     out = work / "quality.json"
     cmd = [*python_command(), str(HERE / "teacher_quality.py"), str(dataset), "--teacher", str(snapshot)]
-    _run([*cmd, "--out", str(out)], env, work / "quality.log")
+    _run("teacher_quality.py", [*cmd, "--out", str(out)], env, work / "quality.log")
     row = json.loads(out.read_text())["rows"][0]
     return {k: row[k] for k in row if k.startswith(("image_auroc", "pixel_auroc")) or k == "seconds"}
 
@@ -74,11 +74,10 @@ def measure_student(snapshot: Path, dataset: Path, args: argparse.Namespace, wor
     train += ["--teacher", str(snapshot), "--seed", str(args.student_seed), "--checkpoint-every", str(10**9)]
     if args.penalty_dir is not None:
         train += ["--penalty-dir", str(args.penalty_dir)]
-    _run(train, env, work / "student.log")
+    _run("efficientad train", train, env, work / "student.log")
     model = work / "student" / "model.safetensors"
-    _run(
-        [*cli, "eval", str(model), str(dataset), "--out", str(work / "eval"), "--no-images"], env, work / "student.log"
-    )
+    evaluate = [*cli, "eval", str(model), str(dataset), "--out", str(work / "eval"), "--no-images"]
+    _run("efficientad eval", evaluate, env, work / "student.log")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
     training = json.loads((work / "student" / "training.json").read_text())
     return {

@@ -234,17 +234,15 @@ def test_snapshots_keep_the_teacher_at_their_steps_and_a_time_limit_stop_resumes
     # a resume (snapshots now asked for) continues to the same teacher.
     import efficientad_ext.distillation.distiller as dd
 
-    original = dd.DistillationJob.out_of_time
-    dd.DistillationJob.out_of_time = lambda self, done, timer: done >= 1 and self.total == 4 and not self.resumed
-    dd.DistillationJob.resumed = False
+    original, limit = dd.DistillationJob.out_of_time, {"reached": True}
+    dd.DistillationJob.out_of_time = lambda self, done, timer: limit["reached"] and done >= 1
     try:
         distill(paths, tmp_path / "b", DistillConfig(**base, time_limit_s=1.0), command="test")
         assert json.loads((tmp_path / "b" / "distill.json").read_text())["steps_done"] == 1
-        dd.DistillationJob.resumed = True
+        limit["reached"] = False
         resumed = distill(paths, tmp_path / "b", DistillConfig(**base, snapshot_every=2), resume=True, command="t")
     finally:
         dd.DistillationJob.out_of_time = original
-        del dd.DistillationJob.resumed
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     assert (tmp_path / "b" / "snapshots" / "teacher_step000002.safetensors").is_file()

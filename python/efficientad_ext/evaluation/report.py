@@ -283,7 +283,6 @@ def _gallery_order(scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray |
 def _gallery(
     data: ReportData, scores: np.ndarray, labels: np.ndarray, flagged: np.ndarray | None, size: int
 ) -> list[dict[str, str]]:
-
     order = _gallery_order(scores, labels, flagged)
     if size:
         order = order[:size]
@@ -326,7 +325,8 @@ def _gallery(
 
 def _colour_top(maps: Sequence[Tensor]) -> float:
     """The top of a colour scale shared by ``maps``: their largest finite value (1.0 if none)."""
-    tops = [float(m[torch.isfinite(m)].max()) for m in maps if torch.isfinite(m).any()]
+    finite = [m[torch.isfinite(m)] for m in maps]
+    tops = [float(f.max()) for f in finite if f.numel()]
     return max(tops) if tops else 1.0
 
 

@@ -55,7 +55,7 @@ def _portable_token(token: str, cwd: str) -> str:
     name, sep, value = token.partition("=")
     if sep and name.startswith("-") and _is_absolute(value):
         return f"{name}={portable_path(value, cwd)}"
-    return portable_path(token, cwd) if _is_absolute(token) else token
+    return portable_path(token, cwd)  # a relative word (or no path at all) comes back unchanged
 
 
 def portable_text(text: str, cwd: str | None = None) -> str:
