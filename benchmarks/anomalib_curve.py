@@ -288,7 +288,10 @@ def score(args: argparse.Namespace) -> dict:
                 "seed": point["settings"]["seed"],
                 "schedule_steps": point["settings"]["schedule_steps"],
                 "seconds_per_step": timing.get(point["step"]),
-                **{k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro", "branches")},
+                **{
+                    k: metrics.get(k)
+                    for k in ("image_auroc", "pixel_auroc", "au_pro", "image_auroc_per_type", "branches")
+                },
             }
         )
         result["points"].sort(key=lambda p: p["step"])

@@ -429,3 +429,17 @@ def test_skip_corrupt_drops_bad_files_before_the_holdout_is_drawn(tmp_path):
         assert sorted([*run.src_t.paths, *run.held_paths]) == sorted(good) and len(run.held_paths) == 3
     with pytest.raises(ImageError, match="bad.png|tiny.png"):
         setup(tmp_path / "imgs", tmp_path / "strict", DistillConfig(holdout_images=3), torch.device("cpu"), "test")
+
+
+def test_distill_time_limit_counts_this_run_only():
+    """``--time-limit`` is per run, as ``train``'s: a resumed run that had trained for longer than
+    the limit before still gets the whole limit."""
+    from types import SimpleNamespace
+
+    from efficientad_ext.distillation.distiller import DistillationJob
+
+    job = SimpleNamespace(run=SimpleNamespace(config=SimpleNamespace(time_limit_s=10.0)), seconds_before=100.0, total=9)
+    assert not DistillationJob.out_of_time(job, 3, SimpleNamespace(seconds=lambda: 5.0))
+    assert DistillationJob.out_of_time(job, 4, SimpleNamespace(seconds=lambda: 10.5))
+    job.run.config.time_limit_s = None
+    assert not DistillationJob.out_of_time(job, 4, SimpleNamespace(seconds=lambda: 1e9))

@@ -213,7 +213,9 @@ def _add_distill_run_args(p: argparse.ArgumentParser, d: DistillConfig) -> None:
     p.add_argument(
         "--time-limit",
         type=float,
-        help="stop after this many minutes of training; the teacher is still written (default: none)",
+        metavar="MINUTES",
+        help="stop once this run's loop has trained this many minutes (a --resume gets its own limit); the "
+        "teacher and a state that --resume continues are written (default: none)",
     )
     add_choice(p, "--save-dtype", ["float32", "float16"], "float32", "dtype of the written teacher weights")
     add_choice(

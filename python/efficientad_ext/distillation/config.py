@@ -63,7 +63,7 @@ class DistillConfig:
     skip_corrupt: bool = False
     channels_last: bool = True
     precision: str = "auto"  # the teacher's forward: bf16 autocast on native-bf16 CPUs and GPUs (see training.trainer)
-    time_limit_s: float | None = None  # stop early (teacher written) once training has run this long
+    time_limit_s: float | None = None  # stop early (teacher + state written) once this run has trained this long
 
     def __post_init__(self) -> None:
         if self.arch not in ("small", "medium"):

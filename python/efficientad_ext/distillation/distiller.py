@@ -183,8 +183,10 @@ class DistillationJob:
         )
 
     def out_of_time(self, done: int, timer: LoopTimer) -> bool:
+        # Per run, as ``train --time-limit``: a resumed run gets the whole limit again (the
+        # record's ``seconds`` still counts every run's training).
         limit = self.run.config.time_limit_s
-        if limit is None or self._seconds(timer) < limit:
+        if limit is None or timer.seconds() < limit:
             return False
         log.warning("time limit of %.0f s reached after %d of %d steps", limit, done, self.total)
         return True
