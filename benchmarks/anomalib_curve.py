@@ -260,10 +260,21 @@ def train(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def score(args: argparse.Namespace) -> dict:
-    from efficientad_ext.data import open_dataset
+def score_anomalib_model(state_dict: dict, quantiles: dict, test_samples) -> dict:
+    """Our evaluator's metrics (per branch too) of an anomalib ``EfficientAdModel`` state dict
+    with the tool's four map quantiles (``qa_st``, ``qb_st``, ``qa_ae``, ``qb_ae``)."""
     from efficientad_ext.evaluation.evaluator import evaluate
     from efficientad_ext.formats.anomalib import from_anomalib_state_dict
+
+    model = from_anomalib_state_dict(state_dict)
+    with torch.no_grad():
+        model.quantiles.copy_(torch.stack([quantiles[k].float() for k in ("qa_st", "qb_st", "qa_ae", "qb_ae")]))
+    model.calibrated = True
+    return evaluate(model, test_samples, out_dir=None, write_images=False)
+
+
+def score(args: argparse.Namespace) -> dict:
+    from efficientad_ext.data import open_dataset
 
     run = pathlib.Path(args.run)
     out = pathlib.Path(args.out)
@@ -276,12 +287,7 @@ def score(args: argparse.Namespace) -> dict:
         point = torch.load(path, map_location="cpu", weights_only=False)
         if point["step"] in done:
             continue
-        model = from_anomalib_state_dict(point["model"])
-        with torch.no_grad():
-            q = point["quantiles"]
-            model.quantiles.copy_(torch.stack([q[k].float() for k in ("qa_st", "qb_st", "qa_ae", "qb_ae")]))
-        model.calibrated = True
-        metrics = evaluate(model, test, out_dir=None, write_images=False)
+        metrics = score_anomalib_model(point["model"], point["quantiles"], test)
         result["points"].append(
             {
                 "step": point["step"],

@@ -1,16 +1,16 @@
 """anomalib 2.7's own training loop (``../shared/tools/anomalib_train_loop.py``, run unchanged),
-then its trained model scored by our evaluator, branch by branch.
+its trained model saved for our evaluator to score branch by branch.
 
 The tool trains anomalib's ``EfficientAdModel`` and prints its image AUROC of the combined map
 only. This runs the tool in-process (``runpy``), takes the trained model and the quantiles it
-computed from its globals, converts them to our model (inference is conformant to anomalib's
-within 1.4e-5, ``tests/test_peers_anomalib.py``) and evaluates that on the same test set with
-:func:`efficientad_ext.evaluation.evaluator.evaluate`: image AUROC, pixel AUROC and AU-PRO of
-the local map, the global map and the combined map. Prints one JSON line (the last line).
+computed from its globals, and saves them with the tool's own AUROC and training time to
+SAVE_PATH (``torch.save``, atomically). ``side_by_side.py --branches`` then converts the model
+to ours (inference conformant to anomalib's within 1.4e-5, ``tests/test_peers_anomalib.py``)
+and evaluates it in its own Python (:func:`anomalib_curve.score_anomalib_model`): image AUROC,
+pixel AUROC and AU-PRO of the local map, the global map and the combined map. So anomalib's
+Python needs anomalib and scikit-learn only, not efficientad_ext.
 
-    SEED=0 python benchmarks/anomalib_loop_branches.py DATASET PENALTY_DIR STEPS TEACHER
-
-Needs anomalib (``.ci/peers-requirements.txt``), scikit-learn and efficientad_ext in this Python.
+    SEED=0 python benchmarks/anomalib_loop_branches.py DATASET PENALTY_DIR STEPS TEACHER SAVE_PATH
 """
 
 from __future__ import annotations
@@ -33,34 +33,26 @@ TOOL = Path(
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 4:
+    if len(argv) != 5:
         raise SystemExit(__doc__)
-    from efficientad_ext.data import open_dataset
-    from efficientad_ext.evaluation.evaluator import evaluate
-    from efficientad_ext.formats.anomalib import from_anomalib_state_dict
-
-    sys.argv = [str(TOOL), *argv]
+    *tool_argv, save_path = argv
+    sys.argv = [str(TOOL), *tool_argv]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tool = runpy.run_path(str(TOOL), run_name="__main__")
-    anomalib_model, q = tool["m"], tool["q"]
-    model = from_anomalib_state_dict(anomalib_model.state_dict())
-    with torch.no_grad():
-        model.quantiles.copy_(torch.stack([q[k].float() for k in ("qa_st", "qb_st", "qa_ae", "qb_ae")]))
-    model.calibrated = True
-    metrics = evaluate(model, open_dataset(argv[0]).test, out_dir=None, write_images=False)
-    print(
-        json.dumps(
-            {
-                "tool_image_auroc": float(tool["auc"]),
-                "seconds_per_step": tool["train_s"] / int(argv[2]),
-                **{
-                    k: metrics.get(k)
-                    for k in ("image_auroc", "pixel_auroc", "au_pro", "image_auroc_per_type", "branches")
-                },
-            }
-        )
+    save = Path(save_path)
+    tmp = save.with_name(save.name + ".tmp")
+    torch.save(
+        {
+            "model": tool["m"].state_dict(),
+            "quantiles": {k: v.float() for k, v in tool["q"].items()},
+            "tool_image_auroc": float(tool["auc"]),
+            "seconds_per_step": tool["train_s"] / int(tool_argv[2]),
+        },
+        tmp,
     )
+    os.replace(tmp, save)
+    print(json.dumps({"saved": str(save), "tool_image_auroc": float(tool["auc"])}))
     return 0
 
 

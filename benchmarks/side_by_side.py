@@ -41,6 +41,16 @@ TOOL = HERE.parent.parent / "shared" / "tools" / "anomalib_train_loop.py"
 BRANCHES_TOOL = HERE / "anomalib_loop_branches.py"
 
 
+def _curve_module():
+    """``anomalib_curve.py`` beside this file (by path: a frozen copy runs this file by path too)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("anomalib_curve", HERE / "anomalib_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_anomalib(
     python: str,
     dataset: Path,
@@ -51,28 +61,38 @@ def run_anomalib(
     threads: int,
     branches: bool = False,
 ) -> dict:
-    """anomalib's loop; with ``branches``, through :mod:`anomalib_loop_branches` (the same loop,
-    then scored by our evaluator per branch; needs efficientad_ext in ``python``)."""
+    """anomalib's loop in ``python``; with ``branches``, through :mod:`anomalib_loop_branches`
+    (the same loop; its trained model saved, then scored per branch by our evaluator here, so
+    ``python`` needs anomalib only)."""
     env = {**os.environ, "SEED": str(seed), "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    script = BRANCHES_TOOL if branches else TOOL
-    out = subprocess.run(
-        [python, str(script), str(dataset), str(penalty), str(steps), str(teacher)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"anomalib run failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
-    if branches:
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        return {
-            **r,
-            "image_auroc": r["tool_image_auroc"],
-            "our_eval_image_auroc": r["image_auroc"],
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-        }
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "anomalib_model.pt"
+        command = [
+            python,
+            str(BRANCHES_TOOL if branches else TOOL),
+            str(dataset),
+            str(penalty),
+            str(steps),
+            str(teacher),
+        ]
+        out = subprocess.run(
+            command + ([str(saved)] if branches else []), env=env, capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"anomalib run failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
+        if branches:
+            from efficientad_ext.data import open_dataset
+
+            r = torch.load(saved, map_location="cpu", weights_only=False)
+            metrics = _curve_module().score_anomalib_model(r["model"], r["quantiles"], open_dataset(dataset).test)
+            return {
+                "image_auroc": r["tool_image_auroc"],
+                "our_eval_image_auroc": metrics["image_auroc"],
+                "seconds_per_step": r["seconds_per_step"],
+                **{k: metrics.get(k) for k in ("pixel_auroc", "au_pro", "image_auroc_per_type", "branches")},
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+            }
     m = re.search(r"([0-9.]+) s/step on CPU: image AUROC ([0-9.]+)", out.stdout)
     if not m:
         raise RuntimeError(f"cannot parse the anomalib tool's output:\n{out.stdout[-2000:]}")
@@ -146,7 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--branches",
         action="store_true",
-        help="score anomalib's trained model with our evaluator too, per branch (benchmarks/anomalib_loop_branches.py)",
+        help="score anomalib's trained model with our evaluator too, per branch (benchmarks/anomalib_loop_branches.py saves it)",
     )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)

@@ -137,3 +137,23 @@ def test_curve_refuses_a_resume_with_other_settings(inputs, tmp_path):
         _curve(inputs, tmp_path / "run", "--stop-at", "2", "--resume", "--seed", str(SEED + 1))
     with pytest.raises(SystemExit, match="add --resume"):
         _curve(inputs, tmp_path / "run", "--stop-at", "2")
+
+
+@pytest.mark.slow
+def test_side_by_side_branches_scores_the_tools_model_in_our_python(inputs):
+    """``side_by_side.py --branches``: the tool's model saved by ``anomalib_loop_branches.py`` in
+    anomalib's Python, scored per branch by our evaluator in this one."""
+    pytest.importorskip("efficientad_ext")
+    spec = importlib.util.spec_from_file_location("side_by_side", ROOT / "benchmarks" / "side_by_side.py")
+    side_by_side = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side_by_side)
+    dataset, penalty, teacher = inputs
+    env = os.environ.get("ANOMALIB_TRAIN_LOOP")
+    os.environ["ANOMALIB_TRAIN_LOOP"] = str(TOOL)
+    try:
+        r = side_by_side.run_anomalib(sys.executable, dataset, penalty, 2, SEED, teacher, 1, branches=True)
+    finally:
+        os.environ.pop("ANOMALIB_TRAIN_LOOP") if env is None else os.environ.__setitem__("ANOMALIB_TRAIN_LOOP", env)
+    assert set(r["branches"]) == {"local", "global", "combined"}
+    assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["our_eval_image_auroc"] <= 1.0
+    assert r["branches"]["combined"]["image_auroc"] == pytest.approx(r["our_eval_image_auroc"])
