@@ -8,6 +8,7 @@
 #   bash benchmarks/branch_curves.sh                  # from the repository root
 #   SEED=1 bash benchmarks/branch_curves.sh           # another seed, its own folders
 #   bash benchmarks/branch_curves.sh score            # score anomalib's new points, print both tables
+#   SIDES=anomalib bash benchmarks/branch_curves.sh   # one side only (SIDES="ours anomalib" is the default)
 #
 # RUN_DIR (default /work/runs/curve): code/ (benchmarks/freeze_code.py, kept for every resume),
 # ours_sSEED/ (`efficientad train` output: train_state.safetensors every 100 steps, curve.json
@@ -15,8 +16,8 @@
 # points/step_NNNNNN.pt; curve.json once scored), ours_sSEED.log, anomalib_sSEED.log.
 # PYTHON (default .venv/bin/python, ours), ANOMALIB_PYTHON (default .venv-cuda/bin/python, with
 # anomalib 2.7.0: .ci/peers-requirements.txt). On an AVX2-only CPU (1 thread each) ours runs at
-# ~5.7 s/step and anomalib's loop at ~9.7 s/step (RESULTS.md, session 13): 4,000 steps take about
-# 6.5 and 11 hours, over several sessions.
+# ~4.9-5.9 s/step and anomalib's loop at ~5.8-6.3 s/step (RESULTS.md, sessions 13 to 16): 4,000
+# steps take about 6.5 hours a side, over several sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
@@ -24,6 +25,7 @@ RUN_DIR="${RUN_DIR:-/work/runs/curve}"
 SEED="${SEED:-0}"
 STOP="${STOP:-4000}"
 EVAL_AT="${EVAL_AT:-300,1000,2000,3000,4000}"
+SIDES="${SIDES:-ours anomalib}"
 PY="$REPO/${PYTHON:-.venv/bin/python}"
 APY="$REPO/${ANOMALIB_PYTHON:-.venv-cuda/bin/python}"
 DATA="${EFFICIENTAD_DATA:-../shared/data}"
@@ -54,7 +56,9 @@ cd "$RUN_DIR"
 TEACHER=code/efficientad_ext/weights/teacher_small.safetensors
 export OMP_NUM_THREADS=1
 
-if pgrep -f "efficientad_ext train .*--out $OURS( |$)" >/dev/null; then
+if [[ " $SIDES " != *" ours "* ]]; then
+  echo "ours: not started (SIDES=$SIDES)"
+elif pgrep -f "efficientad_ext train .*--out $OURS( |$)" >/dev/null; then
   echo "ours: already running into $OURS"
 else
   RESUME=()
@@ -66,7 +70,9 @@ else
   echo "ours ${RESUME[*]:-started} (pid $!): tail -f $OURS.log"
 fi
 
-if pgrep -f "anomalib_curve.py train .*--out $THEIRS( |$)" >/dev/null; then
+if [[ " $SIDES " != *" anomalib "* ]]; then
+  echo "anomalib: not started (SIDES=$SIDES)"
+elif pgrep -f "anomalib_curve.py train .*--out $THEIRS( |$)" >/dev/null; then
   echo "anomalib: already running into $THEIRS"
 else
   RESUME=()

@@ -56,10 +56,12 @@ TORCH_LIBRARY(efficientad, m) {
   // A stride-1 convolution (+ bias, optional ReLU, optional 2x2 average pooling) by
   // Winograd's F(m x m, r x r) (CPU, float32/float64, inference): weight_tf = G w G^T as
   // [a*a, C_in, C_out], input_tf = B^T [a, a], output_tf = A^T [m, a], a = m + r - 1
-  // (efficientad_ext/inference/winograd.py makes them). Channels-last output.
+  // (efficientad_ext/inference/winograd.py makes them). Channels-last output. weight: the
+  // untransformed [C_out, C_in, r, r]; given, an input holding NaN or inf runs the direct
+  // convolution with it (the reference's non-finite outputs), otherwise whole tiles spread.
   m.def(
       "winograd_conv2d(Tensor input, Tensor weight_tf, Tensor? bias, Tensor input_tf, Tensor output_tf, "
-      "int kernel_size, int padding, bool relu, bool pool, int pool_padding) -> Tensor");
+      "int kernel_size, int padding, bool relu, bool pool, int pool_padding, Tensor? weight=None) -> Tensor");
 
   // A whole PDN for inference: the layers above applied in order.
   m.def(

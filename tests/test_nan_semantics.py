@@ -79,9 +79,12 @@ def test_winograd_gives_the_direct_convolutions_non_finite_outputs(value):
     assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.isinf(), expected.isinf())
     assert int((~expected.isfinite()).sum()) == 6 * 16  # one 4x4 window per output channel
     torch.testing.assert_close(got, expected, equal_nan=True, rtol=1e-5, atol=1e-5)
-    # The raw op has only the transformed weights: it spreads to the whole output tiles, no further.
-    raw = torch.ops.efficientad.winograd_conv2d(
-        x, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf, 4, 1, False, False, 0
-    )
+    # The raw op given the untransformed weight falls back to the direct convolution itself.
+    args = (x, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf, 4, 1, False, False, 0)
+    fallback = torch.ops.efficientad.winograd_conv2d(*args, prepared.weight)
+    assert fallback.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fallback, expected.contiguous(memory_format=torch.channels_last), equal_nan=True)
+    # Without it the op has only the transformed weights: it spreads to the whole output tiles, no further.
+    raw = torch.ops.efficientad.winograd_conv2d(*args)
     bad, raw_bad = ~expected.isfinite(), ~raw.isfinite()
     assert bool((raw_bad | ~bad).all()) and bool((~raw_bad | _tiles_of(bad, prepared.output_tf.shape[0])).all())

@@ -7,6 +7,9 @@ PDN layer shapes; the tests allow 2e-5 in float32 and 1e-11 in float64.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import pytest
@@ -102,6 +105,16 @@ def test_opcheck():
     x = torch.randn(1, 32, 9, 10).contiguous(memory_format=torch.channels_last)
     args = (x, prepared.weight_tf, prepared.bias, prepared.input_tf, prepared.output_tf, 3, 1, True, True, 1)
     torch.library.opcheck(torch.ops.efficientad.winograd_conv2d.default, args)
+    # With the untransformed weight (the finite scan and its direct fallback), finite and not.
+    torch.library.opcheck(torch.ops.efficientad.winograd_conv2d.default, (*args, prepared.weight))
+    x_nan = x.clone()
+    x_nan[0, 5, 4, 4] = float("nan")
+    # (Not its aot_dispatch check: that compares outputs with assert_close, for which NaN != NaN.)
+    torch.library.opcheck(
+        torch.ops.efficientad.winograd_conv2d.default,
+        (x_nan, *args[1:], prepared.weight),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -109,3 +122,56 @@ def test_torch_compile_fullgraph():
     x = torch.randn(1, 32, 12, 12)
     compiled = torch.compile(lambda inp: winograd_conv2d(inp, prepared, 0, True) + 0.0, fullgraph=True)
     torch.testing.assert_close(compiled(x), winograd_conv2d(x, prepared, 0, True))
+    # The finite scan is inside the op: a compiled call falls back to the direct convolution too.
+    x[0, 3, 5, 6] = float("inf")
+    expected = reference.winograd_conv2d(x, prepared.weight, None, 0, True, False, 0)
+    got = compiled(x)
+    assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.isinf(), expected.isinf())
+    torch.testing.assert_close(got, expected, equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
+def test_untransformed_weight_must_match_the_transformed_one():
+    prepared = prepare_weights(torch.randn(6, 32, 3, 3))
+    x = torch.randn(1, 32, 9, 10)
+    raw = torch.ops.efficientad.winograd_conv2d
+    args = (x, prepared.weight_tf, None, prepared.input_tf, prepared.output_tf, 3, 1, True, False, 0)
+    with pytest.raises(ValueError, match=r"weight \(the untransformed convolution\) must be \[6, 32, 3, 3\]"):
+        raw(*args, torch.randn(6, 32, 4, 4))
+    with pytest.raises(TypeError, match="weight must have input's dtype Float, got Double"):
+        raw(*args, prepared.weight.double())
+
+
+# Every copy of the loops the CPU can run (EFFICIENTAD_CPU_ISA caps the run-time choice; a cap
+# above what the CPU has runs the CPU's best), each in its own process: the choice is made once.
+_ISA_CHECK = """
+import torch
+from efficientad_ext import reference
+from efficientad_ext.inference.winograd import prepare_weights
+from efficientad_ext.ops import winograd_conv2d
+torch.manual_seed(0)
+for c, k, r, pad, relu, pool in [(70, 130, 3, 1, True, False), (64, 96, 4, 3, True, True), (17, 33, 4, 0, False, False)]:
+    x = torch.randn(2, c, 15, 13).contiguous(memory_format=torch.channels_last)[:, 1:]  # odd channel slice
+    w, b = torch.randn(k, c - 1, r, r), torch.randn(k)
+    got = winograd_conv2d(x, prepare_weights(w, b), pad, relu, pool, 1 if pool else 0)
+    ref = reference.winograd_conv2d(x.double(), w.double(), b.double(), pad, relu, pool, 1 if pool else 0)
+    err = ((got.double() - ref).abs().max() / ref.abs().max()).item()
+    assert err < 2e-5, (c, k, r, err)
+    x[1, 7, 3, 4] = float("nan")
+    got = winograd_conv2d(x, prepare_weights(w, b), pad, relu, pool, 1 if pool else 0)
+    ref = reference.winograd_conv2d(x, w, b, pad, relu, pool, 1 if pool else 0)
+    assert torch.equal(got.isnan(), ref.isnan()), (c, k, r)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_instruction_set_copy_matches_direct_convolution(isa):
+    env = {**os.environ, "EFFICIENTAD_CPU_ISA": isa}
+    done = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_unknown_instruction_set_cap_is_a_clear_error():
+    env = {**os.environ, "EFFICIENTAD_CPU_ISA": "avx1024"}
+    done = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "EFFICIENTAD_CPU_ISA must be avx512, avx2 or baseline, got 'avx1024'" in done.stderr

@@ -18,187 +18,187 @@
 //   3. output transform: Y = AT M A per tile, + bias, ReLU, written NHWC.
 // Tiles are processed in chunks so that V and M stay a few MB (not B x H x W x a*a/m*m),
 // whatever the batch size. Channels are the innermost, unit-stride loop of both transforms
-// (channels-last input and output), so they vectorise; the transforms are compiled for AVX2
-// as well as baseline x86-64 (function multiversioning picks at load time).
+// (channels-last input and output), so they vectorise; the float32 transforms are compiled
+// three times, AVX-512 (512-bit vectors), AVX2+FMA and baseline x86-64, and the CPU's flags
+// pick one at run time (cpu_kind() below; EFFICIENTAD_CPU_ISA=avx2|baseline caps it, for tests
+// and measurements).
 // Rounding differs from a direct convolution (float32 transforms of float32 data): the result
 // is the same function to ~1e-5 relative (tests/test_winograd.py states the tolerance).
+//
+// Non-finite input: the transforms mix every input of a tile into every output of it, so one
+// NaN or inf would make whole output tiles non-finite where the direct convolution makes one
+// r x r window. With `weight` (the untransformed [K, C, r, r]) given, an input holding NaN or
+// inf runs efficientad::conv2d_relu_pool instead, whose non-finite outputs are the reference's;
+// the scan is one vectorised pass over the input, inside the op (so torch.compile'd calls get
+// the same semantics). Without `weight` the tiles spread, as documented in the Python wrapper.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/avg_pool2d.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/record_function.h>
+#include <c10/util/env.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "checks.h"
+#include "cpu/winograd_geometry.h"
 
 namespace efficientad::cpu {
 namespace {
 
-constexpr int64_t kMaxTile = 8;       // a = m + r - 1 <= 8 (F(6,3), F(5,4), ...)
-constexpr int64_t kChannelBlock = 64; // channels per register/L1 block of a transform
+using winograd::Geometry;
+using winograd::kChannelBlock;
+using winograd::kMaxTile;
 
-struct Geometry {
-  int64_t B, C, H, W, K, r, m, a, pad, OH, OW, TH, TW;
-  int64_t xs0, xs2, xs3;  // input strides of b, y, x (channels have unit stride)
-};
-
+// Run-time ISA dispatch of the float32 loops (GCC on x86-64; other compilers build the
+// baseline copy only): winograd_transforms.inc is compiled three times, each copy in its own
+// namespace under its own `#pragma GCC target`. The AVX-512 copy asks for 512-bit vectors
+// explicitly (GCC's tuning otherwise prefers 256-bit ones on some AVX-512 CPUs).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EAD_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
-#define EAD_INLINE __attribute__((always_inline)) inline
+#define EAD_ISA_DISPATCH 1
 #else
-#define EAD_MULTIVERSION
-#define EAD_INLINE inline
+#define EAD_ISA_DISPATCH 0
 #endif
 
-// Input transform of the tiles base + [t0, t1) (global tile index: b, ty, tx row-major):
-// V[(i*a + j) * rows + t][c] = (BT d BT^T)[i][j][c], rows = tiles held by V.
-// EAD_INLINE: the loops must be compiled inside each multiversioned clone below.
-template <typename scalar_t>
-EAD_INLINE void input_transform(const Geometry& g, const scalar_t* x, const scalar_t* bt, int64_t base, int64_t t0, int64_t t1,
-                     int64_t rows, scalar_t* v) {
-  const int64_t a = g.a;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t tile = base + t;
-    const int64_t b = tile / (g.TH * g.TW), ty = (tile / g.TW) % g.TH, tx = tile % g.TW;
-    const int64_t y0 = ty * g.m - g.pad, x0 = tx * g.m - g.pad;
-    for (int64_t c0 = 0; c0 < g.C; c0 += kChannelBlock) {
-      const int64_t cb = std::min(kChannelBlock, g.C - c0);
-      scalar_t d[kMaxTile][kMaxTile][kChannelBlock];
-      for (int64_t k = 0; k < a; ++k) {
-        for (int64_t l = 0; l < a; ++l) {
-          const int64_t yy = y0 + k, xx = x0 + l;
-          scalar_t* dst = d[k][l];
-          if (yy < 0 || yy >= g.H || xx < 0 || xx >= g.W) {
-            std::fill(dst, dst + cb, scalar_t(0));
-          } else {
-            const scalar_t* src = x + b * g.xs0 + yy * g.xs2 + xx * g.xs3 + c0;
-            std::copy(src, src + cb, dst);
-          }
-        }
-      }
-      scalar_t tmp[kMaxTile][kMaxTile][kChannelBlock];  // tmp = BT d
-      for (int64_t i = 0; i < a; ++i) {
-        for (int64_t l = 0; l < a; ++l) {
-          scalar_t* o = tmp[i][l];
-          std::fill(o, o + cb, scalar_t(0));
-          for (int64_t k = 0; k < a; ++k) {
-            const scalar_t f = bt[i * a + k];
-            if (f == scalar_t(0)) continue;
-            const scalar_t* s = d[k][l];
-            for (int64_t c = 0; c < cb; ++c) o[c] += f * s[c];
-          }
-        }
-      }
-      for (int64_t i = 0; i < a; ++i) {
-        for (int64_t j = 0; j < a; ++j) {
-          scalar_t* o = v + ((i * a + j) * rows + t) * g.C + c0;
-          std::fill(o, o + cb, scalar_t(0));
-          for (int64_t l = 0; l < a; ++l) {
-            const scalar_t f = bt[j * a + l];
-            if (f == scalar_t(0)) continue;
-            const scalar_t* s = tmp[i][l];
-            for (int64_t c = 0; c < cb; ++c) o[c] += f * s[c];
-          }
-        }
-      }
+namespace baseline {
+#include "cpu/winograd_transforms.inc"
+}  // namespace baseline
+
+#if EAD_ISA_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "cpu/winograd_transforms.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
+namespace avx512 {
+#include "cpu/winograd_transforms.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+enum class CpuKind { kBaseline, kAvx2, kAvx512 };
+
+// The widest kind this CPU runs, capped by EFFICIENTAD_CPU_ISA (avx512 | avx2 | baseline);
+// decided once per process.
+CpuKind cpu_kind() {
+  static const CpuKind kind = [] {
+    CpuKind best = CpuKind::kBaseline;
+#if EAD_ISA_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = CpuKind::kAvx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      best = CpuKind::kAvx512;
+#endif
+    const auto cap = c10::utils::get_env("EFFICIENTAD_CPU_ISA");
+    if (cap.has_value()) {
+      if (*cap == "baseline") return CpuKind::kBaseline;
+      if (*cap == "avx2") return std::min(best, CpuKind::kAvx2);
+      TORCH_CHECK_VALUE(*cap == "avx512", "EFFICIENTAD_CPU_ISA must be avx512, avx2 or baseline, got '", *cap, "'");
     }
-  }
+    return best;
+  }();
+  return kind;
 }
 
-// Output transform of the tiles base + [t0, t1), M [a*a, rows, K]:
-// Y = AT M AT^T + bias (+ ReLU), written NHWC into y (the tile's in-bounds pixels only).
+// The float32 entry points of each copy: non-template functions, so every instantiation
+// happens inside its namespace's target region.
+#if EAD_ISA_DISPATCH
+bool all_finite_avx512(const Geometry& g, const float* x, int64_t p0, int64_t p1) {
+  return avx512::all_finite<float>(g, x, p0, p1);
+}
+bool all_finite_avx2(const Geometry& g, const float* x, int64_t p0, int64_t p1) {
+  return avx2::all_finite<float>(g, x, p0, p1);
+}
+void input_transform_avx512(const Geometry& g, const float* x, const float* bt, int64_t base, int64_t t0,
+                            int64_t t1, int64_t rows, float* v) {
+  avx512::input_transform<float>(g, x, bt, base, t0, t1, rows, v);
+}
+void input_transform_avx2(const Geometry& g, const float* x, const float* bt, int64_t base, int64_t t0, int64_t t1,
+                          int64_t rows, float* v) {
+  avx2::input_transform<float>(g, x, bt, base, t0, t1, rows, v);
+}
+void output_transform_avx512(const Geometry& g, const float* mm, const float* at, const float* bias, bool relu,
+                             int64_t base, int64_t t0, int64_t t1, int64_t rows, float* y) {
+  avx512::output_transform<float>(g, mm, at, bias, relu, base, t0, t1, rows, y);
+}
+void output_transform_avx2(const Geometry& g, const float* mm, const float* at, const float* bias, bool relu,
+                           int64_t base, int64_t t0, int64_t t1, int64_t rows, float* y) {
+  avx2::output_transform<float>(g, mm, at, bias, relu, base, t0, t1, rows, y);
+}
+#endif
+
+// The entry points the op calls: float32 through the CPU's widest clone, float64 as built.
 template <typename scalar_t>
-EAD_INLINE void output_transform(const Geometry& g, const scalar_t* mm, const scalar_t* at, const scalar_t* bias, bool relu,
-                      int64_t base, int64_t t0, int64_t t1, int64_t rows, scalar_t* y) {
-  const int64_t a = g.a, m = g.m;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t tile = base + t;
-    const int64_t b = tile / (g.TH * g.TW), ty = (tile / g.TW) % g.TH, tx = tile % g.TW;
-    const int64_t oy0 = ty * m, ox0 = tx * m;
-    for (int64_t k0 = 0; k0 < g.K; k0 += kChannelBlock) {
-      const int64_t kb = std::min(kChannelBlock, g.K - k0);
-      scalar_t tmp[kMaxTile][kMaxTile][kChannelBlock];  // tmp = AT M  ([m][a])
-      for (int64_t i = 0; i < m; ++i) {
-        for (int64_t q = 0; q < a; ++q) {
-          scalar_t* o = tmp[i][q];
-          std::fill(o, o + kb, scalar_t(0));
-          for (int64_t p = 0; p < a; ++p) {
-            const scalar_t f = at[i * a + p];
-            if (f == scalar_t(0)) continue;
-            const scalar_t* s = mm + ((p * a + q) * rows + t) * g.K + k0;
-            for (int64_t c = 0; c < kb; ++c) o[c] += f * s[c];
-          }
-        }
-      }
-      for (int64_t i = 0; i < m; ++i) {
-        const int64_t oy = oy0 + i;
-        if (oy >= g.OH) break;
-        for (int64_t j = 0; j < m; ++j) {
-          const int64_t ox = ox0 + j;
-          if (ox >= g.OW) break;
-          scalar_t acc[kChannelBlock];
-          if (bias != nullptr) {
-            std::copy(bias + k0, bias + k0 + kb, acc);
-          } else {
-            std::fill(acc, acc + kb, scalar_t(0));
-          }
-          for (int64_t q = 0; q < a; ++q) {
-            const scalar_t f = at[j * a + q];
-            if (f == scalar_t(0)) continue;
-            const scalar_t* s = tmp[i][q];
-            for (int64_t c = 0; c < kb; ++c) acc[c] += f * s[c];
-          }
-          scalar_t* o = y + ((b * g.OH + oy) * g.OW + ox) * g.K + k0;
-          if (relu) {
-            for (int64_t c = 0; c < kb; ++c) o[c] = acc[c] < scalar_t(0) ? scalar_t(0) : acc[c];  // NaN stays NaN
-          } else {
-            std::copy(acc, acc + kb, o);
-          }
-        }
-      }
+bool run_all_finite(const Geometry& g, const scalar_t* x, int64_t p0, int64_t p1) {
+#if EAD_ISA_DISPATCH
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    switch (cpu_kind()) {
+      case CpuKind::kAvx512: return all_finite_avx512(g, x, p0, p1);
+      case CpuKind::kAvx2: return all_finite_avx2(g, x, p0, p1);
+      case CpuKind::kBaseline: break;
     }
   }
-}
-
-// float32: compiled twice (AVX2+FMA and baseline), the loader picks the best for this CPU.
-EAD_MULTIVERSION void input_transform_f32(const Geometry& g, const float* x, const float* bt, int64_t base,
-                                          int64_t t0, int64_t t1, int64_t rows, float* v) {
-  input_transform<float>(g, x, bt, base, t0, t1, rows, v);
-}
-EAD_MULTIVERSION void output_transform_f32(const Geometry& g, const float* mm, const float* at, const float* bias,
-                                           bool relu, int64_t base, int64_t t0, int64_t t1, int64_t rows,
-                                           float* y) {
-  output_transform<float>(g, mm, at, bias, relu, base, t0, t1, rows, y);
+#endif
+  return baseline::all_finite<scalar_t>(g, x, p0, p1);
 }
 
 template <typename scalar_t>
 void run_input_transform(const Geometry& g, const scalar_t* x, const scalar_t* bt, int64_t base, int64_t t0,
                          int64_t t1, int64_t rows, scalar_t* v) {
+#if EAD_ISA_DISPATCH
   if constexpr (std::is_same_v<scalar_t, float>) {
-    input_transform_f32(g, x, bt, base, t0, t1, rows, v);
-  } else {
-    input_transform<scalar_t>(g, x, bt, base, t0, t1, rows, v);
+    switch (cpu_kind()) {
+      case CpuKind::kAvx512: return input_transform_avx512(g, x, bt, base, t0, t1, rows, v);
+      case CpuKind::kAvx2: return input_transform_avx2(g, x, bt, base, t0, t1, rows, v);
+      case CpuKind::kBaseline: break;
+    }
   }
+#endif
+  baseline::input_transform<scalar_t>(g, x, bt, base, t0, t1, rows, v);
 }
 
 template <typename scalar_t>
 void run_output_transform(const Geometry& g, const scalar_t* mm, const scalar_t* at, const scalar_t* bias,
                           bool relu, int64_t base, int64_t t0, int64_t t1, int64_t rows, scalar_t* y) {
+#if EAD_ISA_DISPATCH
   if constexpr (std::is_same_v<scalar_t, float>) {
-    output_transform_f32(g, mm, at, bias, relu, base, t0, t1, rows, y);
-  } else {
-    output_transform<scalar_t>(g, mm, at, bias, relu, base, t0, t1, rows, y);
+    switch (cpu_kind()) {
+      case CpuKind::kAvx512: return output_transform_avx512(g, mm, at, bias, relu, base, t0, t1, rows, y);
+      case CpuKind::kAvx2: return output_transform_avx2(g, mm, at, bias, relu, base, t0, t1, rows, y);
+      case CpuKind::kBaseline: break;
+    }
   }
+#endif
+  baseline::output_transform<scalar_t>(g, mm, at, bias, relu, base, t0, t1, rows, y);
+}
+
+// The direct convolution of a non-finite input, through the dispatcher (its own checks, its
+// kernel for this device), channels-last as this op returns.
+at::Tensor direct_fallback(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           int64_t padding, bool relu, bool pool, int64_t pool_padding) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("efficientad::conv2d_relu_pool", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                               int64_t, bool, bool, int64_t)>();
+  return op.call(input.contiguous(), weight.contiguous(), bias, padding, relu, pool, pool_padding)
+      .contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight_tf,
                                const std::optional<at::Tensor>& bias, const at::Tensor& input_tf,
                                const at::Tensor& output_tf, int64_t kernel_size, int64_t padding, bool relu,
-                               bool pool, int64_t pool_padding) {
+                               bool pool, int64_t pool_padding, const std::optional<at::Tensor>& weight) {
   check_floating(input, "input");
   check_rank(input, 4, "input", "[B, C, H, W]");
   check_nonempty(input, "input");
@@ -229,6 +229,15 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight
     check_same_dtype(input, "input", *bias, "bias");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == K, "bias must have shape [", K, "], got ", bias->sizes());
   }
+  const bool has_weight = weight.has_value() && weight->defined();
+  if (has_weight) {
+    check_same_dtype(input, "input", *weight, "weight");
+    check_same_device(input, "input", *weight, "weight");
+    TORCH_CHECK_VALUE(weight->dim() == 4 && weight->size(0) == K && weight->size(1) == C &&
+                          weight->size(2) == kernel_size && weight->size(3) == kernel_size,
+                      "weight (the untransformed convolution) must be [", K, ", ", C, ", ", kernel_size, ", ",
+                      kernel_size, "], got ", weight->sizes());
+  }
   check_conv_geometry(input.size(2), input.size(3), kernel_size, kernel_size, padding, pool, pool_padding);
   Geometry g{input.size(0), C, input.size(2), input.size(3), K, kernel_size, m, a, padding, 0, 0, 0, 0, 0, 0, 0};
   g.OH = conv_output_size(g.H, kernel_size, padding);
@@ -255,6 +264,19 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight
   at::Tensor v = at::empty({a * a, chunk, C}, input.options());
   at::Tensor mm = at::empty({a * a, chunk, K}, input.options());
 
+  if (has_weight) {
+    RECORD_FUNCTION("winograd_conv2d.finite_scan", std::vector<c10::IValue>());
+    std::atomic<bool> finite{true};
+    AT_DISPATCH_FLOATING_TYPES(dtype, "winograd_conv2d_cpu_scan", [&] {
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      at::parallel_for(0, g.B * g.H * g.W, 1024, [&](int64_t begin, int64_t end) {
+        if (finite.load(std::memory_order_relaxed) && !run_all_finite<scalar_t>(g, xp, begin, end))
+          finite.store(false, std::memory_order_relaxed);
+      });
+    });
+    if (!finite.load()) return direct_fallback(input, *weight, bias, padding, relu, pool, pool_padding);
+  }
+
   AT_DISPATCH_FLOATING_TYPES(dtype, "winograd_conv2d_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* btp = bt.const_data_ptr<scalar_t>();
@@ -268,14 +290,20 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight
       at::Tensor mc = mm.view({-1}).narrow(0, 0, a * a * n * K).view({a * a, n, K});
       scalar_t* vp = vc.mutable_data_ptr<scalar_t>();
       // Each tile writes only its own rows of V and its own output pixels: tiles split freely.
-      at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
-        run_input_transform<scalar_t>(g, xp, btp, base, begin, end, n, vp);
-      });
+      {
+        RECORD_FUNCTION("winograd_conv2d.input_transform", std::vector<c10::IValue>());
+        at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
+          run_input_transform<scalar_t>(g, xp, btp, base, begin, end, n, vp);
+        });
+      }
       at::bmm_out(mc, vc, u);
       const scalar_t* mp = mc.const_data_ptr<scalar_t>();
-      at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
-        run_output_transform<scalar_t>(g, mp, atp, bp, relu, base, begin, end, n, yp);
-      });
+      {
+        RECORD_FUNCTION("winograd_conv2d.output_transform", std::vector<c10::IValue>());
+        at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
+          run_output_transform<scalar_t>(g, mp, atp, bp, relu, base, begin, end, n, yp);
+        });
+      }
     }
   });
   if (!pool) return y;

@@ -42,11 +42,11 @@ def winograd_conv2d(
 
     Non-finite input: Winograd's transforms mix every input of a tile into every output of it,
     so one NaN or inf would turn its whole output tiles non-finite (75 NaN outputs where the
-    direct convolution gives 27, inf turned into NaN). An input holding NaN or inf therefore
-    runs the direct convolution (:func:`efficientad_ext.ops.conv2d_relu_pool`), whose NaN and
-    inf outputs are exactly the reference's; the check is one pass over the input. (The raw
-    ``torch.ops.efficientad.winograd_conv2d``, which a ``torch.compile``'d call runs, has only
-    the transformed weights: there a non-finite input spreads to its whole output tiles.)
+    direct convolution gives 27, inf turned into NaN). The op therefore scans its input (one
+    vectorised pass, inside the kernel, so a ``torch.compile``'d call behaves the same) and runs
+    the direct convolution with ``prepared.weight`` when it holds NaN or inf: the non-finite
+    outputs are exactly the reference's. (The raw ``torch.ops.efficientad.winograd_conv2d``
+    called without its ``weight`` argument spreads a non-finite input to its whole output tiles.)
     """
     _checks.tensor(input, "input")
     _checks.integer(padding, "padding")
@@ -55,11 +55,6 @@ def winograd_conv2d(
     if input.device.type != "cpu":
         raise ValueError(f"winograd_conv2d runs on the CPU only, got input on {input.device}")
     _checks.inference_only("winograd_conv2d", input=input)
-    # A data-dependent branch: skipped while torch.compile traces (the compiled call is the raw op's).
-    if not torch.compiler.is_compiling() and input.is_floating_point() and not bool(torch.isfinite(input).all()):
-        w, b = prepared.weight.to(input.dtype), None if prepared.bias is None else prepared.bias.to(input.dtype)
-        out = _ops.conv2d_relu_pool(input.contiguous(), w, b, padding, relu, pool, pool_padding)
-        return out.contiguous(memory_format=torch.channels_last)
     return _ops.winograd_conv2d(
         input,
         prepared.weight_tf,
@@ -71,13 +66,22 @@ def winograd_conv2d(
         relu,
         pool,
         pool_padding,
+        prepared.weight,
     )
 
 
 @torch.library.register_fake("efficientad::winograd_conv2d")
-def _winograd_conv2d_fake(input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding):
+def _winograd_conv2d_fake(
+    input, weight_tf, bias, input_tf, output_tf, kernel_size, padding, relu, pool, pool_padding, weight=None
+):
     _checks.fake_same_device(
-        "winograd_conv2d", input=input, weight_tf=weight_tf, bias=bias, input_tf=input_tf, output_tf=output_tf
+        "winograd_conv2d",
+        input=input,
+        weight_tf=weight_tf,
+        bias=bias,
+        input_tf=input_tf,
+        output_tf=output_tf,
+        weight=weight,
     )
     fake_layer_checks(input, weight_tf.shape[1], kernel_size, kernel_size, padding, pool, pool_padding)
     h = conv_output_size(input.shape[2], kernel_size, padding, pool, pool_padding)
