@@ -252,18 +252,7 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight
   g.xs0 = x.stride(0);
   g.xs2 = x.stride(2);
   g.xs3 = x.stride(3);
-  const at::Tensor u = weight_tf.contiguous();
-  const at::Tensor bt = input_tf.contiguous(), at_ = output_tf.contiguous();
-  const at::Tensor bias_c = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({g.B, K, g.OH, g.OW}, input.options(), cl);
-
-  // Chunk of tiles: V [a*a, Tc, C] plus M [a*a, Tc, K] about 8 MB, at least 32 tiles.
-  const int64_t total = g.B * g.TH * g.TW;
-  const int64_t per_tile_bytes = a * a * (C + K) * static_cast<int64_t>(input.element_size());
-  const int64_t chunk = std::clamp<int64_t>((int64_t(8) << 20) / per_tile_bytes, 32, total);
-  at::Tensor v = at::empty({a * a, chunk, C}, input.options());
-  at::Tensor mm = at::empty({a * a, chunk, K}, input.options());
-
+  // Before any buffer is allocated: a non-finite input needs none of them.
   if (has_weight) {
     RECORD_FUNCTION("winograd_conv2d.finite_scan", std::vector<c10::IValue>());
     std::atomic<bool> finite{true};
@@ -276,6 +265,17 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight
     });
     if (!finite.load()) return direct_fallback(input, *weight, bias, padding, relu, pool, pool_padding);
   }
+  const at::Tensor u = weight_tf.contiguous();
+  const at::Tensor bt = input_tf.contiguous(), at_ = output_tf.contiguous();
+  const at::Tensor bias_c = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({g.B, K, g.OH, g.OW}, input.options(), cl);
+
+  // Chunk of tiles: V [a*a, Tc, C] plus M [a*a, Tc, K] about 8 MB, at least 32 tiles.
+  const int64_t total = g.B * g.TH * g.TW;
+  const int64_t per_tile_bytes = a * a * (C + K) * static_cast<int64_t>(input.element_size());
+  const int64_t chunk = std::clamp<int64_t>((int64_t(8) << 20) / per_tile_bytes, 32, total);
+  at::Tensor v = at::empty({a * a, chunk, C}, input.options());
+  at::Tensor mm = at::empty({a * a, chunk, K}, input.options());
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "winograd_conv2d_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
