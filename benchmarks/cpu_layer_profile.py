@@ -40,13 +40,8 @@ from efficientad_ext.inference.cpu_winograd import plan_for
 from efficientad_ext.inference.networks import networks_for
 from efficientad_ext.training.precision import describe_cpu
 
-
-def _model() -> EfficientAD:
-    torch.manual_seed(0)
-    model = EfficientAD().eval()
-    model.quantiles.copy_(torch.tensor([0.1, 2.0, 0.05, 1.0]))
-    model.calibrated = True
-    return model
+# The same model as the interleaved latency run (run as a script, this folder is on sys.path).
+from export_latency import seeded_model
 
 
 def _min_time(fn, repeats: int) -> float:
@@ -185,7 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = _model()
+    model = seeded_model()
     x = torch.rand(args.batch, 3, 256, 256, generator=torch.Generator().manual_seed(args.batch))
     with torch.no_grad():
         layers = _layer_rows(model, x, args.repeats)

@@ -27,7 +27,8 @@ from efficientad_ext.formats.atomic import write_text_atomically
 from efficientad_ext.training.precision import describe_cpu
 
 
-def _model() -> EfficientAD:
+def seeded_model() -> EfficientAD:
+    """EfficientAD-S 256x256, seeded random weights, fixed quantiles (latency does not depend on them)."""
     torch.manual_seed(0)
     model = EfficientAD().eval()
     model.quantiles.copy_(torch.tensor([0.1, 2.0, 0.05, 1.0]))
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import openvino as ov
 
-    model = _model()
+    model = seeded_model()
     with tempfile.TemporaryDirectory() as tmp:
         (onnx_path,) = export(model, Path(tmp) / "m.onnx")
         export(model, Path(tmp) / "m", format="openvino")
