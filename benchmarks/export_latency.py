@@ -5,7 +5,10 @@ same model, same images, same thread count, interleaved, one process.
 
 The model is EfficientAD-S 256x256 with seeded random weights and calibrated-looking quantiles
 (latency does not depend on the weights' values). Reported per batch: the median seconds per
-call of each runtime and ours / runtime (above 1: ours is faster).
+call of each runtime and ours / runtime (above 1: ours is faster). Beside ``ours`` (the default
+options), the same weights run as ``ours_small_tiles`` (``cpu_winograd_tiles="small"``, the
+Winograd tiles before session 17) and ``ours_direct`` (``cpu_winograd=False``: oneDNN direct
+convolutions), in the same rounds; ``--no-variants`` leaves those two out.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,12 +41,37 @@ def seeded_model() -> EfficientAD:
     return model
 
 
+def _variants() -> dict[str, Callable[[torch.Tensor], object]]:
+    """``infer`` of the same weights as :func:`seeded_model` under other inference options."""
+    variants = {}
+    for name, changes in (
+        ("ours_small_tiles", {"cpu_winograd_tiles": "small"}),
+        ("ours_direct", {"cpu_winograd": False}),
+    ):
+        variant = seeded_model()
+        variant.inference_options = replace(variant.inference_options, **changes)
+        variants[name] = lambda x, v=variant: v.infer(x, dtype=torch.float32)
+    return variants
+
+
+def _check_variants(runners: dict, x: torch.Tensor) -> None:
+    """Every variant of ours gives the default's maps (1e-4 of their range) before anything is timed."""
+    expected = runners["ours"](x).anomaly_map
+    span = (expected.max() - expected.min()).item()
+    for name in ("ours_small_tiles", "ours_direct"):
+        if name in runners:
+            error = (runners[name](x).anomaly_map - expected).abs().max().item()
+            if not error <= 1e-4 * span:
+                raise AssertionError(f"{name}'s maps differ from ours by {error:.3g} (range {span:.3g})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--no-variants", action="store_true", help="time ours with the default options only")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
@@ -63,12 +93,15 @@ def main(argv=None) -> int:
             "onnxruntime": lambda x: session.run(None, {"images": x.numpy()}),
             "openvino": lambda x: compiled(x.numpy()),
         }
+        if not args.no_variants:
+            runners |= _variants()
         rows = []
         for batch in args.batches:
             x = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(batch))
             times = {k: [] for k in runners}
             for run in runners.values():
                 run(x)  # warm-up (compilation, caches)
+            _check_variants(runners, x)
             for _ in range(args.repeats):
                 for name, run in runners.items():
                     t0 = time.perf_counter()

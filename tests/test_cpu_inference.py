@@ -90,3 +90,40 @@ def test_bfloat16_on_a_cpu_without_bfloat16_instructions_warns_once(monkeypatch)
     with pytest.warns(RuntimeWarning, match="bfloat16"):
         cpu_winograd.applies(torch.device("cpu"), torch.bfloat16, True)
     assert cpu_winograd._bf16_warned
+
+
+def test_both_tile_sets_match_the_direct_path_and_the_plan_follows_the_option():
+    model = _model("small", False)
+    x = torch.rand(1, 3, 256, 256)
+    nets = networks_for(model, model.dtype)
+    with torch.no_grad():
+        xn = model.normalize(x)
+        expected = (model.teacher(xn), model.student(xn), model.autoencoder(xn, model.feature_size))
+        large = cpu_winograd.plan_for(nets, "large")
+        assert large.tiles == "large" and large.teacher[0].wino.output_tf.shape == (5, 8)
+        got_large = large.forward(xn, model.feature_size)
+        small = cpu_winograd.plan_for(nets, "small")  # another tile set: a new plan
+        assert small is not large and small.teacher[0].wino.output_tf.shape == (3, 6)
+        assert cpu_winograd.plan_for(nets, "small") is small  # the same set: the cached one
+        got_small = small.forward(xn, model.feature_size)
+    for g_l, g_s, e in zip(got_large, got_small, expected):
+        assert ((g_l - e).abs().max() / e.abs().max()).item() < 2e-5
+        assert ((g_s - e).abs().max() / e.abs().max()).item() < 2e-5
+    with pytest.raises(ValueError, match="tiles must be one of"):
+        cpu_winograd.plan_for(nets, "huge")
+    # Through infer: the option picks the plan.
+    model.inference_options = replace(model.inference_options, cpu_winograd_tiles="small")
+    model.infer(x)
+    assert nets.cpu_plan.tiles == "small"
+
+
+def test_tile_option_and_its_environment_variable(monkeypatch):
+    assert InferenceOptions().cpu_winograd_tiles == "large"
+    monkeypatch.setenv("EFFICIENTAD_CPU_WINOGRAD_TILES", "small")
+    assert InferenceOptions().cpu_winograd_tiles == "small"
+    monkeypatch.setenv("EFFICIENTAD_CPU_WINOGRAD_TILES", "tiny")
+    with pytest.raises(ValueError, match="EFFICIENTAD_CPU_WINOGRAD_TILES must be one of"):
+        InferenceOptions()
+    monkeypatch.delenv("EFFICIENTAD_CPU_WINOGRAD_TILES")
+    with pytest.raises(ValueError, match="cpu_winograd_tiles must be one of"):
+        InferenceOptions(cpu_winograd_tiles="tiny")

@@ -298,3 +298,32 @@ def test_training_resumes_bit_for_bit_in_each_precision_and_layout(tmp_path, pre
     loaded = load(tmp_path / "b" / MODEL_FILE)
     for name, value in resumed.student.state_dict().items():
         assert torch.equal(loaded.student.state_dict()[name], value), name
+
+
+def test_statistics_pass_runs_the_frozen_teacher_as_cpu_inference_does():
+    from efficientad_ext.inference import cpu_winograd
+    from efficientad_ext.training.statistics import frozen_teacher_forward
+
+    torch.manual_seed(0)
+    model = EfficientAD(ModelConfig()).eval()
+    forward = frozen_teacher_forward(model)
+    assert isinstance(forward, cpu_winograd.PdnPlan)
+    assert [layer.wino is not None for layer in forward.layers] == [False, True, True, True]  # conv1: 3 channels
+    x = model.normalize(torch.rand(2, 3, 256, 256))
+    with torch.no_grad():
+        expected = model.teacher(x)
+    got = forward(x)
+    assert got.shape == expected.shape
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 2e-5
+    small = frozen_teacher_forward(replace_options(model, cpu_winograd_tiles="small"))
+    assert small.layers[1].wino.output_tf.shape == (3, 6)
+    assert frozen_teacher_forward(replace_options(model, cpu_winograd=False)) == model.teacher.fused_forward
+    with pytest.raises(ValueError, match="tiles must be one of"):
+        cpu_winograd.PdnPlan(model.teacher, "huge")
+
+
+def replace_options(model, **changes):
+    from dataclasses import replace
+
+    model.inference_options = replace(model.inference_options, **changes)
+    return model

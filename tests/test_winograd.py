@@ -2,7 +2,9 @@
 
 Tolerance: Winograd computes the same function with different rounding (transforms of
 float32 data in float32). Measured max |error| / max |output| is ~1e-6 to 5e-6 for the
-PDN layer shapes; the tests allow 2e-5 in float32 and 1e-11 in float64.
+PDN layer shapes with the small tiles (6x6 input tiles) and ~1e-6 to 3e-6 with the large
+ones (8x8, points +-2 added; session 17, the PDN-S layers on their real inputs); the tests
+allow 2e-5 in float32 and 1e-11 in float64 for both.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import pytest
 import torch
 
 from efficientad_ext import reference
-from efficientad_ext.inference.winograd import DEFAULT_TILE, prepare_weights, transform_matrices
+from efficientad_ext.inference.options import WINOGRAD_TILE_SETS
+from efficientad_ext.inference.winograd import DEFAULT_TILE, TILES, prepare_weights, transform_matrices
 from efficientad_ext.ops import winograd_conv2d
 
 REL_TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
 
 
-@pytest.mark.parametrize("m, r", [(2, 3), (2, 4), (3, 4), (4, 3)])
+@pytest.mark.parametrize("m, r", [(2, 3), (2, 4), (3, 4), (4, 3), (5, 4), (6, 3)])
 def test_transform_matrices_compute_a_correlation_exactly(m, r):
     at, g, bt = transform_matrices(m, r)
     a = m + r - 1
@@ -38,6 +41,7 @@ def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
+@pytest.mark.parametrize("tiles", ["large", "small"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "shape, c_out, k, padding, relu, pool, pool_padding",
@@ -50,11 +54,13 @@ def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
         ((1, 5, 4, 4), 7, 3, 1, False, False, 0),  # fewer output pixels than one tile
     ],
 )
-def test_matches_direct_convolution(dtype, shape, c_out, k, padding, relu, pool, pool_padding):
+def test_matches_direct_convolution(tiles, dtype, shape, c_out, k, padding, relu, pool, pool_padding):
     x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(c_out, shape[1], k, k, dtype=dtype) / (shape[1] * k * k) ** 0.5
     bias = torch.randn(c_out, dtype=dtype)
-    got = winograd_conv2d(x, prepare_weights(weight, bias), padding, relu, pool, pool_padding)
+    prepared = prepare_weights(weight, bias, tile=TILES[tiles][k])
+    assert prepared.output_tf.shape == (TILES[tiles][k], TILES[tiles][k] + k - 1)
+    got = winograd_conv2d(x, prepared, padding, relu, pool, pool_padding)
     expected = reference.winograd_conv2d(x.double(), weight.double(), bias.double(), padding, relu, pool, pool_padding)
     assert got.shape == expected.shape and got.dtype == dtype
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -96,7 +102,34 @@ def test_bad_arguments_are_named():
         prepare_weights(torch.randn(8, 4, 3, 4))
     with pytest.raises(ValueError, match="too small"):
         winograd_conv2d(torch.randn(1, 4, 2, 2), prepared)
-    assert DEFAULT_TILE == {3: 4, 4: 3}
+    assert DEFAULT_TILE == TILES["large"] == {3: 6, 4: 5} and TILES["small"] == {3: 4, 4: 3}
+    assert tuple(TILES) == WINOGRAD_TILE_SETS  # the options validate against the same names
+
+
+def test_large_tiles_are_the_default_and_use_8x8_input_tiles():
+    prepared = prepare_weights(torch.randn(8, 4, 4, 4))
+    assert prepared.input_tf.shape == (8, 8) and prepared.output_tf.shape == (5, 8)
+    assert prepared.weight_tf.shape == (64, 4, 8)
+    assert prepare_weights(torch.randn(8, 4, 3, 3)).output_tf.shape == (6, 8)
+
+
+def test_a_wrong_transform_is_detected():
+    # Negative control for the tolerance: the large tiles' output transform with one entry off
+    # by 1/64 (a rounding far coarser than float32's) must fail the 2e-5 check.
+    x = torch.randn(1, 64, 20, 20).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(32, 64, 4, 4) / 32
+    prepared = prepare_weights(weight)
+    broken = type(prepared)(
+        prepared.weight_tf,
+        prepared.bias,
+        prepared.input_tf,
+        prepared.output_tf + torch.nn.functional.one_hot(torch.tensor(12), 40).view(5, 8) / 64,
+        4,
+        prepared.weight,
+    )
+    expected = reference.winograd_conv2d(x.double(), weight.double(), None, 0, False, False, 0)
+    assert _relative_error(winograd_conv2d(x, prepared, 0, False), expected) < REL_TOL[torch.float32]
+    assert _relative_error(winograd_conv2d(x, broken, 0, False), expected) > 1e-3
 
 
 def test_opcheck():
@@ -149,15 +182,16 @@ from efficientad_ext import reference
 from efficientad_ext.inference.winograd import prepare_weights
 from efficientad_ext.ops import winograd_conv2d
 torch.manual_seed(0)
-for c, k, r, pad, relu, pool in [(70, 130, 3, 1, True, False), (64, 96, 4, 3, True, True), (17, 33, 4, 0, False, False)]:
+cases = [(70, 130, 3, 1, True, False), (64, 96, 4, 3, True, True), (17, 33, 4, 0, False, False)]
+for (c, k, r, pad, relu, pool), tiles in [(case, t) for case in cases for t in ({3: 6, 4: 5}, {3: 4, 4: 3})]:
     x = torch.randn(2, c, 15, 13).contiguous(memory_format=torch.channels_last)[:, 1:]  # odd channel slice
     w, b = torch.randn(k, c - 1, r, r), torch.randn(k)
-    got = winograd_conv2d(x, prepare_weights(w, b), pad, relu, pool, 1 if pool else 0)
+    got = winograd_conv2d(x, prepare_weights(w, b, tile=tiles[r]), pad, relu, pool, 1 if pool else 0)
     ref = reference.winograd_conv2d(x.double(), w.double(), b.double(), pad, relu, pool, 1 if pool else 0)
     err = ((got.double() - ref).abs().max() / ref.abs().max()).item()
-    assert err < 2e-5, (c, k, r, err)
+    assert err < 2e-5, (c, k, r, tiles, err)
     x[1, 7, 3, 4] = float("nan")
-    got = winograd_conv2d(x, prepare_weights(w, b), pad, relu, pool, 1 if pool else 0)
+    got = winograd_conv2d(x, prepare_weights(w, b, tile=tiles[r]), pad, relu, pool, 1 if pool else 0)
     ref = reference.winograd_conv2d(x, w, b, pad, relu, pool, 1 if pool else 0)
     assert torch.equal(got.isnan(), ref.isnan()), (c, k, r)
 print("ok")

@@ -3,15 +3,16 @@
 ``EfficientAD.infer`` on the CPU in float32 (or float64), with
 ``InferenceOptions.cpu_winograd`` on, runs the teacher, student and autoencoder through a
 :class:`CpuWinogradPlan`: every stride-1 3x3 / 4x4 convolution with at least
-:data:`MIN_CHANNELS` input channels runs as ``efficientad::winograd_conv2d`` (about 4x fewer
-multiplications; see :mod:`.winograd`), the rest (the PDNs' 3-channel first layer, the
+:data:`MIN_CHANNELS` input channels runs as ``efficientad::winograd_conv2d`` (4x to 6.25x fewer
+multiplications, by the options' tile set; see :mod:`.winograd`), the rest (the PDNs' 3-channel first layer, the
 autoencoder's stride-2 encoder, 1x1 convolutions) as direct convolutions, all channels-last.
 Results equal the direct convolutions up to float32 rounding (tests/test_cpu_inference.py).
 
 Invariants:
 
-* A plan is derived from one :class:`~.networks.InferenceNetworks` entry and stored in it;
-  the entry drops it whenever its weights change (one fingerprint, :mod:`.networks`).
+* A plan is derived from one :class:`~.networks.InferenceNetworks` entry and one tile set, and
+  stored in the entry; the entry drops it whenever its weights change (one fingerprint,
+  :mod:`.networks`), and :func:`plan_for` rebuilds it when asked for another tile set.
 * The teacher's and student's first layers (same spec, same input) always run as one
   convolution with the entry's concatenated weights; the following Winograd layers read their
   halves in place.
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from efficientad_ext import ops
 from efficientad_ext.inference.teacher_student import first_layers_fusable
-from efficientad_ext.inference.winograd import DEFAULT_TILE, WinogradWeights, prepare_weights
+from efficientad_ext.inference.winograd import DEFAULT_TILES, TILES, WinogradWeights, prepare_weights
 from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
 from efficientad_ext.models.pdn import PDN
 
@@ -84,11 +85,11 @@ class _Layer:
         return ops.conv2d_relu_pool(x, self.weight, self.bias, self.padding, self.relu, self.pool, self.pool_padding)
 
 
-def _winograd_eligible(conv: nn.Conv2d) -> bool:
+def _winograd_eligible(conv: nn.Conv2d, tiles: dict[int, int]) -> bool:
     k = conv.kernel_size
     return (
         k[0] == k[1]
-        and k[0] in DEFAULT_TILE
+        and k[0] in tiles
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
@@ -99,15 +100,35 @@ def _winograd_eligible(conv: nn.Conv2d) -> bool:
     )
 
 
-def _layer(conv: nn.Conv2d, relu: bool, pool: bool = False, pool_padding: int = 0) -> _Layer:
+def _layer(conv: nn.Conv2d, tiles: dict[int, int], relu: bool, pool: bool = False, pool_padding: int = 0) -> _Layer:
     w, b = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
-    if _winograd_eligible(conv):
-        return _Layer(prepare_weights(w, b), None, None, conv.padding[0], relu, pool, pool_padding)
+    if _winograd_eligible(conv, tiles):
+        tile = tiles[conv.kernel_size[0]]
+        return _Layer(prepare_weights(w, b, tile=tile), None, None, conv.padding[0], relu, pool, pool_padding)
     return _Layer(None, w.contiguous(memory_format=torch.channels_last), b, conv.padding[0], relu, pool, pool_padding)
 
 
-def _pdn_layers(pdn: PDN) -> list[_Layer]:
-    return [_layer(conv, s.relu, s.pool, s.pool_padding) for conv, s in zip(pdn.convolutions(), pdn.specs)]
+def _pdn_layers(pdn: PDN, tiles: dict[int, int]) -> list[_Layer]:
+    return [_layer(conv, tiles, s.relu, s.pool, s.pool_padding) for conv, s in zip(pdn.convolutions(), pdn.specs)]
+
+
+class PdnPlan:
+    """One PDN's layers alone, planned as :class:`CpuWinogradPlan` plans them (no shared first
+    layer): e.g. the frozen teacher in training's statistics pass. Build it after the weights
+    are final; it keeps transformed copies and does not follow later changes."""
+
+    def __init__(self, pdn: PDN, tiles: str = DEFAULT_TILES) -> None:
+        if tiles not in TILES:
+            raise ValueError(f"tiles must be one of {sorted(TILES)}, got {tiles!r}")
+        with torch.no_grad():
+            self.layers = _pdn_layers(pdn, TILES[tiles])
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        """``pdn(x)``, channels-last, up to float32 rounding."""
+        for layer in self.layers:
+            x = layer(x)
+        return x
 
 
 class _Encoder:
@@ -128,13 +149,21 @@ class _Encoder:
 
 
 class CpuWinogradPlan:
-    """Teacher, student and autoencoder of one set of networks, ready for CPU inference."""
+    """Teacher, student and autoencoder of one set of networks, ready for CPU inference, with
+    the Winograd tiles of ``tiles`` (a key of :data:`~.winograd.TILES`)."""
 
     def __init__(
-        self, teacher: PDN, student: PDN, autoencoder: Autoencoder, first_layer: tuple[Tensor, Tensor]
+        self,
+        teacher: PDN,
+        student: PDN,
+        autoencoder: Autoencoder,
+        first_layer: tuple[Tensor, Tensor],
+        tiles: str = DEFAULT_TILES,
     ) -> None:
+        self.tiles = tiles
+        tile_of = TILES[tiles]
         self.shared_first = first_layers_fusable(teacher, student)
-        self.teacher, self.student = _pdn_layers(teacher), _pdn_layers(student)
+        self.teacher, self.student = _pdn_layers(teacher, tile_of), _pdn_layers(student, tile_of)
         if self.shared_first:
             spec = teacher.specs[0]
             weight, bias = first_layer
@@ -150,8 +179,8 @@ class CpuWinogradPlan:
             self.split = spec.out_channels
             self.teacher, self.student = self.teacher[1:], self.student[1:]
         self.encoder = _Encoder(autoencoder)
-        self.decoder = [_layer(stage[0], relu=True) for stage in autoencoder.decoder_stages]
-        head = [_layer(autoencoder.head[0], relu=True), _layer(autoencoder.head[2], relu=False)]
+        self.decoder = [_layer(stage[0], tile_of, relu=True) for stage in autoencoder.decoder_stages]
+        head = [_layer(autoencoder.head[0], tile_of, relu=True), _layer(autoencoder.head[2], tile_of, relu=False)]
         self.head = lambda code: head[1](head[0](code))
 
     def teacher_student(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,9 +205,12 @@ class CpuWinogradPlan:
         return t, s, self.autoencoder(x, feature_size)
 
 
-def plan_for(nets) -> CpuWinogradPlan:
-    """The plan of one cache entry (:class:`~.networks.InferenceNetworks`), built on first use."""
-    if nets.cpu_plan is None:
+def plan_for(nets, tiles: str = DEFAULT_TILES) -> CpuWinogradPlan:
+    """The plan of one cache entry (:class:`~.networks.InferenceNetworks`) with the Winograd
+    tile set ``tiles``, built on first use and again when another tile set is asked for."""
+    if tiles not in TILES:
+        raise ValueError(f"tiles must be one of {sorted(TILES)}, got {tiles!r}")
+    if nets.cpu_plan is None or nets.cpu_plan.tiles != tiles:
         with torch.no_grad():
-            nets.cpu_plan = CpuWinogradPlan(nets.teacher, nets.student, nets.autoencoder, nets.first_layer)
+            nets.cpu_plan = CpuWinogradPlan(nets.teacher, nets.student, nets.autoencoder, nets.first_layer, tiles)
     return nets.cpu_plan

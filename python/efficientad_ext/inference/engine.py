@@ -80,7 +80,7 @@ def _networks(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher, student and autoencoder outputs of the prepared input ``x`` (compute dtype)."""
     if cpu_winograd.applies(x.device, nets.dtype, options.cpu_winograd):
-        return cpu_winograd.plan_for(nets).forward(x, model.feature_size)
+        return cpu_winograd.plan_for(nets, options.cpu_winograd_tiles).forward(x, model.feature_size)
     fuse, cudnn = options.fuses_first_layer(x.device.type), options.cudnn_fusion and x.is_cuda
     # The CUDA switches (side stream, cuDNN fusion; off by default): inference/cuda_options.py.
     return cuda_options.forward_with_pdns(

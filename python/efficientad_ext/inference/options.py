@@ -11,6 +11,9 @@ import os
 from dataclasses import dataclass, field
 
 WINOGRAD_ENV = "EFFICIENTAD_CPU_WINOGRAD"
+WINOGRAD_TILES_ENV = "EFFICIENTAD_CPU_WINOGRAD_TILES"
+# The tile sets of efficientad_ext.inference.winograd.TILES (tests/test_winograd.py keeps them equal).
+WINOGRAD_TILE_SETS = ("large", "small")
 
 
 def winograd_from_environment() -> bool:
@@ -19,12 +22,25 @@ def winograd_from_environment() -> bool:
     return os.environ.get(WINOGRAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def winograd_tiles_from_environment() -> str:
+    """``EFFICIENTAD_CPU_WINOGRAD_TILES`` (``large``, the default, or ``small``), read when an
+    options object is created without an explicit ``cpu_winograd_tiles``; a bad value is an
+    error naming the variable."""
+    value = os.environ.get(WINOGRAD_TILES_ENV, "large").strip().lower()
+    if value not in WINOGRAD_TILE_SETS:
+        raise ValueError(f"{WINOGRAD_TILES_ENV} must be one of {WINOGRAD_TILE_SETS}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """Choices that change speed, never the function computed (up to float rounding).
 
     ``cpu_winograd``: float32/float64 CPU inference runs the 3x3/4x4 convolutions by Winograd
     (:mod:`efficientad_ext.inference.cpu_winograd`); off: oneDNN direct convolutions.
+    ``cpu_winograd_tiles``: which Winograd tiles (:data:`efficientad_ext.inference.winograd.TILES`):
+    ``"large"`` (default; 8x8 input tiles, fewest multiplications) or ``"small"`` (6x6, the
+    tiles before session 17: a little less rounding, more multiplications).
     ``fuse_first_layer``: device types ("cpu", "cuda") on which the teacher's and student's
     first layers run as one convolution (:mod:`efficientad_ext.inference.teacher_student`).
     Default CUDA only: on the CPU it measured no faster (benchmarks/RESULTS.md), since the split
@@ -40,6 +56,7 @@ class InferenceOptions:
     """
 
     cpu_winograd: bool = field(default_factory=winograd_from_environment)
+    cpu_winograd_tiles: str = field(default_factory=winograd_tiles_from_environment)
     fuse_first_layer: frozenset[str] = frozenset({"cuda"})
     cudnn_fusion: bool = False
     autoencoder_side_stream: bool = False
@@ -50,6 +67,8 @@ class InferenceOptions:
         if unknown:
             raise ValueError(f"fuse_first_layer takes device types 'cpu' and 'cuda', got {sorted(unknown)}")
         object.__setattr__(self, "fuse_first_layer", devices)
+        if self.cpu_winograd_tiles not in WINOGRAD_TILE_SETS:
+            raise ValueError(f"cpu_winograd_tiles must be one of {WINOGRAD_TILE_SETS}, got {self.cpu_winograd_tiles!r}")
         for name in ("cpu_winograd", "cudnn_fusion", "autoencoder_side_stream"):
             object.__setattr__(self, name, bool(getattr(self, name)))
 

@@ -4,15 +4,22 @@ On CPUs without fast low-precision arithmetic (AVX2 only: bfloat16 convolutions 
 a slow ATen path there, ~10x slower than float32), the PDNs' float32 convolutions already run
 in oneDNN close to the FMA peak. Winograd's minimal filtering F(m x m, r x r) computes the same
 convolution with fewer multiplications: an m x m output tile from an a x a input tile
-(a = m + r - 1) costs a*a products per channel pair instead of m*m*r*r, 4x fewer for
-F(3x3, 4x4) (the PDNs' 4x4 layers) and F(4x4, 3x3) (their 3x3 layers).
+(a = m + r - 1) costs a*a products per channel pair instead of m*m*r*r. Two tile sets
+(:data:`TILES`), both with tiles the op supports (a <= 8):
+
+* ``"large"`` (the default): F(5x5, 4x4) for the PDNs' 4x4 layers and F(6x6, 3x3) for their
+  3x3 layers, 8x8 input tiles: 6.25x and 5.06x fewer multiplications than the direct
+  convolution. On an AVX2 EPYC the PDN layers ran 1.2x faster than with the small set
+  (benchmarks/RESULTS.md, session 17), at about twice its (still ~1e-6) rounding error;
+* ``"small"``: F(3x3, 4x4) and F(4x4, 3x3), 6x6 input tiles, 4x fewer multiplications.
 
 The transform matrices come from the Toom-Cook construction on ``a - 1`` finite
 interpolation points plus the point at infinity; they are computed here in exact rational
 arithmetic and rounded once to the compute dtype. The weights are transformed once
 (``U = G w G^T``, in float64) and cached by the caller. The result equals the direct
-convolution up to rounding: ~1e-6 relative to the output's magnitude for F(3x3, 4x4) with
-points (0, 1, -1, 1/2, -1/2) (tests/test_winograd.py checks 2e-5).
+convolution up to rounding, relative to the output's magnitude: ~1e-6 for F(3x3, 4x4) with
+points (0, 1, -1, 1/2, -1/2), ~2e-6 for F(5x5, 4x4) and F(6x6, 3x3) with (0, +-1, +-1/2, +-2),
+measured on the PDN-S layers (tests/test_winograd.py checks 2e-5).
 """
 
 from __future__ import annotations
@@ -32,9 +39,14 @@ _POINTS: dict[tuple[int, int], tuple[Fraction, ...]] = {
     (2, 4): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2)),
     (3, 4): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2)),
     (4, 3): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2)),
+    # a = 8: two more points, +-2 (the best-conditioned choice after +-1 and +-1/2).
+    (5, 4): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2), Fraction(2), Fraction(-2)),
+    (6, 3): (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2), Fraction(2), Fraction(-2)),
 }
-# Output tile per kernel size used for inference (4x fewer multiplications for both).
-DEFAULT_TILE = {3: 4, 4: 3}
+# Output tile per kernel size, per tile set (see the module docstring).
+TILES: dict[str, dict[int, int]] = {"large": {3: 6, 4: 5}, "small": {3: 4, 4: 3}}
+DEFAULT_TILES = "large"
+DEFAULT_TILE = TILES[DEFAULT_TILES]
 
 
 def _solve_exact(rows: list[list[Fraction]], rhs: list[Fraction], n: int) -> list[Fraction]:
