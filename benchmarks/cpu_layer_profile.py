@@ -56,7 +56,8 @@ def _min_time(fn, repeats: int) -> float:
 
 def _gemm_time(layer, x: Tensor, repeats: int) -> float:
     """The op's bmm calls alone: V [a*a, n, C] @ U [a*a, C, K] per chunk of n tiles, with the
-    chunk size winograd_conv2d_cpu.cpp picks (about 8 MB of V and M, at least 32 tiles)."""
+    chunk size winograd_conv2d_cpu.cpp picks (V and M about max(8 MB, size of U), at least 32
+    tiles; keep the two formulas equal)."""
     w = layer.wino
     a, m = w.output_tf.shape[1], w.output_tf.shape[0]
     r = w.kernel_size
@@ -64,7 +65,8 @@ def _gemm_time(layer, x: Tensor, repeats: int) -> float:
     k = w.weight_tf.shape[2]
     oh, ow = h + 2 * layer.padding - r + 1, wd + 2 * layer.padding - r + 1
     total = b * -(-oh // m) * -(-ow // m)
-    chunk = max(32, min((8 << 20) // (a * a * (c + k) * x.element_size()), total))
+    budget = max(8 << 20, a * a * c * k * x.element_size())
+    chunk = max(32, min(budget // (a * a * (c + k) * x.element_size()), total))
     v = torch.rand(a * a, chunk, c)
     out = torch.empty(a * a, chunk, k)
     sizes = [min(chunk, total - s) for s in range(0, total, chunk)]
