@@ -9,9 +9,9 @@ convolution with fewer multiplications: an m x m output tile from an a x a input
 
 * ``"large"`` (the default): F(5x5, 4x4) for the PDNs' 4x4 layers and F(6x6, 3x3) for their
   3x3 layers, 8x8 input tiles: 6.25x and 5.06x fewer multiplications than the direct
-  convolution. On an AVX2 EPYC (2 threads) the PDN-S Winograd layers ran 1.2x faster than
-  with the small set and ``infer`` 1.1x (benchmarks/RESULTS.md, session 17), at about twice
-  its (still ~1e-6) rounding error;
+  convolution. On an AVX2 EPYC (2 threads) the PDN-S Winograd layers ran 1.36x faster than
+  with the small set and ``infer`` 1.3x at batch 1, 1.07x at batch 8 (benchmarks/RESULTS.md,
+  session 17), at up to twice its (still ~1e-6) rounding error;
 * ``"small"``: F(3x3, 4x4) and F(4x4, 3x3), 6x6 input tiles, 4x fewer multiplications.
 
 The transform matrices come from the Toom-Cook construction on ``a - 1`` finite
