@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from efficientad_ext import ops
 from efficientad_ext.inference.teacher_student import first_layers_fusable
-from efficientad_ext.inference.winograd import DEFAULT_TILES, TILES, WinogradWeights, prepare_weights
+from efficientad_ext.inference.winograd import DEFAULT_TILES, WinogradWeights, prepare_weights, tile_set
 from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
 from efficientad_ext.models.pdn import PDN
 
@@ -118,10 +118,8 @@ class PdnPlan:
     are final; it keeps transformed copies and does not follow later changes."""
 
     def __init__(self, pdn: PDN, tiles: str = DEFAULT_TILES) -> None:
-        if tiles not in TILES:
-            raise ValueError(f"tiles must be one of {sorted(TILES)}, got {tiles!r}")
         with torch.no_grad():
-            self.layers = _pdn_layers(pdn, TILES[tiles])
+            self.layers = _pdn_layers(pdn, tile_set(tiles))
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
@@ -160,8 +158,8 @@ class CpuWinogradPlan:
         first_layer: tuple[Tensor, Tensor],
         tiles: str = DEFAULT_TILES,
     ) -> None:
+        tile_of = tile_set(tiles)
         self.tiles = tiles
-        tile_of = TILES[tiles]
         self.shared_first = first_layers_fusable(teacher, student)
         self.teacher, self.student = _pdn_layers(teacher, tile_of), _pdn_layers(student, tile_of)
         if self.shared_first:
@@ -208,8 +206,6 @@ class CpuWinogradPlan:
 def plan_for(nets, tiles: str = DEFAULT_TILES) -> CpuWinogradPlan:
     """The plan of one cache entry (:class:`~.networks.InferenceNetworks`) with the Winograd
     tile set ``tiles``, built on first use and again when another tile set is asked for."""
-    if tiles not in TILES:
-        raise ValueError(f"tiles must be one of {sorted(TILES)}, got {tiles!r}")
     if nets.cpu_plan is None or nets.cpu_plan.tiles != tiles:
         with torch.no_grad():
             nets.cpu_plan = CpuWinogradPlan(nets.teacher, nets.student, nets.autoencoder, nets.first_layer, tiles)

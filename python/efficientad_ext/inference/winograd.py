@@ -50,6 +50,13 @@ DEFAULT_TILES = "large"
 DEFAULT_TILE = TILES[DEFAULT_TILES]
 
 
+def tile_set(name: str) -> dict[int, int]:
+    """The output tile per kernel size of the tile set ``name`` (a key of :data:`TILES`)."""
+    if name not in TILES:
+        raise ValueError(f"tiles must be one of {sorted(TILES)}, got {name!r}")
+    return TILES[name]
+
+
 def _solve_exact(rows: list[list[Fraction]], rhs: list[Fraction], n: int) -> list[Fraction]:
     """Least-squares-free exact solve of a consistent overdetermined system (Gauss-Jordan)."""
     aug = [row[:] + [b] for row, b in zip(rows, rhs)]
