@@ -63,6 +63,15 @@ TORCH_LIBRARY(efficientad, m) {
       "winograd_conv2d(Tensor input, Tensor weight_tf, Tensor? bias, Tensor input_tf, Tensor output_tf, "
       "int kernel_size, int padding, bool relu, bool pool, int pool_padding, Tensor? weight=None) -> Tensor");
 
+  // The weight gradient of that convolution (without bias, ReLU or pooling: the caller
+  // back-propagates those) by back-propagation through the same F(m x m, r x r): input the
+  // forward's [B, C_in, H, W], grad_output [B, C_out, OH, OW], input_tf = B^T [a, a],
+  // output_tf = A^T [m, a], weight_tf_matrix = G [a, r]. Returns [C_out, C_in, r, r] (CPU,
+  // float32/float64).
+  m.def(
+      "winograd_conv2d_weight_grad(Tensor input, Tensor grad_output, Tensor input_tf, Tensor output_tf, "
+      "Tensor weight_tf_matrix, int kernel_size, int padding) -> Tensor");
+
   // A whole PDN for inference: the layers above applied in order.
   m.def(
       "pdn_forward(Tensor input, Tensor[] weights, Tensor?[] biases, int[] paddings, "

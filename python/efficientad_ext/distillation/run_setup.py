@@ -33,7 +33,7 @@ from efficientad_ext.formats.stale_files import remove_stale_temp_files
 from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from efficientad_ext.models.pdn import PDN, build_pdn
 from efficientad_ext.progress import format_duration
-from efficientad_ext.training.precision import describe_cpu, resolve_precision
+from efficientad_ext.training.precision import describe_cpu, resolve_cpu_winograd, resolve_precision
 from efficientad_ext.training.state import read_state, restore_optimizer_and_rng, save_state
 
 log = logging.getLogger("efficientad_ext.distill")
@@ -94,6 +94,9 @@ RESUMABLE_CHANGES = (
     "target_cache_bytes",
     "max_preload_bytes",
     "snapshot_every",
+    # Winograd or direct convolutions: the same step up to float32 rounding (~1e-6 relative), so
+    # a run started on one CPU may go on with the other where it is faster.
+    "cpu_winograd",
 )
 
 
@@ -173,10 +176,13 @@ def setup(images, out_dir, config: DistillConfig, device: torch.device, command:
     image_mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     image_std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     precision = resolve_precision(config.precision, device)
+    teacher.cpu_winograd = resolve_cpu_winograd(config.cpu_winograd, precision, device)
     log.info(
-        "precision: %s (asked: %s; %s)",
+        "precision: %s (asked: %s), convolutions: %s (cpu_winograd %s); %s",
         precision,
         config.precision,
+        "Winograd" if teacher.cpu_winograd else "direct",
+        config.cpu_winograd,
         f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}",
     )
     meta = json.loads(

@@ -79,6 +79,10 @@ class PDN(nn.Sequential):
             if spec.pool:
                 modules.append(nn.AvgPool2d(2, stride=2, padding=spec.pool_padding))
         super().__init__(*modules)
+        # Training's convolutions by Winograd on the CPU (forward and backward; see
+        # :func:`efficientad_ext.ops.winograd_conv2d_trainable`). Not part of the state dict: the
+        # training and distillation configs set it for the run.
+        self.cpu_winograd = False
 
     def forward(self, x: Tensor, heads: Sequence[tuple[int, int, int]] | None = None) -> Tensor | tuple[Tensor, ...]:
         """The network on ``x``; with ``heads``, only the output channels each part of the batch needs.
@@ -91,18 +95,27 @@ class PDN(nn.Sequential):
         image's): the unused half of the last layer is never computed, forwards or backwards,
         and the gradients equal the full layer's, whose unused channels would get zero. The last
         module of every PDN is a convolution without ReLU or pooling (Tables 6/7).
+
+        With ``cpu_winograd`` set, on a float32 / float64 CPU input outside autocast, the layers
+        :func:`efficientad_ext.ops.winograd_trainable_layer` accepts run (forward and backward)
+        by :func:`efficientad_ext.ops.winograd_conv2d_trainable`: the same function up to ~1e-6
+        relative rounding, 2x+ faster per training step on AVX2 CPUs (benchmarks/RESULTS.md,
+        session 18); the output is then channels-last.
         """
-        if heads is None:
+        winograd = self.cpu_winograd and ops.winograd_trainable_input(x)
+        if heads is None and not winograd:
             return super().forward(x)
         *body, last = self
-        if sum(n for n, _, _ in heads) != x.shape[0]:
+        if heads is not None and sum(n for n, _, _ in heads) != x.shape[0]:
             raise ValueError(f"heads cover {sum(n for n, _, _ in heads)} images, the batch has {x.shape[0]}")
         for module in body:
-            x = module(x)
+            x = _conv(module, x, module.weight, module.bias, winograd) if isinstance(module, nn.Conv2d) else module(x)
+        if heads is None:
+            return _conv(last, x, last.weight, last.bias, winograd)
         outputs, start = [], 0
         for n, c0, c1 in heads:
             bias = None if last.bias is None else last.bias[c0:c1]
-            outputs.append(F.conv2d(x[start : start + n], last.weight[c0:c1], bias, padding=last.padding))
+            outputs.append(_conv(last, x[start : start + n], last.weight[c0:c1], bias, winograd))
             start += n
         return tuple(outputs)
 
@@ -135,6 +148,14 @@ class PDN(nn.Sequential):
         """Inference through the fused ``pdn_forward`` op (the layers from index ``first`` on);
         returns a channels-last tensor equal to ``self(x)`` (``first=0``)."""
         return ops.pdn_forward(x, *self.layer_arguments(first))
+
+
+def _conv(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None, winograd: bool) -> Tensor:
+    """``conv``'s convolution of ``x`` with ``weight`` / ``bias`` (the whole layer's or a slice of
+    its output channels): by Winograd when ``winograd`` and the layer qualifies, else direct."""
+    if winograd and ops.winograd_trainable_layer(conv):
+        return ops.winograd_conv2d_trainable(x, weight, bias, conv.padding[0])
+    return F.conv2d(x, weight, bias, padding=conv.padding)
 
 
 def build_pdn(arch: Architecture = "small", out_channels: int = 384, padded: bool = False) -> PDN:

@@ -22,6 +22,11 @@ from efficientad_ext.ops.conv_layers import conv2d_relu_pool, conv2d_relu_pool_s
 from efficientad_ext.ops.hard_feature_loss import Reduction, hard_feature_loss
 from efficientad_ext.ops.quantile import quantile
 from efficientad_ext.ops.winograd_conv2d import winograd_conv2d
+from efficientad_ext.ops.winograd_conv2d_trainable import (
+    winograd_conv2d_trainable,
+    winograd_trainable_input,
+    winograd_trainable_layer,
+)
 
 __all__ = [
     "AnomalyMaps",
@@ -36,4 +41,7 @@ __all__ = [
     "pdn_forward",
     "quantile",
     "winograd_conv2d",
+    "winograd_conv2d_trainable",
+    "winograd_trainable_input",
+    "winograd_trainable_layer",
 ]

@@ -126,3 +126,16 @@ def winograd_conv2d(
     return conv2d_relu_pool(input, weight, bias, padding, relu, pool, pool_padding).contiguous(
         memory_format=torch.channels_last
     )
+
+
+def winograd_conv2d_trainable(input: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int = 0) -> Tensor:
+    """What ``winograd_conv2d_trainable`` computes, forward and backward: the direct stride-1
+    convolution, channels-last as the op returns it."""
+    return F.conv2d(input, weight, bias, padding=padding).contiguous(memory_format=torch.channels_last)
+
+
+def winograd_conv2d_weight_grad(input: Tensor, grad_output: Tensor, kernel_size: int, padding: int = 0) -> Tensor:
+    """What ``winograd_conv2d_weight_grad`` computes: the weight gradient of the direct stride-1
+    convolution of ``input`` given ``grad_output``, [C_out, C_in, r, r]."""
+    shape = (grad_output.shape[1], input.shape[1], kernel_size, kernel_size)
+    return torch.nn.grad.conv2d_weight(input, shape, grad_output, padding=padding)

@@ -156,3 +156,16 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
         yield
+
+
+CPU_WINOGRAD_CHOICES = ("auto", "off")
+
+
+def resolve_cpu_winograd(cpu_winograd: str, precision: str, device: torch.device) -> bool:
+    """Whether training's PDN convolutions run by Winograd (forward and backward,
+    :func:`efficientad_ext.ops.winograd_conv2d_trainable`): ``auto`` -> on for float32 steps on
+    the CPU (``precision`` already resolved; bf16 autocast keeps oneDNN's bf16 convolutions, and
+    there is no CUDA kernel), ``off`` -> never."""
+    if cpu_winograd not in CPU_WINOGRAD_CHOICES:
+        raise ValueError(f"cpu_winograd must be one of {', '.join(CPU_WINOGRAD_CHOICES)}, got {cpu_winograd!r}")
+    return cpu_winograd == "auto" and device.type == "cpu" and precision == "float32"

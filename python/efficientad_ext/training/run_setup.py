@@ -20,7 +20,12 @@ from efficientad_ext.models.efficientad import EfficientAD, ModelConfig, Trainin
 from efficientad_ext.training.config import STATE_FILE, TrainConfig
 from efficientad_ext.training.distributed import DataParallel
 from efficientad_ext.training.penalty import penalty_paths
-from efficientad_ext.training.precision import describe_cpu, resolve_memory_format, resolve_precision
+from efficientad_ext.training.precision import (
+    describe_cpu,
+    resolve_cpu_winograd,
+    resolve_memory_format,
+    resolve_precision,
+)
 from efficientad_ext.training.state import read_state, restore_optimizer_and_rng, save_state
 from efficientad_ext.training.statistics import holdout_scores, map_quantiles, teacher_channel_stats
 from efficientad_ext.training.step import TrainStep
@@ -172,12 +177,19 @@ def setup(
     )
     precision = resolve_precision(config.precision, device)
     memory_format = resolve_memory_format(config.memory_format, precision, device)
+    winograd = resolve_cpu_winograd(config.cpu_winograd, precision, device)
+    if winograd and config.memory_format == "auto":
+        memory_format = "channels_last"  # the Winograd ops read and write NHWC: no layout round trips
+    # The student is trained through it; the frozen teacher's forward on the augmented image too.
+    model.student.cpu_winograd = model.teacher.cpu_winograd = winograd
     log.info(
-        "precision: %s (asked: %s), memory format: %s (asked: %s); %s",
+        "precision: %s (asked: %s), memory format: %s (asked: %s), convolutions: %s (cpu_winograd %s); %s",
         precision,
         config.precision,
         memory_format,
         config.memory_format,
+        "Winograd" if winograd else "direct",
+        config.cpu_winograd,
         f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}",
     )
     # JSON round trip so the comparison on resume sees lists where the config has tuples.
@@ -189,6 +201,7 @@ def setup(
                 "teacher": record.teacher,
                 "precision": precision,
                 "memory_format": memory_format,
+                "cpu_winograd": winograd,
             }
         )
     )

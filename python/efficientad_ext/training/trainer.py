@@ -179,6 +179,7 @@ def _finalise(run: Run, start_step: int, step: int, terms: dict[str, float], sec
         "device": str(run.device),
         "precision": run.meta["precision"],
         "memory_format": run.meta["memory_format"],
+        "cpu_winograd": run.meta["cpu_winograd"],
         "cpu_flags": describe_cpu() if run.device.type == "cpu" else None,
         "teacher_cache": run.teacher_cache is not None,
         "teacher_cache_images": 0 if run.teacher_cache is None else run.teacher_cache.capacity,
