@@ -443,3 +443,30 @@ def test_distill_time_limit_counts_this_run_only():
     assert DistillationJob.out_of_time(job, 4, SimpleNamespace(seconds=lambda: 10.5))
     job.run.config.time_limit_s = None
     assert not DistillationJob.out_of_time(job, 4, SimpleNamespace(seconds=lambda: 1e9))
+
+
+def test_distillation_runs_winograd_on_the_cpu_in_float32_and_may_switch_on_resume(tmp_path, caplog):
+    import logging
+
+    paths = write_images(tmp_path / "imgs", 5)
+    base = dict(steps=2, batch_size=2, stat_samples=4, holdout_images=1, crop_size=64, checkpoint_every=1)
+    off = DistillConfig(**base, cpu_winograd="off", precision="float32")
+    with caplog.at_level(logging.INFO, logger="efficientad_ext.distill"):
+        direct = distill(paths, tmp_path / "off", off, command="test")
+    assert "convolutions: direct (cpu_winograd off)" in caplog.text
+    caplog.clear()
+    auto = DistillConfig(**base, cpu_winograd="auto", precision="float32")
+    with caplog.at_level(logging.INFO, logger="efficientad_ext.distill"):
+        winograd = distill(paths, tmp_path / "auto", auto, command="test")
+    assert "convolutions: Winograd (cpu_winograd auto)" in caplog.text
+    record = json.loads((tmp_path / "auto" / "distill.json").read_text())
+    assert record["config"]["cpu_winograd"] == "auto"
+    # Two Adam steps from the same start: the same teacher up to what rounding does to Adam's
+    # first steps (each moves a weight by at most ~lr).
+    for a, b in zip(winograd.parameters(), direct.parameters()):
+        assert (a - b).abs().max().item() <= 2 * 2 * off.lr
+    # Rounding is all that differs, so a run may go on with the other convolutions.
+    more = DistillConfig(**{**base, "steps": 3}, cpu_winograd="auto", precision="float32")
+    resumed = distill(paths, tmp_path / "off", more, resume=True, command="test")
+    assert json.loads((tmp_path / "off" / "distill.json").read_text())["steps_done"] == 3
+    assert all(torch.isfinite(p).all() for p in resumed.parameters())

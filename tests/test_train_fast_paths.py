@@ -327,3 +327,31 @@ def replace_options(model, **changes):
 
     model.inference_options = replace(model.inference_options, **changes)
     return model
+
+
+@pytest.mark.slow
+def test_cpu_winograd_training_records_itself_resumes_bit_for_bit_and_matches_the_direct_step(tmp_path):
+    import json
+
+    from efficientad_ext.training import train
+    from test_train import interrupt_training_after, write_images
+
+    paths = write_images(tmp_path / "train", 4)
+    cfg = TrainConfig(steps=2, checkpoint_every=1, validation_fraction=0.25, precision="float32", cpu_winograd="auto")
+    straight = train(paths, tmp_path / "a", config=cfg)
+    extra = json.loads((tmp_path / "a" / "training.json").read_text())["extra"]
+    # On the CPU in float32 "auto" turns it on, and the auto memory format becomes channels-last.
+    assert (extra["cpu_winograd"], extra["memory_format"]) == (True, "channels_last")
+    with interrupt_training_after(1):
+        train(paths, tmp_path / "b", config=cfg)
+    resumed = train(paths, tmp_path / "b", config=cfg, resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    # The first step from the same weights: the direct step's losses to float32 rounding.
+    one = {"steps": 1, "checkpoint_every": 1, "validation_fraction": 0.25, "precision": "float32"}
+    train(paths, tmp_path / "w1", config=TrainConfig(**one, cpu_winograd="auto", memory_format="channels_last"))
+    train(paths, tmp_path / "d1", config=TrainConfig(**one, cpu_winograd="off", memory_format="channels_last"))
+    losses = [json.loads((tmp_path / d / "training.json").read_text())["extra"] for d in ("w1", "d1")]
+    assert (losses[0]["cpu_winograd"], losses[1]["cpu_winograd"]) == (True, False)
+    for term, value in losses[1]["final_losses"].items():
+        assert losses[0]["final_losses"][term] == pytest.approx(value, rel=1e-4, abs=1e-7), term

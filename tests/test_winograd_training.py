@@ -167,9 +167,10 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize("padded", [True, False])
 def test_pdn_with_cpu_winograd_equals_the_direct_pdn(padded):
+    # float64: the same function and gradients to rounding, every parameter, heads included.
     torch.manual_seed(6)
-    pdn = PDN("small", 384, padded=padded)
-    x = torch.randn(2, 3, 64, 72)
+    pdn = PDN("small", 384, padded=padded).double()
+    x = torch.randn(2, 3, 64, 72, dtype=torch.float64)
     heads = ((1, 0, 100), (1, 100, 384))
     expected = pdn(x)
     expected_grads = torch.autograd.grad(expected.square().mean(), list(pdn.parameters()))
@@ -177,12 +178,33 @@ def test_pdn_with_cpu_winograd_equals_the_direct_pdn(padded):
     pdn.cpu_winograd = True
     got = pdn(x)
     got_grads = torch.autograd.grad(got.square().mean(), list(pdn.parameters()))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert _relative_error(got.detach(), expected.detach()) < 1e-11
+    for g, e in zip(got_grads, expected_grads):
+        assert _relative_error(g, e) < 1e-11
+    for g, e in zip(pdn(x, heads=heads), expected_heads):
+        assert _relative_error(g.detach(), e.detach()) < 1e-11
+    assert "cpu_winograd" not in str(pdn.state_dict().keys())
+
+
+def test_pdn_with_cpu_winograd_in_float32_is_as_close_to_float64_as_the_direct_pdn():
+    # A float32 forward (either path) moves a few pre-activations across ReLU's kink, which
+    # changes their gradient entirely: measured over 3 seeds, the direct and the Winograd PDN
+    # each had one seed at ~3e-4 relative L2 error against float64 (the other seeds ~2e-6).
+    # So gradients are bounded in L2 at 1e-3 here; the outputs (continuous) at 2e-5.
+    torch.manual_seed(6)
+    pdn = PDN("small", 384, padded=True)
+    x = torch.randn(2, 3, 64, 72)
+    pdn.cpu_winograd = True
+    got = pdn(x)
+    got_grads = torch.autograd.grad(got.square().mean(), list(pdn.parameters()))
+    ref_pdn = PDN("small", 384, padded=True).double()
+    ref_pdn.load_state_dict(pdn.state_dict())
+    expected = ref_pdn(x.double())
+    expected_grads = torch.autograd.grad(expected.square().mean(), list(ref_pdn.parameters()))
     assert _relative_error(got.detach(), expected.detach()) < 2e-5
     for g, e in zip(got_grads, expected_grads):
-        assert _relative_error(g, e) < 2e-5
-    for g, e in zip(pdn(x, heads=heads), expected_heads):
-        assert _relative_error(g.detach(), e.detach()) < 2e-5
-    assert "cpu_winograd" not in str(pdn.state_dict().keys())
+        assert ((g.double() - e).norm() / e.norm()).item() < 1e-3
 
 
 def test_pdn_keeps_the_direct_path_where_winograd_does_not_apply():

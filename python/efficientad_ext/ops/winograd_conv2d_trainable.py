@@ -43,16 +43,17 @@ def _transform_tensors(m: int, r: int, dtype: torch.dtype) -> tuple[Tensor, Tens
 
 def _weight_tf(weight: Tensor, g: Tensor, flipped: bool = False) -> Tensor:
     """U = G w G^T as [a*a, C_in, C_out], in the weight's dtype (float32: ~1e-7 relative
-    rounding, far below the algorithm's own). ``flipped``: the transform of
-    ``weight.flip(2, 3).transpose(0, 1)`` (the input gradient's convolution), without copying
-    the weight: flipping the kernel is flipping G's columns, swapping the channels is the
-    final permutation."""
+    rounding, far below the algorithm's own). One GEMM, kron(G, G) [a*a, r*r] times the weight
+    as [r*r, C_in * C_out], writes U in the layout the op reads (no permuted copy of U, which
+    is 4x the weight's size). ``flipped``: the transform of ``weight.flip(2, 3).transpose(0, 1)``
+    (the input gradient's convolution): flipping the kernel is flipping G's columns, swapping
+    the channels is the weight's permutation."""
     c_out, c_in, r, _ = weight.shape
-    a = g.shape[0]
     g = g.flip(1) if flipped else g
-    u = torch.matmul(torch.matmul(g, weight.detach().reshape(c_out * c_in, r, r)), g.t())  # [C_out*C_in, a, a]
-    u = u.reshape(c_out, c_in, a * a)
-    return (u.permute(2, 0, 1) if flipped else u.permute(2, 1, 0)).contiguous()
+    w = weight.detach().reshape(c_out, c_in, r * r)
+    w = w.permute(2, 0, 1) if flipped else w.permute(2, 1, 0)  # [r*r, C_in', C_out']
+    u = torch.kron(g, g) @ w.reshape(r * r, -1)
+    return u.view(g.shape[0] ** 2, *w.shape[1:])
 
 
 @torch.library.custom_op("efficientad::winograd_conv2d_trainable", mutates_args=())
