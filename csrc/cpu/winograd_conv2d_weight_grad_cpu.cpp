@@ -123,10 +123,9 @@ at::Tensor winograd_conv2d_weight_grad_cpu(const at::Tensor& input, const at::Te
       }
     }
   });
-  // d loss / d w[k][c] = G^T (d loss / d U)[., c, k] G, as two contractions of a (G^T on the
-  // first tile axis, then on the second): d loss / d U spans a wide range between tile
-  // positions that G^T G cancels, and one sum over all a*a positions at once (kron(G, G))
-  // lost ~100x more precision in the earlier layers' gradients of a padded PDN (tested).
+  // d loss / d w[k][c] = G^T (d loss / d U)[., c, k] G, as two contractions over a (G^T on the
+  // first tile axis, then on the second) that write the r x r result without a permuted copy
+  // of d loss / d U; only the small [r, r, C, K] result is permuted to [K, C, r, r].
   const at::Tensor gt = weight_tf_matrix.t();                                  // [r, a]
   const at::Tensor rows = at::mm(gt, grad_u.view({a, a * C * K})).view({r, a, C * K});  // [u, j, (c, k)]
   return at::matmul(gt, rows).view({r, r, C, K}).permute({3, 2, 0, 1}).contiguous();  // [k, c, u, v]
