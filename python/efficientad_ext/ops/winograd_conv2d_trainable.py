@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from efficientad_ext.ops import arg_checks as _checks
+from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE, transform_matrices
 
 _ops = torch.ops.efficientad
 
@@ -34,8 +35,6 @@ _ops = torch.ops.efficientad
 @cache
 def _transform_tensors(m: int, r: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(BT [a, a], AT [m, a], G [a, r]) of F(m, r) on the CPU, rounded once to ``dtype``."""
-    from efficientad_ext.inference.winograd import transform_matrices
-
     at, g, bt = transform_matrices(m, r)
     as_tensor = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype)  # noqa: E731
     return as_tensor(bt), as_tensor(at), as_tensor(g)
@@ -174,8 +173,6 @@ def winograd_trainable_layer(conv: nn.Conv2d) -> bool:
 def trainable_tile(kernel_size: int) -> int | None:
     """The output tile of the default tile set for ``kernel_size`` x ``kernel_size`` kernels, or
     None when Winograd has none (the caller then keeps the direct convolution)."""
-    from efficientad_ext.inference.winograd import DEFAULT_TILE
-
     return DEFAULT_TILE.get(kernel_size)
 
 

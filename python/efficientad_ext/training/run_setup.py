@@ -146,6 +146,29 @@ def _validation_source(paths: list[Path], size, limit: int, skip: bool) -> Image
     return ImageSource(paths, size, limit, skip, empty_message=empty)
 
 
+def _compute_settings(model: EfficientAD, config: TrainConfig, device: torch.device) -> tuple[str, str, bool]:
+    """The run's precision, memory format and Winograd switch, resolved for ``device`` and logged;
+    sets the switch on the student (trained through it) and the frozen teacher (its forward on
+    the augmented image)."""
+    precision = resolve_precision(config.precision, device)
+    memory_format = resolve_memory_format(config.memory_format, precision, device)
+    winograd = resolve_cpu_winograd(config.cpu_winograd, precision, device)
+    if winograd and config.memory_format == "auto":
+        memory_format = "channels_last"  # the Winograd ops read and write NHWC: no layout round trips
+    model.student.cpu_winograd = model.teacher.cpu_winograd = winograd
+    log.info(
+        "precision: %s (asked: %s), memory format: %s (asked: %s), convolutions: %s (cpu_winograd %s); %s",
+        precision,
+        config.precision,
+        memory_format,
+        config.memory_format,
+        "Winograd" if winograd else "direct",
+        config.cpu_winograd,
+        f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}",
+    )
+    return precision, memory_format, winograd
+
+
 def setup(
     train_images,
     out_dir,
@@ -175,23 +198,7 @@ def setup(
     record = TrainingRecord(
         steps=config.steps, teacher=choice.description, penalty_images=str(config.penalty_dir or "none")
     )
-    precision = resolve_precision(config.precision, device)
-    memory_format = resolve_memory_format(config.memory_format, precision, device)
-    winograd = resolve_cpu_winograd(config.cpu_winograd, precision, device)
-    if winograd and config.memory_format == "auto":
-        memory_format = "channels_last"  # the Winograd ops read and write NHWC: no layout round trips
-    # The student is trained through it; the frozen teacher's forward on the augmented image too.
-    model.student.cpu_winograd = model.teacher.cpu_winograd = winograd
-    log.info(
-        "precision: %s (asked: %s), memory format: %s (asked: %s), convolutions: %s (cpu_winograd %s); %s",
-        precision,
-        config.precision,
-        memory_format,
-        config.memory_format,
-        "Winograd" if winograd else "direct",
-        config.cpu_winograd,
-        f"CPU flags: {describe_cpu()}" if device.type == "cpu" else f"device: {device}",
-    )
+    precision, memory_format, winograd = _compute_settings(model, config, device)
     # JSON round trip so the comparison on resume sees lists where the config has tuples.
     meta = json.loads(
         json.dumps(
