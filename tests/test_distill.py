@@ -461,6 +461,8 @@ def test_distillation_runs_winograd_on_the_cpu_in_float32_and_may_switch_on_resu
     assert "convolutions: Winograd (cpu_winograd auto)" in caplog.text
     record = json.loads((tmp_path / "auto" / "distill.json").read_text())
     assert record["config"]["cpu_winograd"] == "auto"
+    assert record["cpu_winograd"] is True
+    assert json.loads((tmp_path / "off" / "distill.json").read_text())["cpu_winograd"] is False
     # Two Adam steps from the same start: the same teacher up to what rounding does to Adam's
     # first steps (each moves a weight by at most ~lr).
     for a, b in zip(winograd.parameters(), direct.parameters()):

@@ -126,6 +126,7 @@ class DistillRecord:
     torch_version: str = ""
     command: str = ""
     precision: str = "float32"  # resolved from config.precision on the machine that ran
+    cpu_winograd: bool = False  # whether the teacher's convolutions ran by Winograd (config.cpu_winograd resolved)
 
 
 def machine_description() -> str:

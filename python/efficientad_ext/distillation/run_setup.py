@@ -199,6 +199,7 @@ def setup(images, out_dir, config: DistillConfig, device: torch.device, command:
         torch_version=torch.__version__,
         command=command if command is not None else " ".join(sys.argv),
         precision=precision,
+        cpu_winograd=teacher.cpu_winograd,
     )
     return Run(
         config,
