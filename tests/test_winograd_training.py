@@ -151,6 +151,8 @@ def test_bad_arguments_are_named():
         winograd_conv2d_trainable(x, torch.randn(4, 8, 3, 3), None, 1.0)
     with pytest.raises(ValueError, match="input must have 8 channels"):
         winograd_conv2d_trainable(torch.randn(1, 7, 9, 9), torch.randn(4, 8, 3, 3), None, 1)
+    with pytest.raises(TypeError, match="weight must have input's dtype torch.float32, got torch.float64"):
+        winograd_conv2d_trainable(x, torch.randn(4, 8, 3, 3, dtype=torch.float64), None, 1)
     with pytest.raises(TypeError, match="float32 or float64"):
         winograd_conv2d_trainable(x.half(), torch.randn(4, 8, 3, 3).half(), None, 1)
     with pytest.raises(ValueError, match="runs on the CPU only"):

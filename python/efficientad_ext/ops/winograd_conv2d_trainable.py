@@ -44,7 +44,7 @@ def _weight_tf(weight: Tensor, g: Tensor, flipped: bool = False) -> Tensor:
     """U = G w G^T as [a*a, C_in, C_out], in the weight's dtype (float32: ~1e-7 relative
     rounding, far below the algorithm's own). One GEMM, kron(G, G) [a*a, r*r] times the weight
     as [r*r, C_in * C_out], writes U in the layout the op reads (no permuted copy of U, which
-    is 4x the weight's size). ``flipped``: the transform of ``weight.flip(2, 3).transpose(0, 1)``
+    is 4-7x the weight's size). ``flipped``: the transform of ``weight.flip(2, 3).transpose(0, 1)``
     (the input gradient's convolution): flipping the kernel is flipping G's columns, swapping
     the channels is the weight's permutation."""
     c_out, c_in, r, _ = weight.shape
@@ -208,6 +208,8 @@ def winograd_conv2d_trainable(
         raise ValueError(f"weight: no Winograd tile for {r}x{r} kernels (supported: 3x3, 4x4)")
     if input.device.type != "cpu":
         raise ValueError(f"winograd_conv2d_trainable runs on the CPU only, got input on {input.device}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"weight must have input's dtype {input.dtype}, got {weight.dtype}")
     if not 0 <= padding <= r - 1:
         raise ValueError(f"padding must be in [0, {r - 1}] for a {r}x{r} kernel, got {padding}")
     return _winograd_conv2d_trainable(input, weight, bias, padding, m)
