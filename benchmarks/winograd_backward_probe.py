@@ -2,8 +2,11 @@
 student layer of PDN-S at 256x256 (unpadded, training's batch of 3 images; the last layer one
 head of 1 image), the forward convolution, the input gradient and the weight gradient with
 oneDNN (torch) against our ``winograd_conv2d`` (the input gradient as a full correlation with
-the flipped, transposed kernel), plus the weight transform each step would need (the weights
-change every step). The weight gradient has no Winograd form here and stays oneDNN's.
+the flipped, transposed kernel), plus the weight transforms each training step computes (the weights
+change every step: ``U`` for the forward and for the input gradient), and the weight gradient with oneDNN against our
+``winograd_conv2d_weight_grad`` (back-propagation through the same F(m x m, r x r), session 18;
+session 5 measured this probe without it and concluded, wrongly, that the weight gradient had
+no Winograd form).
 
     python benchmarks/winograd_backward_probe.py --threads 2
 """
@@ -17,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from efficientad_ext import ops
-from efficientad_ext.inference.winograd import prepare_weights
+from efficientad_ext.inference.winograd import DEFAULT_TILE, prepare_weights, transform_matrices
+from efficientad_ext.ops.winograd_conv2d_trainable import _weight_tf  # what a training step computes
 from efficientad_ext.training.precision import describe_cpu
 
 # (C_in, C_out, kernel, input size, images): PDN-S layers 2-4 as training runs them.
@@ -46,9 +50,10 @@ def main() -> None:
     )
     print(
         "| layer | forward oneDNN | forward Winograd | input grad oneDNN | input grad Winograd "
-        "| weight transforms | weight grad oneDNN | input-grad rel. error |"
+        "| weight transforms | weight grad oneDNN | weight grad Winograd | input-grad rel. error "
+        "| weight-grad rel. error |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cin, cout, k, h, b in LAYERS:
         x = torch.randn(b, cin, h, h)
         w = torch.randn(cout, cin, k, k) * 0.05
@@ -57,16 +62,25 @@ def main() -> None:
         w_tf, flipped_tf = prepare_weights(w), prepare_weights(flipped)
         exact = torch.nn.grad.conv2d_input(x.shape, w, grad_out)
         err = float((exact - ops.winograd_conv2d(grad_out, flipped_tf, padding=k - 1)).abs().max() / exact.abs().max())
+        at, g, bt = (
+            torch.tensor([[float(v) for v in row] for row in mat]) for mat in transform_matrices(DEFAULT_TILE[k], k)
+        )
+        exact_w = torch.nn.grad.conv2d_weight(x, w.shape, grad_out)
+        wgrad = torch.ops.efficientad.winograd_conv2d_weight_grad
+        err_w = float((exact_w - wgrad(x, grad_out, bt, at, g, k, 0)).abs().max() / exact_w.abs().max())
         row = [
             best_of(lambda: F.conv2d(x, w), args.repeats),
             best_of(lambda: ops.winograd_conv2d(x, w_tf), args.repeats),
             best_of(lambda: torch.nn.grad.conv2d_input(x.shape, w, grad_out), args.repeats),
             best_of(lambda: ops.winograd_conv2d(grad_out, flipped_tf, padding=k - 1), args.repeats),
-            best_of(lambda: (prepare_weights(w), prepare_weights(flipped)), args.repeats),
+            best_of(lambda: (_weight_tf(w, g), _weight_tf(w, g, flipped=True)), args.repeats),
             best_of(lambda: torch.nn.grad.conv2d_weight(x, w.shape, grad_out), args.repeats),
+            best_of(lambda: wgrad(x, grad_out, bt, at, g, k, 0), args.repeats),
         ]
         print(
-            f"| {cin}->{cout} {k}x{k} at {h}, {b} image(s) | " + " | ".join(f"{v:.3f}" for v in row) + f" | {err:.1e} |"
+            f"| {cin}->{cout} {k}x{k} at {h}, {b} image(s) | "
+            + " | ".join(f"{v:.3f}" for v in row)
+            + f" | {err:.1e} | {err_w:.1e} |"
         )
 
 
