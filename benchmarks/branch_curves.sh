@@ -9,6 +9,8 @@
 #   SEED=1 bash benchmarks/branch_curves.sh           # another seed, its own folders
 #   bash benchmarks/branch_curves.sh score            # score anomalib's new points, print both tables
 #   SIDES=anomalib bash benchmarks/branch_curves.sh   # one side only (SIDES="ours anomalib" is the default)
+#   SIDES=anomalib ANOMALIB_CORE=0 bash ...           # on another core (OURS_CORE=0, ANOMALIB_CORE=1
+#                                                     # by default; e.g. the distillation holds core 1)
 #
 # RUN_DIR (default /work/runs/curve): code/ (benchmarks/freeze_code.py, kept for every resume),
 # ours_sSEED/ (`efficientad train` output: train_state.safetensors every 100 steps, curve.json
@@ -26,6 +28,8 @@ SEED="${SEED:-0}"
 STOP="${STOP:-4000}"
 EVAL_AT="${EVAL_AT:-300,1000,2000,3000,4000}"
 SIDES="${SIDES:-ours anomalib}"
+OURS_CORE="${OURS_CORE:-0}"
+ANOMALIB_CORE="${ANOMALIB_CORE:-1}"
 PY="$REPO/${PYTHON:-.venv/bin/python}"
 APY="$REPO/${ANOMALIB_PYTHON:-.venv-cuda/bin/python}"
 DATA="${EFFICIENTAD_DATA:-../shared/data}"
@@ -64,7 +68,7 @@ else
   RESUME=()
   [[ -f "$OURS/train_state.safetensors" ]] && RESUME=(--resume)
   echo "=== $(date -u +%FT%TZ) ${RESUME[*]:-start}" >>"$OURS.log"
-  nohup nice -n 10 taskset -c 0 "$PY" code/launch.py -m efficientad_ext train "$SET/train/good" --out "$OURS" \
+  nohup nice -n 10 taskset -c "$OURS_CORE" "$PY" code/launch.py -m efficientad_ext train "$SET/train/good" --out "$OURS" \
     --steps 70000 --stop-at "$STOP" --precision float32 --penalty-dir "$PENALTY" --seed "$SEED" \
     --checkpoint-every 100 --eval-dataset "$SET" --eval-at "$EVAL_AT" "${RESUME[@]}" >>"$OURS.log" 2>&1 &
   echo "ours ${RESUME[*]:-started} (pid $!): tail -f $OURS.log"
@@ -78,7 +82,7 @@ else
   RESUME=()
   [[ -f "$THEIRS/state.pt" ]] && RESUME=(--resume)
   echo "=== $(date -u +%FT%TZ) ${RESUME[*]:-start}" >>"$THEIRS.log"
-  nohup nice -n 10 taskset -c 1 "$APY" code/benchmarks/anomalib_curve.py train "$SET" "$PENALTY" "$TEACHER" \
+  nohup nice -n 10 taskset -c "$ANOMALIB_CORE" "$APY" code/benchmarks/anomalib_curve.py train "$SET" "$PENALTY" "$TEACHER" \
     --out "$THEIRS" --seed "$SEED" --schedule-steps 70000 --stop-at "$STOP" --eval-at "$EVAL_AT" \
     --checkpoint-every 50 "${RESUME[@]}" >>"$THEIRS.log" 2>&1 &
   echo "anomalib ${RESUME[*]:-started} (pid $!): tail -f $THEIRS.log"
