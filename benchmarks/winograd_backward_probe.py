@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from efficientad_ext import ops
-from efficientad_ext.inference.winograd import DEFAULT_TILE, prepare_weights, transform_matrices
-from efficientad_ext.ops.winograd_conv2d_trainable import _weight_tf  # what a training step computes
+from efficientad_ext.inference.winograd import DEFAULT_TILE, prepare_weights
+from efficientad_ext.ops.winograd_matrices import transform_tensors, transform_weight
 from efficientad_ext.training.precision import describe_cpu
 
 # (C_in, C_out, kernel, input size, images): PDN-S layers 2-4 as training runs them.
@@ -62,9 +62,7 @@ def main() -> None:
         w_tf, flipped_tf = prepare_weights(w), prepare_weights(flipped)
         exact = torch.nn.grad.conv2d_input(x.shape, w, grad_out)
         err = float((exact - ops.winograd_conv2d(grad_out, flipped_tf, padding=k - 1)).abs().max() / exact.abs().max())
-        at, g, bt = (
-            torch.tensor([[float(v) for v in row] for row in mat]) for mat in transform_matrices(DEFAULT_TILE[k], k)
-        )
+        bt, at, g = transform_tensors(DEFAULT_TILE[k], k, torch.float32)
         exact_w = torch.nn.grad.conv2d_weight(x, w.shape, grad_out)
         wgrad = torch.ops.efficientad.winograd_conv2d_weight_grad
         err_w = float((exact_w - wgrad(x, grad_out, bt, at, g, k, 0)).abs().max() / exact_w.abs().max())
@@ -73,7 +71,7 @@ def main() -> None:
             best_of(lambda: ops.winograd_conv2d(x, w_tf), args.repeats),
             best_of(lambda: torch.nn.grad.conv2d_input(x.shape, w, grad_out), args.repeats),
             best_of(lambda: ops.winograd_conv2d(grad_out, flipped_tf, padding=k - 1), args.repeats),
-            best_of(lambda: (_weight_tf(w, g), _weight_tf(w, g, flipped=True)), args.repeats),
+            best_of(lambda: (transform_weight(w, g), transform_weight(w, g, flipped=True)), args.repeats),
             best_of(lambda: torch.nn.grad.conv2d_weight(x, w.shape, grad_out), args.repeats),
             best_of(lambda: wgrad(x, grad_out, bt, at, g, k, 0), args.repeats),
         ]

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from efficientad_ext import reference
 from efficientad_ext.distillation.config import DistillConfig
-from efficientad_ext.inference.winograd import TILES, transform_matrices
+from efficientad_ext.inference.winograd import TILES
 from efficientad_ext.models.pdn import PDN
 from efficientad_ext.ops import winograd_conv2d_trainable, winograd_trainable_input, winograd_trainable_layer
+from efficientad_ext.ops.winograd_matrices import transform_tensors
 from efficientad_ext.training.config import TrainConfig
 from efficientad_ext.training.precision import resolve_cpu_winograd
 
@@ -31,12 +32,6 @@ REL_TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
-
-
-def _matrices(m: int, r: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    at, g, bt = transform_matrices(m, r)
-    t = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype)  # noqa: E731
-    return t(bt), t(at), t(g)
 
 
 @pytest.mark.parametrize("tiles", ["large", "small"])
@@ -92,7 +87,7 @@ def test_weight_grad_op_matches_the_reference_and_fails_a_wrong_transform():
     torch.manual_seed(2)
     x = torch.randn(2, 33, 15, 14)
     gy = torch.randn(2, 20, 15, 14)  # 3x3, padding 1: same size
-    bt, at, g = _matrices(6, 3, torch.float32)
+    bt, at, g = transform_tensors(6, 3, torch.float32)
     got = torch.ops.efficientad.winograd_conv2d_weight_grad(x, gy, bt, at, g, 3, 1)
     expected = reference.winograd_conv2d_weight_grad(x.double(), gy.double(), 3, 1)
     assert _relative_error(got, expected) < 2e-5
@@ -119,7 +114,7 @@ def test_opcheck():
     b = torch.randn(6, requires_grad=True)
     torch.library.opcheck(torch.ops.efficientad.winograd_conv2d_trainable.default, (x, w, b, 3, 5))
     torch.library.opcheck(torch.ops.efficientad.winograd_conv2d_trainable.default, (x, w, None, 1, 5))
-    bt, at, g = _matrices(5, 4, torch.float32)
+    bt, at, g = transform_tensors(5, 4, torch.float32)
     gy = torch.randn(2, 6, 12, 13)
     torch.library.opcheck(torch.ops.efficientad.winograd_conv2d_weight_grad.default, (x.detach(), gy, bt, at, g, 4, 3))
 
@@ -157,7 +152,7 @@ def test_bad_arguments_are_named():
         winograd_conv2d_trainable(x.half(), torch.randn(4, 8, 3, 3).half(), None, 1)
     with pytest.raises(ValueError, match="runs on the CPU only"):
         winograd_conv2d_trainable(x.to("meta"), torch.randn(4, 8, 3, 3, device="meta"), None, 1)
-    bt, at, g = _matrices(6, 3, torch.float32)
+    bt, at, g = transform_tensors(6, 3, torch.float32)
     raw = torch.ops.efficientad.winograd_conv2d_weight_grad
     with pytest.raises(ValueError, match=r"grad_output must be \[1, K, 9, 9\]"):
         raw(x, torch.randn(1, 4, 8, 9), bt, at, g, 3, 1)

@@ -144,17 +144,9 @@ at::Tensor winograd_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight
   const at::Tensor bias_c = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty({g.B, K, g.OH, g.OW}, input.options(), cl);
 
-  // Chunk of tiles: V [a*a, Tc, C] plus M [a*a, Tc, K] about max(8 MB, size of U), at least
-  // 32 tiles. Every chunk's GEMMs read all of U [a*a, C, K], which outgrows the caches on the
-  // wide layers (PDN-S student conv4 with 8x8 tiles: 50 MB); chunks at least U's size keep
-  // its re-reads below the chunk's own traffic. Measured on an AVX2 EPYC (2 threads, the GEMMs
-  // alone, benchmarks/RESULTS.md session 17): that layer's GEMMs 38.8 ms with 8 MB chunks, 22.7
-  // with one chunk of all 144 tiles.
+  // Chunks of tiles: V [a*a, n, C] and M [a*a, n, K] (winograd::chunk_tiles says how large).
   const int64_t total = g.B * g.TH * g.TW;
-  const int64_t element_bytes = static_cast<int64_t>(input.element_size());
-  const int64_t per_tile_bytes = a * a * (C + K) * element_bytes;
-  const int64_t budget_bytes = std::max<int64_t>(int64_t(8) << 20, a * a * C * K * element_bytes);
-  const int64_t chunk = std::clamp<int64_t>(budget_bytes / per_tile_bytes, 32, total);
+  const int64_t chunk = winograd::chunk_tiles(total, a, C, K, static_cast<int64_t>(input.element_size()));
   at::Tensor v = at::empty({a * a, chunk, C}, input.options());
   at::Tensor mm = at::empty({a * a, chunk, K}, input.options());
 

@@ -87,13 +87,10 @@ at::Tensor winograd_conv2d_weight_grad_cpu(const at::Tensor& input, const at::Te
   const at::Tensor dy = grad_output.contiguous(cl);  // the adjoint reads dense NHWC
   const at::Tensor bt = input_tf.contiguous(), at_ = output_tf.contiguous();
 
-  // Chunks as the forward's: V [a*a, n, C] and D [a*a, n, K] about max(8 MB, size of the
-  // accumulated gradient [a*a, C, K]); the GEMMs' inner dimension is the chunk's tile count.
+  // Chunks as the forward's (winograd::chunk_tiles): V [a*a, n, C] and D [a*a, n, K]; the
+  // GEMMs' inner dimension is the chunk's tile count.
   const int64_t total = B * g.TH * g.TW;
-  const int64_t element_bytes = static_cast<int64_t>(input.element_size());
-  const int64_t per_tile_bytes = a * a * (C + K) * element_bytes;
-  const int64_t budget_bytes = std::max<int64_t>(int64_t(8) << 20, a * a * C * K * element_bytes);
-  const int64_t chunk = std::clamp<int64_t>(budget_bytes / per_tile_bytes, 32, total);
+  const int64_t chunk = winograd::chunk_tiles(total, a, C, K, static_cast<int64_t>(input.element_size()));
   at::Tensor v = at::empty({a * a, chunk, C}, input.options());
   at::Tensor d = at::empty({a * a, chunk, K}, input.options());
   at::Tensor grad_u = at::empty({a * a, C, K}, input.options());

@@ -31,7 +31,15 @@ import torch
 from torch import Tensor
 
 from efficientad_ext.ops import arg_checks as _checks
-from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE, DEFAULT_TILES, TILES, tile_set, transform_matrices
+from efficientad_ext.ops.winograd_matrices import (
+    DEFAULT_TILE,
+    DEFAULT_TILES,
+    TILES,
+    tile_set,
+    transform_matrices,
+    transform_tensors,
+    transform_weight,
+)
 
 __all__ = [
     "DEFAULT_TILE",
@@ -70,12 +78,9 @@ def prepare_weights(weight: Tensor, bias: Tensor | None = None, tile: int | None
     m = DEFAULT_TILE.get(r) if tile is None else tile
     if m is None:
         raise ValueError(f"no Winograd tile for {r}x{r} kernels (supported: {sorted(DEFAULT_TILE)})")
-    at, g, bt = transform_matrices(m, r)
     dev, dtype = weight.device, weight.dtype
-    g64 = torch.tensor([[float(v) for v in row] for row in g], dtype=torch.float64, device=dev)
-    u = torch.einsum("ik,ockl,jl->ijco", g64, weight.detach().double(), g64)
-    a = m + r - 1
-    weight_tf = u.reshape(a * a, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
-    as_tensor = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype, device=dev)  # noqa: E731
+    bt, at, g = transform_tensors(m, r, dtype)
+    _, _, g64 = transform_tensors(m, r, torch.float64)
+    weight_tf = transform_weight(weight.to(dev), g64.to(dev)).to(dtype).contiguous()
     b = None if bias is None else bias.detach().contiguous()
-    return WinogradWeights(weight_tf, b, as_tensor(bt), as_tensor(at), r, weight.detach().contiguous())
+    return WinogradWeights(weight_tf, b, bt.to(dev), at.to(dev), r, weight.detach().contiguous())

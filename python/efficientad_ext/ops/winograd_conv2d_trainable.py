@@ -21,47 +21,22 @@ backward is not supported.
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 from torch import Tensor, nn
 
 from efficientad_ext.ops import arg_checks as _checks
-from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE, transform_matrices
+from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE, transform_tensors, transform_weight
 
 _ops = torch.ops.efficientad
-
-
-@cache
-def _transform_tensors(m: int, r: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(BT [a, a], AT [m, a], G [a, r]) of F(m, r) on the CPU, rounded once to ``dtype``."""
-    at, g, bt = transform_matrices(m, r)
-    as_tensor = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype)  # noqa: E731
-    return as_tensor(bt), as_tensor(at), as_tensor(g)
-
-
-def _weight_tf(weight: Tensor, g: Tensor, flipped: bool = False) -> Tensor:
-    """U = G w G^T as [a*a, C_in, C_out], in the weight's dtype (float32: ~1e-7 relative
-    rounding, far below the algorithm's own). One GEMM, kron(G, G) [a*a, r*r] times the weight
-    as [r*r, C_in * C_out], writes U in the layout the op reads (no permuted copy of U, which
-    is 4-7x the weight's size). ``flipped``: the transform of ``weight.flip(2, 3).transpose(0, 1)``
-    (the input gradient's convolution): flipping the kernel is flipping G's columns, swapping
-    the channels is the weight's permutation."""
-    c_out, c_in, r, _ = weight.shape
-    g = g.flip(1) if flipped else g
-    w = weight.detach().reshape(c_out, c_in, r * r)
-    w = w.permute(2, 0, 1) if flipped else w.permute(2, 1, 0)  # [r*r, C_in', C_out']
-    u = torch.kron(g, g) @ w.reshape(r * r, -1)
-    return u.view(g.shape[0] ** 2, *w.shape[1:])
 
 
 @torch.library.custom_op("efficientad::winograd_conv2d_trainable", mutates_args=())
 def _winograd_conv2d_trainable(input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, tile: int) -> Tensor:
     r = int(weight.shape[-1])
-    bt, at, g = _transform_tensors(tile, r, input.dtype)
+    bt, at, g = transform_tensors(tile, r, input.dtype)
     b = None if bias is None else bias.contiguous()
     return _ops.winograd_conv2d(
-        input, _weight_tf(weight, g), b, bt, at, r, padding, False, False, 0, weight.detach().contiguous()
+        input, transform_weight(weight, g), b, bt, at, r, padding, False, False, 0, weight.detach().contiguous()
     )
 
 
@@ -87,7 +62,7 @@ def _winograd_conv2d_trainable_backward(
     """(d loss / d input, d loss / d weight); one not asked for is an empty tensor. An op of its
     own, so that traced backward graphs (torch.compile) see one call, not the transform constants."""
     r = int(weight.shape[-1])
-    bt, at, g = _transform_tensors(tile, r, input.dtype)
+    bt, at, g = transform_tensors(tile, r, input.dtype)
     grad_input = grad_weight = input.new_empty(0)
     if input_grad:
         # The input gradient of a stride-1 convolution: the output gradient convolved with the
@@ -95,7 +70,7 @@ def _winograd_conv2d_trainable_backward(
         # untransformed weight: a non-finite gradient spreads over whole tiles, where the step
         # is lost anyway.)
         grad_input = _ops.winograd_conv2d(
-            grad, _weight_tf(weight, g, flipped=True), None, bt, at, r, r - 1 - padding, False, False, 0
+            grad, transform_weight(weight, g, flipped=True), None, bt, at, r, r - 1 - padding, False, False, 0
         )
     if weight_grad:
         grad_weight = _ops.winograd_conv2d_weight_grad(input, grad, bt, at, g, r, padding)

@@ -13,6 +13,9 @@ from __future__ import annotations
 from fractions import Fraction
 from functools import cache
 
+import torch
+from torch import Tensor
+
 # Interpolation points per (m, r): small magnitudes keep the transforms well conditioned.
 _POINTS: dict[tuple[int, int], tuple[Fraction, ...]] = {
     (2, 3): (Fraction(0), Fraction(1), Fraction(-1)),
@@ -93,3 +96,27 @@ def transform_matrices(m: int, r: int) -> tuple[tuple[tuple[Fraction, ...], ...]
         bt_cols.append(_solve_exact(system, rhs, a))
     bt = [[bt_cols[col][row] for col in range(a)] for row in range(a)]
     return tuple(map(tuple, at)), tuple(map(tuple, g)), tuple(map(tuple, bt))
+
+
+@cache
+def transform_tensors(m: int, r: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(BT [a, a], AT [m, a], G [a, r])`` of F(m, r) as CPU tensors, rounded once to ``dtype``
+    (cached: callers move them, never write them)."""
+    at, g, bt = transform_matrices(m, r)
+    as_tensor = lambda rows: torch.tensor([[float(v) for v in row] for row in rows], dtype=dtype)  # noqa: E731
+    return as_tensor(bt), as_tensor(at), as_tensor(g)
+
+
+def transform_weight(weight: Tensor, g: Tensor, flipped: bool = False) -> Tensor:
+    """U = G w G^T of a [C_out, C_in, r, r] weight as [a*a, C_in, C_out], computed in ``g``'s
+    dtype: one GEMM, kron(G, G) [a*a, r*r] times the weight as [r*r, C_in * C_out], which writes
+    U in the layout the ops read (no permuted copy of U, 4-7x the weight's size). ``flipped``:
+    the transform of ``weight.flip(2, 3).transpose(0, 1)`` (a convolution's input gradient),
+    without copying the weight: flipping the kernel is flipping G's columns, swapping the
+    channels is the weight's permutation."""
+    c_out, c_in, r, _ = weight.shape
+    g = g.flip(1) if flipped else g
+    w = weight.detach().to(g.dtype).reshape(c_out, c_in, r * r)
+    w = w.permute(2, 0, 1) if flipped else w.permute(2, 1, 0)  # [r*r, C_in', C_out']
+    u = torch.kron(g, g) @ w.reshape(r * r, -1)
+    return u.view(g.shape[0] ** 2, *w.shape[1:])
