@@ -8,6 +8,8 @@ Runs, interleaved by seed (so a stopped run still leaves balanced results):
   fraction and penalty images, evaluated on the same test set;
 - ``ours-float32`` / ``ours-bfloat16``: ours in that precision (``ours`` takes ``auto``: bf16 on
   native-bf16 CPUs), for the precision comparison at equal steps;
+- ``ours-winograd``: ours in float32 with the convolutions by Winograd (``--cpu-winograd auto``),
+  for the accuracy of that path against ``ours-float32``'s direct convolutions;
 - ``ours-old-penalty`` (optional): ours with the penalty images resized to the image size first
   and then up to twice that (the behaviour before the fix), to measure that cause on its own.
 
@@ -104,7 +106,15 @@ def run_anomalib(
     }
 
 
-def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: bool, precision: str = "auto") -> dict:
+def run_ours(
+    dataset: Path,
+    penalty: Path,
+    steps: int,
+    seed: int,
+    old_penalty: bool,
+    precision: str = "auto",
+    cpu_winograd: str = "off",
+) -> dict:
     import efficientad_ext.training as training
     from efficientad_ext.data import load_image, open_dataset, resize_image
     from efficientad_ext.evaluation.evaluator import evaluate
@@ -127,6 +137,7 @@ def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: b
             log_every=max(1, steps // 4),
             checkpoint_every=steps,
             precision=precision,
+            cpu_winograd=cpu_winograd,
         )
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,6 +150,7 @@ def run_ours(dataset: Path, penalty: Path, steps: int, seed: int, old_penalty: b
     return {
         "precision": extra.get("precision"),
         "memory_format": extra.get("memory_format"),
+        "cpu_winograd": extra.get("cpu_winograd"),
         "image_auroc": metrics["image_auroc"],
         "pixel_auroc": metrics.get("pixel_auroc"),
         "au_pro": metrics.get("au_pro"),
@@ -158,8 +170,11 @@ def main(argv=None) -> int:
         "--sides",
         nargs="+",
         default=["anomalib", "ours"],
-        choices=["anomalib", "ours", "ours-float32", "ours-bfloat16", "ours-old-penalty"],
-        help="ours: precision auto; ours-float32 / ours-bfloat16: that precision; ours-old-penalty: the blurred penalty images",
+        choices=["anomalib", "ours", "ours-float32", "ours-bfloat16", "ours-winograd", "ours-old-penalty"],
+        help=(
+            "ours: precision auto; ours-float32 / ours-bfloat16: that precision; ours-winograd: float32 "
+            "by Winograd; ours-old-penalty: the blurred penalty images"
+        ),
     )
     ap.add_argument("--anomalib-python", default=sys.executable)
     ap.add_argument("--threads", type=int, default=1)
@@ -193,7 +208,9 @@ def main(argv=None) -> int:
                     args.branches,
                 )
             else:
-                precision = {"ours-float32": "float32", "ours-bfloat16": "bfloat16"}.get(side, "auto")
+                precision = {"ours-float32": "float32", "ours-winograd": "float32", "ours-bfloat16": "bfloat16"}.get(
+                    side, "auto"
+                )
                 r = run_ours(
                     args.dataset,
                     args.penalty_dir,
@@ -201,6 +218,7 @@ def main(argv=None) -> int:
                     seed,
                     old_penalty=side == "ours-old-penalty",
                     precision=precision,
+                    cpu_winograd="auto" if side == "ours-winograd" else "off",
                 )
             runs.append({"side": side, "seed": seed, "steps": args.steps, **r})
             shown = ", ".join(f"{b} {m['image_auroc']:.4f}" for b, m in (r.get("branches") or {}).items())

@@ -233,6 +233,13 @@ def _add_distill_run_args(p: argparse.ArgumentParser, d: DistillConfig) -> None:
         "auto: the teacher's convolutions by Winograd in float32 CPU steps (forward and backward; 2x+ faster "
         "steps on AVX2 CPUs, rounding ~1e-6 relative); off: oneDNN's direct convolutions",
     )
+    p.add_argument(
+        "--no-target-cache-file",
+        dest="target_cache_file",
+        action="store_false",
+        help="do not keep Psi's cached targets in --out/psi_targets.safetensors (about 3 GB for 1,000 images; "
+        "kept by default so that --resume reads them instead of recomputing them)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
     p.add_argument("--resume", action="store_true", help="continue from --out/distill_state.safetensors")
     p.add_argument(

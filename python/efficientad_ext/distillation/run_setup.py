@@ -28,6 +28,7 @@ from efficientad_ext.distillation.config import (
 )
 from efficientad_ext.distillation.extractors import RawFeatureExtractor, TargetHead, build_extractor
 from efficientad_ext.distillation.step import DistillStep
+from efficientad_ext.distillation.target_cache_file import CACHE_FILE, cache_key, load_targets, save_targets
 from efficientad_ext.distillation.targets import DistillTargets, estimate_moments
 from efficientad_ext.formats.stale_files import remove_stale_temp_files
 from efficientad_ext.models.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -94,6 +95,7 @@ RESUMABLE_CHANGES = (
     "target_cache_bytes",
     "max_preload_bytes",
     "snapshot_every",
+    "target_cache_file",
     # Winograd or direct convolutions: the same step up to float32 rounding (~1e-6 relative), so
     # a run started on one CPU may go on with the other where it is faster.
     "cpu_winograd",
@@ -257,11 +259,23 @@ def target_cache(run: Run, targets: DistillTargets) -> Tensor | None:
         log.info("Psi targets computed per step (cache would need %.1f GB)", needed / 1e9)
         return None
     t0 = time.perf_counter()
+    path = run.out_dir / CACHE_FILE
+    key = None
+    if run.config.target_cache_file:
+        extractor_desc = {"name": run.config.extractor, "input_size": run.config.extractor_size}
+        key = cache_key(targets.extractor, extractor_desc, targets.head, run.src_e.paths, run.device)
+        grid = run.config.extractor_size // run.extractor.stride
+        cache = load_targets(path, key, (len(run.src_e), run.config.out_channels, grid, grid))
+        if cache is not None:
+            log.info("Psi targets of %d images read from %s in %s", len(cache), path, _since(t0))
+            return cache
     cache = targets.compute_all(run.src_e)
-    log.info(
-        "cached Psi targets of %d images (%.1f GB) in %s",
-        len(run.src_e),
-        cache.numel() * 2 / 1e9,
-        format_duration(time.perf_counter() - t0),
-    )
+    log.info("cached Psi targets of %d images (%.1f GB) in %s", len(run.src_e), cache.numel() * 2 / 1e9, _since(t0))
+    if key is not None:
+        save_targets(path, key, cache)
+        log.info("Psi targets kept in %s for --resume (--no-target-cache-file: not kept)", path)
     return cache
+
+
+def _since(t0: float) -> str:
+    return format_duration(time.perf_counter() - t0)
