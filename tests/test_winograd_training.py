@@ -221,6 +221,28 @@ def test_pdn_keeps_the_direct_path_where_winograd_does_not_apply():
     assert not winograd_trainable_layer(torch.nn.Conv2d(64, 64, 3, padding=3))
 
 
+def test_training_and_inference_choose_their_winograd_layers_by_one_rule():
+    from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE
+    from efficientad_ext.models.autoencoder import Autoencoder
+    from efficientad_ext.ops.winograd_layers import MIN_CHANNELS, winograd_layer
+
+    layers = [*PDN("small", 384).convolutions(), *PDN("medium", 384).convolutions()]
+    layers += [m for m in Autoencoder().modules() if isinstance(m, torch.nn.Conv2d)]
+    # Every layer of the shipped networks: the training path takes exactly what inference plans.
+    assert [winograd_trainable_layer(c) for c in layers] == [winograd_layer(c, DEFAULT_TILE) for c in layers]
+    assert any(winograd_trainable_layer(c) for c in layers) and not all(winograd_trainable_layer(c) for c in layers)
+    # Where they may differ: padding beyond r - 1 has a forward but no Winograd input gradient.
+    wide = torch.nn.Conv2d(64, 64, 3, padding=3)
+    assert winograd_layer(wide, DEFAULT_TILE) and not winograd_layer(wide, DEFAULT_TILE, backward=True)
+    assert not winograd_layer(torch.nn.Conv2d(MIN_CHANNELS - 1, 64, 3, padding=1), DEFAULT_TILE)
+    assert winograd_layer(torch.nn.Conv2d(MIN_CHANNELS, 64, 3, padding=1), DEFAULT_TILE)
+    assert not winograd_layer(torch.nn.Conv2d(64, 64, (3, 4)), DEFAULT_TILE)
+    assert not winograd_layer(torch.nn.Conv2d(64, 64, 3, groups=2), DEFAULT_TILE)
+    assert not winograd_layer(torch.nn.Conv2d(64, 64, 3, dilation=2), DEFAULT_TILE)
+    assert not winograd_layer(torch.nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect"), DEFAULT_TILE)
+    assert not winograd_layer(torch.nn.Conv2d(64, 64, 5, padding=2), DEFAULT_TILE)
+
+
 def test_the_option_resolves_per_device_and_precision():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_cpu_winograd("auto", "float32", cpu)

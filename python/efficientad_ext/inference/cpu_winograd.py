@@ -3,7 +3,7 @@
 ``EfficientAD.infer`` on the CPU in float32 (or float64), with
 ``InferenceOptions.cpu_winograd`` on, runs the teacher, student and autoencoder through a
 :class:`CpuWinogradPlan`: every stride-1 3x3 / 4x4 convolution with at least
-:data:`MIN_CHANNELS` input channels runs as ``efficientad::winograd_conv2d`` (4x to 6.25x fewer
+:data:`~efficientad_ext.ops.winograd_layers.MIN_CHANNELS` input channels runs as ``efficientad::winograd_conv2d`` (4x to 6.25x fewer
 multiplications, by the options' tile set; see :mod:`.winograd`), the rest (the PDNs' 3-channel first layer, the
 autoencoder's stride-2 encoder, 1x1 convolutions) as direct convolutions, all channels-last.
 Results equal the direct convolutions up to float32 rounding (tests/test_cpu_inference.py).
@@ -34,9 +34,8 @@ from efficientad_ext.inference.teacher_student import first_layers_fusable
 from efficientad_ext.inference.winograd import DEFAULT_TILES, WinogradWeights, prepare_weights, tile_set
 from efficientad_ext.models.autoencoder import Autoencoder, run_autoencoder
 from efficientad_ext.models.pdn import PDN
+from efficientad_ext.ops.winograd_layers import winograd_layer
 
-# Below this many input channels the transforms cost more than the multiplications they save.
-MIN_CHANNELS = 32
 _bf16_warned = False
 
 
@@ -85,24 +84,9 @@ class _Layer:
         return ops.conv2d_relu_pool(x, self.weight, self.bias, self.padding, self.relu, self.pool, self.pool_padding)
 
 
-def _winograd_eligible(conv: nn.Conv2d, tiles: dict[int, int]) -> bool:
-    k = conv.kernel_size
-    return (
-        k[0] == k[1]
-        and k[0] in tiles
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and isinstance(conv.padding, tuple)
-        and conv.padding[0] == conv.padding[1]
-        and conv.padding_mode == "zeros"
-        and conv.in_channels >= MIN_CHANNELS
-    )
-
-
 def _layer(conv: nn.Conv2d, tiles: dict[int, int], relu: bool, pool: bool = False, pool_padding: int = 0) -> _Layer:
     w, b = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
-    if _winograd_eligible(conv, tiles):
+    if winograd_layer(conv, tiles):
         tile = tiles[conv.kernel_size[0]]
         return _Layer(prepare_weights(w, b, tile=tile), None, None, conv.padding[0], relu, pool, pool_padding)
     return _Layer(None, w.contiguous(memory_format=torch.channels_last), b, conv.padding[0], relu, pool, pool_padding)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from efficientad_ext.ops import arg_checks as _checks
+from efficientad_ext.ops.winograd_layers import winograd_layer
 from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE, transform_tensors, transform_weight
 
 _ops = torch.ops.efficientad
@@ -116,11 +117,6 @@ def _winograd_conv2d_weight_grad_fake(input, grad_output, input_tf, output_tf, w
     return input.new_empty((grad_output.shape[1], input.shape[1], kernel_size, kernel_size))
 
 
-# Below this many input channels the transforms cost more than the multiplications they save
-# (the PDNs' first layer, 3 channels, stays direct; the same bound as inference's).
-MIN_CHANNELS = 32
-
-
 def winograd_trainable_input(x: Tensor) -> bool:
     """Whether ``x`` is an input the Winograd training path takes: float32 / float64 on the CPU,
     outside bf16 / fp16 autocast (there the direct convolution runs in the low precision)."""
@@ -128,21 +124,10 @@ def winograd_trainable_input(x: Tensor) -> bool:
 
 
 def winograd_trainable_layer(conv: nn.Conv2d) -> bool:
-    """Whether ``conv`` is a layer :func:`winograd_conv2d_trainable` computes: square 3x3 or 4x4
-    kernel, stride 1, no dilation or groups, equal zero padding of at most ``r - 1``, at least
-    :data:`MIN_CHANNELS` input channels."""
-    k = conv.kernel_size
-    return (
-        k[0] == k[1]
-        and trainable_tile(k[0]) is not None
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and isinstance(conv.padding, tuple)
-        and conv.padding[0] == conv.padding[1] <= k[0] - 1
-        and conv.padding_mode == "zeros"
-        and conv.in_channels >= MIN_CHANNELS
-    )
+    """Whether ``conv`` is a layer :func:`winograd_conv2d_trainable` computes (forward and
+    backward): the shared rule of :func:`~efficientad_ext.ops.winograd_layers.winograd_layer`
+    for the default tile set's kernels (3x3, 4x4), padding at most ``r - 1``."""
+    return winograd_layer(conv, DEFAULT_TILE, backward=True)
 
 
 def trainable_tile(kernel_size: int) -> int | None:
