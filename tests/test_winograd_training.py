@@ -222,9 +222,9 @@ def test_pdn_keeps_the_direct_path_where_winograd_does_not_apply():
 
 
 def test_training_and_inference_choose_their_winograd_layers_by_one_rule():
-    from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE
     from efficientad_ext.models.autoencoder import Autoencoder
     from efficientad_ext.ops.winograd_layers import MIN_CHANNELS, winograd_layer
+    from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE
 
     layers = [*PDN("small", 384).convolutions(), *PDN("medium", 384).convolutions()]
     layers += [m for m in Autoencoder().modules() if isinstance(m, torch.nn.Conv2d)]
