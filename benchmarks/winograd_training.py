@@ -10,7 +10,10 @@ on, then timed alternately (the order flips every round), float32:
   ``efficientad distill`` sets it up), random targets;
 * ``train``: one :class:`~efficientad_ext.training.step.TrainStep` (Algorithm 1) of EfficientAD-S,
   batch 1 at 256x256 with a penalty image, the direct side in the memory format ``auto`` resolves
-  to on this CPU and the Winograd side channels-last (what ``--cpu-winograd auto`` runs).
+  to on this CPU and the Winograd side channels-last (what ``--cpu-winograd auto`` runs);
+* ``train_autoencoder``: the same training step with the PDNs by Winograd on both sides and
+  the autoencoder direct ("direct") or by Winograd too ("winograd"), both channels-last: what
+  the autoencoder's Winograd layers (session 19) add to the step.
 
 Reported per step: seconds per round for each side, the direct / Winograd ratio per round and
 its median, and each side's losses step by step (the two start from the same weights, so they
@@ -59,15 +62,18 @@ def distill_steps() -> dict[str, Callable[[], float]]:
     return steps
 
 
-def train_steps() -> dict[str, Callable[[], float]]:
+def train_steps(autoencoder_only: bool = False) -> dict[str, Callable[[], float]]:
     g = torch.Generator().manual_seed(0)
     images, penalty = torch.rand(1, 3, 256, 256, generator=g), torch.rand(1, 3, 256, 256, generator=g)
-    direct_format = resolve_memory_format("auto", "float32", torch.device("cpu"))
+    direct_format = (
+        "channels_last" if autoencoder_only else resolve_memory_format("auto", "float32", torch.device("cpu"))
+    )
     steps = {}
     for name, winograd, memory_format in (("direct", False, direct_format), ("winograd", True, "channels_last")):
         torch.manual_seed(0)
         model = EfficientAD().train()
-        model.student.cpu_winograd = model.teacher.cpu_winograd = winograd
+        model.student.cpu_winograd = model.teacher.cpu_winograd = winograd or autoencoder_only
+        model.autoencoder.cpu_winograd = winograd
         step = TrainStep(model, TrainConfig(steps=1000), torch.Generator().manual_seed(1), "float32", memory_format)
         counter = iter(range(10**6))
         steps[name] = lambda s=step, c=counter: s(next(c), images, penalty)["loss"]
@@ -90,7 +96,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--steps", nargs="+", choices=["distill", "train"], default=["distill", "train"])
+    ap.add_argument(
+        "--steps", nargs="+", choices=["distill", "train", "train_autoencoder"], default=["distill", "train"]
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,7 +108,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "torch": torch.__version__,
     }
-    builders = {"distill": distill_steps, "train": train_steps}
+    builders = {"distill": distill_steps, "train": train_steps, "train_autoencoder": lambda: train_steps(True)}
     for name in args.steps:
         result[name] = interleaved(builders[name](), args.rounds)
         s = result[name]["seconds"]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from efficientad_ext import reference
 from efficientad_ext.distillation.config import DistillConfig
 from efficientad_ext.inference.winograd import TILES
+from efficientad_ext.models.autoencoder import Autoencoder
 from efficientad_ext.models.pdn import PDN
 from efficientad_ext.ops import winograd_conv2d_trainable, winograd_trainable_input, winograd_trainable_layer
 from efficientad_ext.ops.winograd_matrices import transform_tensors
@@ -204,6 +205,43 @@ def test_pdn_with_cpu_winograd_in_float32_is_as_close_to_float64_as_the_direct_p
         assert ((g.double() - e).norm() / e.norm()).item() < 1e-3
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_autoencoder_with_cpu_winograd_equals_the_direct_autoencoder(training):
+    # float64, 256x256 (the smallest input it takes), every parameter's gradient and the input's.
+    # Training mode: dropout draws its mask in memory order, and the Winograd layers write
+    # channels-last, so the direct side runs channels-last too (as training does with Winograd
+    # on); then a reseeded generator gives both the same masks and the same function.
+    torch.manual_seed(7)
+    ae = Autoencoder(out_channels=48).double().train(training)
+    x = torch.rand(1, 3, 256, 256, dtype=torch.float64, requires_grad=True)
+    if training:
+        ae = ae.to(memory_format=torch.channels_last)
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    params = [x, *ae.parameters()]
+    torch.manual_seed(8)
+    expected = ae(x, (56, 56))
+    expected_grads = torch.autograd.grad(expected.square().mean(), params)
+    ae.cpu_winograd = True
+    torch.manual_seed(8)
+    got = ae(x, (56, 56))
+    got_grads = torch.autograd.grad(got.square().mean(), params)
+    assert got.shape == expected.shape == (1, 48, 56, 56)
+    assert _relative_error(got.detach(), expected.detach()) < 1e-11
+    for g, e in zip(got_grads, expected_grads):
+        assert _relative_error(g, e) < 1e-11
+    assert "cpu_winograd" not in str(ae.state_dict().keys())
+    # The layers it takes: the decoder's six 4x4 and the head's two 3x3, never the encoder's.
+    taken = [winograd_trainable_layer(m) for m in ae.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert taken == [False] * 6 + [True] * 8
+    # float32 against float64 (see the PDN's float32 test for why gradients are bounded in L2).
+    ae32 = Autoencoder(out_channels=48).train(training)
+    ae32.load_state_dict(ae.state_dict())
+    ae32.cpu_winograd = True
+    torch.manual_seed(8)
+    got32 = ae32(x.detach().float(), (56, 56))
+    assert _relative_error(got32.detach(), expected.detach()) < 2e-5
+
+
 def test_pdn_keeps_the_direct_path_where_winograd_does_not_apply():
     pdn = PDN("small", 384, padded=True)
     pdn.cpu_winograd = True
@@ -222,7 +260,6 @@ def test_pdn_keeps_the_direct_path_where_winograd_does_not_apply():
 
 
 def test_training_and_inference_choose_their_winograd_layers_by_one_rule():
-    from efficientad_ext.models.autoencoder import Autoencoder
     from efficientad_ext.ops.winograd_layers import MIN_CHANNELS, winograd_layer
     from efficientad_ext.ops.winograd_matrices import DEFAULT_TILE
 

@@ -4,9 +4,12 @@ input size so that 256x256 and larger inputs (320, 512, non-square) all work."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from efficientad_ext.models.trainable_conv import run_sequential, winograd_applies
 
 # The smallest input side accepted (height and width): the paper's 256. decoder_sizes() stays
 # positive from 128 up, but nothing below 256 is tested, so nothing below is accepted.
@@ -69,7 +72,14 @@ class Autoencoder(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(64, out_channels, 3, stride=1, padding=1),
         )
+        # Training's convolutions by Winograd on the CPU, as PDN.cpu_winograd (not in the state
+        # dict). Only the decoder's 4x4 and the head's 3x3 layers qualify: the encoder's are
+        # stride 2 or 8x8.
+        self.cpu_winograd = False
 
     def forward(self, x: Tensor, output_size: tuple[int, int]) -> Tensor:
         """x: [B, 3, H, W] with H, W >= 256; output_size: the PDN's feature size (h, w)."""
-        return run_autoencoder(x, output_size, self.encoder, self.decoder_stages, self.head)
+        if not winograd_applies(self.cpu_winograd, x):
+            return run_autoencoder(x, output_size, self.encoder, self.decoder_stages, self.head)
+        stages = [partial(run_sequential, stage, winograd=True) for stage in self.decoder_stages]
+        return run_autoencoder(x, output_size, self.encoder, stages, partial(run_sequential, self.head, winograd=True))

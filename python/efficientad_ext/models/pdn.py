@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efficientad_ext import ops
+from efficientad_ext.models.trainable_conv import convolve, winograd_applies
 
 PDN_ARCHITECTURES = ("small", "medium")
 Architecture = Literal["small", "medium"]
@@ -102,20 +102,20 @@ class PDN(nn.Sequential):
         relative rounding, 2x+ faster per training step on AVX2 CPUs (benchmarks/RESULTS.md,
         session 18); the output is then channels-last.
         """
-        winograd = self.cpu_winograd and ops.winograd_trainable_input(x)
+        winograd = winograd_applies(self.cpu_winograd, x)
         if heads is None and not winograd:
             return super().forward(x)
         *body, last = self
         if heads is not None and sum(n for n, _, _ in heads) != x.shape[0]:
             raise ValueError(f"heads cover {sum(n for n, _, _ in heads)} images, the batch has {x.shape[0]}")
         for module in body:
-            x = _conv(module, x, module.weight, module.bias, winograd) if isinstance(module, nn.Conv2d) else module(x)
+            x = convolve(module, x, winograd) if isinstance(module, nn.Conv2d) else module(x)
         if heads is None:
-            return _conv(last, x, last.weight, last.bias, winograd)
+            return convolve(last, x, winograd)
         outputs, start = [], 0
         for n, c0, c1 in heads:
             bias = None if last.bias is None else last.bias[c0:c1]
-            outputs.append(_conv(last, x[start : start + n], last.weight[c0:c1], bias, winograd))
+            outputs.append(convolve(last, x[start : start + n], winograd, last.weight[c0:c1], bias))
             start += n
         return tuple(outputs)
 
@@ -148,14 +148,6 @@ class PDN(nn.Sequential):
         """Inference through the fused ``pdn_forward`` op (the layers from index ``first`` on);
         returns a channels-last tensor equal to ``self(x)`` (``first=0``)."""
         return ops.pdn_forward(x, *self.layer_arguments(first))
-
-
-def _conv(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None, winograd: bool) -> Tensor:
-    """``conv``'s convolution of ``x`` with ``weight`` / ``bias`` (the whole layer's or a slice of
-    its output channels): by Winograd when ``winograd`` and the layer qualifies, else direct."""
-    if winograd and ops.winograd_trainable_layer(conv):
-        return ops.winograd_conv2d_trainable(x, weight, bias, conv.padding[0])
-    return F.conv2d(x, weight, bias, padding=conv.padding)
 
 
 def build_pdn(arch: Architecture = "small", out_channels: int = 384, padded: bool = False) -> PDN:

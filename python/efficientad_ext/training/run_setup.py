@@ -148,14 +148,14 @@ def _validation_source(paths: list[Path], size, limit: int, skip: bool) -> Image
 
 def _compute_settings(model: EfficientAD, config: TrainConfig, device: torch.device) -> tuple[str, str, bool]:
     """The run's precision, memory format and Winograd switch, resolved for ``device`` and logged;
-    sets the switch on the student (trained through it) and the frozen teacher (its forward on
-    the augmented image)."""
+    sets the switch on the student and the autoencoder (trained through it) and the frozen
+    teacher (its forward on the augmented image)."""
     precision = resolve_precision(config.precision, device)
     memory_format = resolve_memory_format(config.memory_format, precision, device)
     winograd = resolve_cpu_winograd(config.cpu_winograd, precision, device)
     if winograd and config.memory_format == "auto":
         memory_format = "channels_last"  # the Winograd ops read and write NHWC: no layout round trips
-    model.student.cpu_winograd = model.teacher.cpu_winograd = winograd
+    model.student.cpu_winograd = model.teacher.cpu_winograd = model.autoencoder.cpu_winograd = winograd
     log.info(
         "precision: %s (asked: %s), memory format: %s (asked: %s), convolutions: %s (cpu_winograd %s); %s",
         precision,
