@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the measurements")
     ap.add_argument("--poll", type=float, default=60.0, help="seconds between looks for new snapshots")
     ap.add_argument("--once", action="store_true", help="measure the snapshots there now, then stop")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        help="measure only the snapshots of these distillation steps (default: every one), e.g. when a "
+        "session has time for a few points only",
+    )
     ap.add_argument("--out", type=Path, required=True, help="results JSON (appended to; resumes)")
     args = ap.parse_args(argv)
     from efficientad_ext.formats.atomic import write_text_atomically
@@ -112,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     while True:
         done = {r["step"] for r in results["snapshots"]}
-        todo = [(s, p) for s, p in snapshots(args.distill_out).items() if s not in done]
+        todo = [
+            (s, p)
+            for s, p in snapshots(args.distill_out).items()
+            if s not in done and (args.steps is None or s in args.steps)
+        ]
         for step, path in todo:
             work = args.out.parent / f"{args.out.stem}_step{step:06d}"
             work.mkdir(parents=True, exist_ok=True)
@@ -129,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             results["snapshots"].append(entry)
             write_text_atomically(args.out, json.dumps(results, indent=2))
         finished = (args.distill_out / "teacher.safetensors").is_file()
-        if args.once or (finished and not todo):
+        asked_done = args.steps is not None and set(args.steps) <= {r["step"] for r in results["snapshots"]}
+        if args.once or asked_done or (finished and not todo):
             return 0
         time.sleep(args.poll)
 

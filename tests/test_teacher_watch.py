@@ -43,3 +43,16 @@ def test_each_snapshot_is_measured_once_and_a_student_is_trained_on_it(tmp_path)
     assert "step 1000" not in printed and "step 2000" in printed
     entries = json.loads(results.read_text())["snapshots"]
     assert [e["step"] for e in entries] == [1000, 2000] and entries[0] == first[0] and "student" not in entries[1]
+
+
+def test_only_the_asked_steps_are_measured(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=3, seed=1)
+    out, results = tmp_path / "distill", tmp_path / "watch.json"
+    for step in (1000, 2000, 3000):
+        _snapshot(out, step)
+    # Without --once it would poll for the final teacher; with --steps it stops once they are measured.
+    cmd = [sys.executable, str(SCRIPT), str(out), str(data), "--out", str(results), "--skip-student"]
+    subprocess.run(
+        [*cmd, "--steps", "3000", "2000", "--poll", "3600"], capture_output=True, text=True, check=True, timeout=600
+    )
+    assert sorted(e["step"] for e in json.loads(results.read_text())["snapshots"]) == [2000, 3000]
