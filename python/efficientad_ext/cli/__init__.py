@@ -16,11 +16,15 @@ from efficientad_ext.cli.options import HelpWithDefaults
 from efficientad_ext.cli.score_commands import add_score_parsers
 from efficientad_ext.cli.serve_command import add_serve_parser
 from efficientad_ext.cli.train_commands import add_demo_parser, add_distill_parser, add_train_parsers
+from efficientad_ext.cpu_heap import pad_heap_top
 from efficientad_ext.data import ImageError
 from efficientad_ext.formats.model_file import ModelFileError
 from efficientad_ext.training.distributed import torchrun_env
 
 __all__ = ["build_parser", "main"]
+
+# Commands that train: their steps allocate and free tensors of ~100 MB each time (cpu_heap.py).
+HEAP_PADDED_COMMANDS = ("train", "train-all", "distill", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     try:
+        if args.command in HEAP_PADDED_COMMANDS:
+            pad = pad_heap_top()
+            logging.getLogger("efficientad_ext").info(
+                "heap top pad: %s", f"{pad / 2**30:.2f} GiB" if pad else "glibc's defaults"
+            )
         return args.func(args)
     except ModelFileError as e:  # one line, whatever the underlying reader said
         print(f"efficientad {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
