@@ -3,7 +3,8 @@
 # started or resumed with one command, niced, one core each, from a frozen copy of the code in a
 # run folder outside the repository. Both sides: the shipped teacher, float32, the paper's
 # 70,000-step schedule stopped at STOP (so the learning rate is 1e-4 throughout on both), points
-# at EVAL_AT. It returns at once.
+# at EVAL_AT; ours with oneDNN's direct convolutions (--cpu-winograd off), anomalib's arithmetic, as
+# the curves of sessions 13-18 were run. It returns at once.
 #
 #   bash benchmarks/branch_curves.sh                  # from the repository root
 #   SEED=1 bash benchmarks/branch_curves.sh           # another seed, its own folders
@@ -69,7 +70,7 @@ else
   [[ -f "$OURS/train_state.safetensors" ]] && RESUME=(--resume)
   echo "=== $(date -u +%FT%TZ) ${RESUME[*]:-start}" >>"$OURS.log"
   nohup nice -n 10 taskset -c "$OURS_CORE" "$PY" code/launch.py -m efficientad_ext train "$SET/train/good" --out "$OURS" \
-    --steps 70000 --stop-at "$STOP" --precision float32 --penalty-dir "$PENALTY" --seed "$SEED" \
+    --steps 70000 --stop-at "$STOP" --precision float32 --cpu-winograd off --penalty-dir "$PENALTY" --seed "$SEED" \
     --checkpoint-every 100 --eval-dataset "$SET" --eval-at "$EVAL_AT" "${RESUME[@]}" >>"$OURS.log" 2>&1 &
   echo "ours ${RESUME[*]:-started} (pid $!): tail -f $OURS.log"
 fi

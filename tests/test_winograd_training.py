@@ -288,7 +288,7 @@ def test_the_option_resolves_per_device_and_precision():
     assert not resolve_cpu_winograd("off", "float32", cpu)
     with pytest.raises(ValueError, match="cpu_winograd must be one of auto, off, got 'on'"):
         resolve_cpu_winograd("on", "float32", cpu)
-    assert TrainConfig().cpu_winograd == "off" and DistillConfig().cpu_winograd == "auto"
+    assert TrainConfig().cpu_winograd == "auto" and DistillConfig().cpu_winograd == "auto"
     with pytest.raises(ValueError, match="cpu_winograd must be one of auto, off"):
         TrainConfig(cpu_winograd="yes")
     with pytest.raises(ValueError, match="cpu_winograd must be one of auto, off"):

@@ -37,10 +37,11 @@ class TrainConfig:
     teacher_cache_bytes: int = 4 * 2**30  # TeacherCache when it fits (0: never cache)
     precision: str = "auto"  # "auto" (bf16 autocast on native-bf16 CPUs and CUDA), "float32" or "bfloat16"
     memory_format: str = "auto"  # "auto" (channels-last with bf16 and on AVX-512 CPUs), "channels_last" or "contiguous"
-    # "auto": the PDNs' convolutions by Winograd in float32 CPU steps (2x+ faster steps on AVX2,
-    # rounding ~1e-6 relative; then channels-last when memory_format is auto); "off" (default):
-    # oneDNN's direct convolutions, step for step anomalib's arithmetic (issue #26's lock-step).
-    cpu_winograd: str = "off"
+    # "auto" (default): the student's, teacher's and autoencoder's convolutions by Winograd in
+    # float32 CPU steps (2x+ faster steps on AVX2, rounding ~1e-6 relative; then channels-last
+    # when memory_format is auto; accuracy over 5 seeds in benchmarks/RESULTS.md, session 19);
+    # "off": oneDNN's direct convolutions, step for step anomalib's arithmetic (issue #26's lock-step).
+    cpu_winograd: str = "auto"
     eval_every: int = 0  # learning curve: evaluate the labelled set every N steps (0: never)
     eval_at: tuple[int, ...] = ()  # ... and at these steps (e.g. 250, 500, 1000, ...)
     eval_keep_models: bool = False  # also write each curve point's calibrated model to curve_models/
