@@ -81,7 +81,9 @@ def freeze(dest: Path, replace: bool = False) -> Path:
         shutil.copy2(build_config, staging / "efficientad_ext" / build_config.name)
     shutil.copytree(HERE, staging / "benchmarks", ignore=shutil.ignore_patterns("__pycache__", "results", "*.md"))
     (staging / "launch.py").write_text(LAUNCHER)
-    dirty = "with uncommitted changes" if _git("status", "--porcelain", "--", "python") else "clean"
+    # What was copied: the package and the benchmark scripts (not their results or notes).
+    copied = ("python", "benchmarks", ":(exclude)benchmarks/results", ":(exclude)benchmarks/*.md")
+    dirty = "with uncommitted changes" if _git("status", "--porcelain", "--", *copied) else "clean"
     (staging / "FROZEN").write_text(f"commit {_git('rev-parse', 'HEAD')} ({dirty}); extension {extension.name}\n")
     if code.exists():
         shutil.rmtree(code)
