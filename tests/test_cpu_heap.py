@@ -3,13 +3,13 @@ tensors stop page-faulting; the command line sets it for the commands that train
 
 from __future__ import annotations
 
-import ctypes.util
 import subprocess
 import sys
 
 import pytest
 
 import efficientad_ext.cli as cli
+from efficientad_ext import cpu_heap
 from efficientad_ext.cpu_heap import ENV_VAR, _glibc, pad_heap_top
 
 glibc_only = pytest.mark.skipif(_glibc() is None, reason="the heap top pad is glibc's (Linux)")
@@ -63,9 +63,24 @@ def test_size_from_argument_or_environment_and_bad_values_named(monkeypatch):
         pad_heap_top(-1)
     with pytest.raises(ValueError, match="heap top pad must be in"):
         pad_heap_top(2**31)
-    if ctypes.util.find_library("c") and _glibc() is not None:
-        monkeypatch.setenv(ENV_VAR, str(64 << 20))
-        assert pad_heap_top() == 64 << 20
+    # The size reaches mallopt; a stand-in C library, so this test process keeps its own heap.
+    calls = []
+
+    class FakeGlibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+        malloc, free, sbrk = (lambda self, n: 0), (lambda self, p: None), (lambda self, n: 0)
+
+    monkeypatch.setattr(cpu_heap, "_glibc", FakeGlibc)
+    monkeypatch.setenv(ENV_VAR, str(64 << 20))
+    assert pad_heap_top() == 64 << 20 and calls == [(-2, 64 << 20)]  # M_TOP_PAD
+    monkeypatch.delenv(ENV_VAR)
+    assert pad_heap_top() == 1 << 30 and calls[-1] == (-2, 1 << 30)
+    calls.clear()
+    FakeGlibc.mallopt = lambda self, param, value: 0  # glibc refuses: reported as nothing set
+    assert pad_heap_top() == 0
 
 
 def test_the_command_line_pads_the_heap_for_training_commands_only(monkeypatch, tmp_path, capsys):

@@ -3,8 +3,9 @@
 Why: a training or distillation step allocates and frees tensors of tens to hundreds of MB
 (the student's first activation for 3 images is 98 MB). With glibc's defaults each one comes
 from fresh pages (``mmap``, or a heap top trimmed after every free), so every step page-faults
-them in again: measured on an AVX2 EPYC at 1 thread, 14-20% of a float32 training step (direct
-or Winograd) and of a distillation step (benchmarks/RESULTS.md, session 19).
+them in again. With the pad, float32 training steps (direct or Winograd) and distillation steps
+ran 1.12-1.13x faster on an AVX2 EPYC at 1 thread (benchmarks/heap_pad_steps.py; RESULTS.md,
+session 19).
 
 :func:`pad_heap_top` sets glibc's ``M_TOP_PAD`` (default here 1 GiB): the heap grows in steps
 of that size and keeps that much free memory at its top instead of returning it, so large

@@ -5,7 +5,8 @@ Computing the targets of ~1,000 images at 512x512 takes about 11 minutes of one 
 (``psi_targets.safetensors``, float16, about 3 GB for 950 images at 384 channels) and read back
 when its key matches. The key names everything the targets depend on:
 
-- the extractor (name, weight file, input size) and the digest of its parameters and buffers;
+- the extractor (name, input size) and the digest of its parameters and buffers (so the weights,
+  wherever their file lies);
 - the digest of the fitted target head (Psi's statistics and projection): a run restarted from
   scratch fits a new one, and its targets differ;
 - the training images: path, byte size and modification time of each, in order;

@@ -25,15 +25,15 @@ def winograd_applies(enabled: bool, x: Tensor) -> bool:
 def convolve(
     conv: nn.Conv2d, x: Tensor, winograd: bool, weight: Tensor | None = None, bias: Tensor | None = None
 ) -> Tensor:
-    """``conv`` applied to ``x`` with ``weight`` / ``bias`` (``weight`` None: the layer's own
-    weight and bias; else a slice of its output channels, for the PDN's split last layer): by Winograd when ``winograd`` and the
-    layer qualifies, else the direct convolution (``conv``'s stride, padding, dilation, groups)."""
-    if weight is None:
-        weight, bias = conv.weight, conv.bias
+    """``conv`` applied to ``x``: by Winograd when ``winograd`` and the layer qualifies, else as
+    the module itself. ``weight`` / ``bias``: a slice of its output channels instead of its own
+    (the PDN's split last layer, zero-padded like every PDN layer)."""
     if winograd and ops.winograd_trainable_layer(conv):
+        if weight is None:
+            weight, bias = conv.weight, conv.bias
         return ops.winograd_conv2d_trainable(x, weight, bias, conv.padding[0])
-    if conv.padding_mode != "zeros":
-        raise ValueError(f"only zero-padded convolutions are supported here, got padding_mode={conv.padding_mode!r}")
+    if weight is None:
+        return conv(x)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
